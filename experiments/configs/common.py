@@ -1,0 +1,78 @@
+"""Fields shared by every experiment config; each named config overrides what differs.
+
+Every reference-code quirk is one switch here (SPEC "Fidelity policy"); the default is the reference behaviour.
+"""
+import ml_collections
+
+STAGES = ('prepare', 'features', 'fusion_data', 'train', 'evaluate')
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.dataset = 'synthetic'          # synthetic | mvtec3d | eyecandies
+  c.raw_dir = ''                   # the user's extracted download (read only); synthetic: generated here
+  c.workdir = 'runs/synthetic'     # every stage's output, cached and resumable
+  c.classes = ''                   # comma-separated subset; empty = every class of the dataset
+  c.stages = ','.join(STAGES)
+  c.seed = 0
+  c.method = 'g2sf'                # g2sf | btf (PatchCore on concatenated RGB + point features)
+  c.modalities = 'rgb+xyz'         # rgb+xyz | rgb | xyz
+  c.rgb_backbone = 'dino_vit_b8'   # dino_vit_b8 | efficientnet_lite0
+  c.point_backbone = 'point_mae'   # point_mae | fpfh
+  c.batch_size = 8                 # feature extraction batch
+
+  c.checkpoints = ml_collections.ConfigDict()
+  c.checkpoints.dino_vit_b8 = 'checkpoints/dino_vit_b8'
+  c.checkpoints.point_mae = 'checkpoints/point_mae'
+  c.checkpoints.efficientnet_lite0 = 'checkpoints/efficientnet_lite0'
+
+  c.point_mae = ml_collections.ConfigDict()
+  c.point_mae.num_group = 512      # G2SF; M3DM uses 1024
+  c.point_mae.group_size = 128
+  c.point_mae.batchnorm = 'batch_stats'  # batch_stats (reference, SPEC §2.3) | running_stats
+  c.point_mae.drop_path = 'off'          # off (deterministic) | stochastic (reference train mode)
+
+  c.memory_bank = ml_collections.ConfigDict()
+  c.memory_bank.coreset_fraction = 0.1
+  c.memory_bank.coreset_eps = 0.9
+  c.memory_bank.coreset_fp16 = True      # the reference's fp16 greedy distances (SPEC §3.2)
+  c.memory_bank.num_anchors = 20
+  c.memory_bank.query_chunk = 1024
+
+  c.scoring = ml_collections.ConfigDict()
+  c.scoring.blur = 'pil_uint8'           # pil_uint8 (reference, SPEC §3.3) | float
+
+  c.synthesis = ml_collections.ConfigDict()
+  c.synthesis.num_anomalies = 800
+  c.synthesis.num_sources = 8            # anomaly-source clouds per class (Eyecandies: 24)
+
+  c.g2sf = ml_collections.ConfigDict()
+  c.g2sf.hidden = 512
+  c.g2sf.emb_dim = 128
+  c.g2sf.dropout = 0.5
+  c.g2sf.anchor = 5
+  c.g2sf.lr = 1.5e-4
+  c.g2sf.lr_scale = 5e-3
+  c.g2sf.weight_decay = 1e-4
+  c.g2sf.epochs = 80
+  c.g2sf.batch_size = 8192
+  c.g2sf.alpha = 2.0
+  c.g2sf.magnitude = 1.2
+  c.g2sf.w_margin = 10.0
+  c.g2sf.w_consistency = 40.0
+  c.g2sf.w_alignment = 20.0
+  c.g2sf.w_scaling = 3.0
+  c.g2sf.w_l1 = 5e-4
+  c.g2sf.consistency = 'reference'       # reference (B×B broadcast, SPEC §4.5c) | per_row
+  c.g2sf.scoring_mode = 'min'            # min | max | average | zero
+
+  c.metrics = ml_collections.ConfigDict()
+  c.metrics.aupro_thresholds = 100       # int, or 'exact' for the full curve
+  c.metrics.aupro_limits = (0.3, 0.1, 0.05, 0.01)
+
+  c.synthetic = ml_collections.ConfigDict()
+  c.synthetic.classes = 'cube,cylinder,torus'
+  c.synthetic.n_train = 24
+  c.synthetic.n_test = 24
+  c.synthetic.size = 400
+  return c
