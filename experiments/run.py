@@ -1,0 +1,52 @@
+"""Runs an experiment: every selected stage for every class of its config.
+
+  python -m experiments.run --config synthetic
+  python -m experiments.run --config mvtec --config.raw_dir=/data/mvtec_3d --config.classes=bagel,tire
+  python -m experiments.run --config synthetic --config.stages=evaluate
+
+`--config NAME` picks `experiments/configs/NAME.py` (a path to any config file works too); `--config.a.b=value`
+overrides a field. Stages cache their outputs in `config.workdir` and are skipped when their inputs did not change,
+so an interrupted run resumes where it stopped.
+"""
+import sys
+from pathlib import Path
+
+from absl import app
+from ml_collections import config_flags
+
+CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config name (experiments/configs/NAME.py) or file.')
+
+
+def resolve_config_argv(argv: list[str]) -> list[str]:
+  """Rewrites `--config NAME` / `--config=NAME` into the config file's path, which absl expects."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg == '--config' and i + 1 < len(out):
+      out[i + 1] = _config_path(out[i + 1])
+    elif arg.startswith('--config='):
+      out[i] = '--config=' + _config_path(arg.split('=', 1)[1])
+  return out
+
+
+def _config_path(name: str) -> str:
+  if name.endswith('.py') or '/' in name:
+    return name
+  path = CONFIG_DIR / f'{name}.py'
+  if not path.is_file():
+    known = sorted(p.stem for p in CONFIG_DIR.glob('*.py') if p.stem not in ('__init__', 'common'))
+    raise SystemExit(f'unknown config {name!r}: expected one of {known} or a path to a config file')
+  return str(path)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from experiments import pipeline
+  pipeline.run(_CONFIG.value)
+
+
+if __name__ == '__main__':
+  sys.argv = resolve_config_argv(sys.argv)
+  app.run(main)
