@@ -1,0 +1,41 @@
+"""Pads variable-size point clouds to a few fixed sizes so jitted code compiles a handful of shapes.
+
+Each cloud keeps its points first, in order, then zero padding with `valid == False`; the point ops never select
+padded points (FPS, kNN) and their outputs at padded slots are ignored. Index 0 stays the first valid point, which
+is where FPS starts (SPEC §2.2).
+"""
+from collections.abc import Sequence
+
+import numpy as np
+
+# Up to 224×224 (every pixel valid), so any resized organised cloud fits.
+DEFAULT_BUCKETS = (2048, 4096, 8192, 12288, 16384, 20480, 24576, 32768, 40960, 50176)
+
+
+def bucket_size(n: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> int:
+  """The smallest bucket >= n."""
+  fitting = [b for b in buckets if b >= n]
+  if not fitting:
+    raise ValueError(f'{n} points exceed the largest bucket {max(buckets)}; pass larger buckets')
+  return min(fitting)
+
+
+def pad_points(points: np.ndarray, buckets: Sequence[int] = DEFAULT_BUCKETS) -> tuple[np.ndarray, np.ndarray]:
+  """Pads points [N, 3] to ([Nb, 3] float32, valid [Nb] bool) with Nb the bucket of N."""
+  points_b, valid_b = pad_batch([points], buckets)
+  return points_b[0], valid_b[0]
+
+
+def pad_batch(clouds: Sequence[np.ndarray], buckets: Sequence[int] = DEFAULT_BUCKETS
+              ) -> tuple[np.ndarray, np.ndarray]:
+  """Pads clouds [N_i, 3] to one shared bucket: ([B, Nb, 3] float32, valid [B, Nb] bool)."""
+  for i, cloud in enumerate(clouds):
+    if cloud.ndim != 2 or cloud.shape[1] != 3:
+      raise ValueError(f'cloud {i}: expected points [N, 3], got shape {cloud.shape}')
+  size = bucket_size(max((len(c) for c in clouds), default=0), buckets)
+  points = np.zeros((len(clouds), size, 3), np.float32)
+  valid = np.zeros((len(clouds), size), bool)
+  for i, cloud in enumerate(clouds):
+    points[i, :len(cloud)] = cloud
+    valid[i, :len(cloud)] = True
+  return points, valid

@@ -1,0 +1,55 @@
+"""Farthest point sampling with the semantics of the pointnet2_ops CUDA kernel (SPEC §2.2).
+
+The kernel's choices are kept because they decide which centres PointMAE sees:
+* the first centre is the first point (index 0 of the valid-point list in raster order);
+* a running minimum squared distance starts at 1e10 and each step takes its argmax;
+* points with x²+y²+z² <= 1e-3 are skipped: never updated, never selected;
+* distances are float32, summed as dx·dx + dy·dy + dz·dz (left to right).
+
+Padding (`valid == False`, see `ops.buckets`) is treated like a skipped point. The start is the first valid index,
+which is 0 for the reference layout (valid points first, padding after). Ties go to the lowest index (the kernel
+breaks ties by the lowest index within a CUDA thread stride; exact float ties are rare on real clouds).
+
+When fewer eligible points than `num_samples` exist, every eligible point is picked once and then all running
+distances are 0, so the argmax repeats the lowest-indexed eligible point, as the kernel does. With no eligible point
+at all, every sample is the start index.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+
+_SKIP_MAGNITUDE = 1e-3  # SPEC §2.2: the kernel ignores points with |p|² <= 1e-3.
+_INIT_DISTANCE = 1e10   # SPEC §2.2: running min squared distance starts here.
+
+
+def squared_distance(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Squared Euclidean distance over the last axis [..., 3], summed left to right like the CUDA kernel."""
+  d = a - b
+  return (d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1]) + d[..., 2] * d[..., 2]
+
+
+@functools.partial(jax.jit, static_argnames=('num_samples',))
+def farthest_point_sample(points: jax.Array, valid: jax.Array, num_samples: int) -> jax.Array:
+  """Returns the FPS indices [B, S] int32 of `points` [B, N, 3] restricted to `valid` [B, N] bool."""
+  points = points.astype(jnp.float32)
+  valid = valid.astype(bool)
+  batch = points.shape[0]
+  magnitude = squared_distance(points, jnp.zeros((), jnp.float32))
+  eligible = valid & (magnitude > _SKIP_MAGNITUDE)
+  any_eligible = jnp.any(eligible, axis=1)
+  start = jnp.argmax(valid, axis=1).astype(jnp.int32)
+
+  def step(j, carry):
+    indices, running, last = carry
+    last_point = jnp.take_along_axis(points, last[:, None, None], axis=1)  # [B, 1, 3]
+    d = squared_distance(points, last_point)
+    running = jnp.where(eligible, jnp.minimum(d, running), running)
+    best = jnp.argmax(jnp.where(eligible, running, -1.0), axis=1).astype(jnp.int32)
+    best = jnp.where(any_eligible, best, start)
+    return indices.at[:, j].set(best), running, best
+
+  indices = jnp.zeros((batch, num_samples), jnp.int32).at[:, 0].set(start)
+  running = jnp.full(points.shape[:2], _INIT_DISTANCE, jnp.float32)
+  indices, _, _ = jax.lax.fori_loop(1, num_samples, step, (indices, running, start))
+  return indices
