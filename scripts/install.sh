@@ -16,10 +16,16 @@ if ! ldconfig -p | grep -q 'libusb-1.0.so.0'; then
     exit 1
   fi
 fi
+pip_install() {  # pip, quiet, without this machine's "location is ignored" noise; fails loudly
+  local log; log=$(mktemp)
+  if ! .venv/bin/python -m pip install -q "$@" >"$log" 2>&1; then
+    grep -v 'is ignored' "$log" >&2; rm -f "$log"; exit 1
+  fi
+  grep -v 'is ignored' "$log" || true; rm -f "$log"
+}
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v 'is ignored' || true
-.venv/bin/python -m pip install -q torch==2.13.0 2>&1 | grep -v 'is ignored' || true
-.venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v 'is ignored' || true
+pip_install torch==2.13.0
+pip_install -e '.[test]'
 .venv/bin/python -c "import torch, jax, flax, open3d, tensorflow_datasets; assert '+cpu' in torch.__version__, torch.__version__" \
   || { echo "install.sh: the environment in .venv is incomplete (see pip output above)" >&2; exit 1; }
 touch "$stamp"
