@@ -1,0 +1,407 @@
+"""PatchCore memory banks: normalisation, greedy coreset, sharded nearest-neighbour search, unimodal scoring.
+
+SPEC §3. Full-size banks (765k × 1152 float32 for one MVTec PCD class) are only ever touched in row chunks: the
+statistics, the random projection and the coreset rows are streamed, and nothing of size n×n or n×k is built.
+Nearest-neighbour search splits the coreset along its rows over a device mesh (`g2sf_jax.sharding`).
+"""
+import dataclasses
+import functools
+import math
+import os
+from typing import Iterator, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+
+from g2sf_jax import checkpoints
+from g2sf_jax import sharding
+from g2sf_jax.ops import blur as blur_ops
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+# Extra candidates per shard ranked by the fast ‖q‖²−2q·b+‖b‖² distances before the exact re-ranking; the fast
+# formula is only off by ~1e-7·(‖q‖²+‖b‖²), far below typical neighbour gaps, so 8 is ample.
+_CANDIDATE_MARGIN = 8
+
+
+def _row_chunks(num_rows: int, chunk_rows: int) -> Iterator[slice]:
+  for start in range(0, num_rows, chunk_rows):
+    yield slice(start, min(start + chunk_rows, num_rows))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Normalisation (SPEC §3.1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Normaliser:
+  """`x ↦ (x − mean) / std` with scalars, applied in float32 to bank, test and synthetic features alike."""
+  mean: float = 0.0
+  std: float = 1.0
+
+  @classmethod
+  def identity(cls) -> 'Normaliser':
+    """PCD banks are not normalised ("following M3DM", SPEC §3.1)."""
+    return cls(0.0, 1.0)
+
+  @classmethod
+  def fit(cls, bank: np.ndarray, chunk_rows: int = 8192) -> 'Normaliser':
+    """Scalar mean and unbiased std over all elements of `bank [n, d]` (IMG, SPEC §3.1).
+
+    Two streaming passes with float64 accumulators; only one float64 chunk exists at a time.
+    """
+    n = bank.size
+    if n < 2:
+      raise ValueError(f'Normaliser.fit needs at least 2 elements, got bank of shape {bank.shape}')
+    total = 0.0
+    for rows in _row_chunks(bank.shape[0], chunk_rows):
+      total += float(np.sum(bank[rows], dtype=np.float64))
+    mean = total / n
+    sq = 0.0
+    for rows in _row_chunks(bank.shape[0], chunk_rows):
+      dev = bank[rows].astype(np.float64) - mean
+      sq += float(np.einsum('ij,ij->', dev, dev))
+    return cls(mean, math.sqrt(sq / (n - 1)))
+
+  def __call__(self, x: np.ndarray) -> np.ndarray:
+    """`[..., d]` → float32 `[..., d]` (the float64 statistics are rounded to float32, as torch stores them)."""
+    x = np.asarray(x, np.float32)
+    if self.mean == 0.0 and self.std == 1.0:
+      return x
+    return (x - np.float32(self.mean)) / np.float32(self.std)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Coreset (SPEC §3.2)
+
+
+def projection_dim(num_rows: int, eps: float = 0.9) -> int:
+  """Johnson–Lindenstrauss dimension `int(4 ln n / (eps²/2 − eps³/3))` (sklearn's formula)."""
+  return int(4 * math.log(num_rows) / (eps ** 2 / 2 - eps ** 3 / 3))
+
+
+def sparse_projection_matrix(key: jax.Array, d_in: int, n_components: int) -> np.ndarray:
+  """`[d_in, n_components]` float32 sparse random projection, density `1/√d_in` (SPEC §3.2).
+
+  Entries are `±√(1/density)/√n_components` with probability density/2 each, 0 otherwise — the distribution of
+  sklearn's `SparseRandomProjection`, drawn from a JAX key so runs reproduce on any platform.
+  """
+  density = 1 / math.sqrt(d_in)
+  scale = math.sqrt(1 / density) / math.sqrt(n_components)
+  u = np.asarray(jax.random.uniform(key, (d_in, n_components), jnp.float32))
+  out = np.zeros((d_in, n_components), np.float32)
+  out[u < density / 2] = -scale
+  out[(u >= density / 2) & (u < density)] = scale
+  return out
+
+
+@jax.jit
+def _project_chunk(x: jax.Array, matrix: jax.Array) -> jax.Array:
+  return jnp.dot(x, matrix, precision=_HIGHEST)
+
+
+@jax.jit
+def _distances_to(z: jax.Array, z0: jax.Array) -> jax.Array:
+  return jnp.sqrt(jnp.sum(jnp.square(z - z0), axis=1))
+
+
+def project(bank: np.ndarray, matrix: np.ndarray, normaliser: Normaliser | None = None,
+            dtype: np.dtype = np.float32, chunk_rows: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+  """Projects `normaliser(bank) [n, d]` → `(z [n, c] dtype, dist0 [n] float32)`, one row chunk at a time.
+
+  `dist0 = ‖z − z₀‖` in float32 before any cast: the reference's initial running minimum (SPEC §3.2 step 1).
+  """
+  normaliser = normaliser or Normaliser.identity()
+  n = bank.shape[0]
+  z_out = np.empty((n, matrix.shape[1]), dtype)
+  dist0 = np.empty((n,), np.float32)
+  matrix = jnp.asarray(matrix)
+  z0 = None
+  chunk_rows = min(chunk_rows, n)
+  for rows in _row_chunks(n, chunk_rows):
+    x = normaliser(bank[rows])
+    valid = x.shape[0]
+    if valid < chunk_rows:  # one compiled shape for every chunk
+      x = np.concatenate([x, np.zeros((chunk_rows - valid, x.shape[1]), np.float32)])
+    z = _project_chunk(x, matrix)
+    z0 = z[0] if z0 is None else z0  # row 0 exactly as stored, so dist0[0] == 0
+    d = _distances_to(z, z0)
+    z_out[rows] = np.asarray(z[:valid]).astype(dtype)
+    dist0[rows] = np.asarray(d[:valid])
+  return z_out, dist0
+
+
+@functools.partial(jax.jit, static_argnames=('k', 'fp16'))
+def greedy_k_center(z: jax.Array, dist0: jax.Array, k: int, fp16: bool) -> jax.Array:
+  """Reference greedy k-centre on the projected bank `z [n, c]` → `[k]` int32 row indices (SPEC §3.2).
+
+  Starts at row 0 with running minimum `dist0`; k−1 iterations, the first re-using row 0. Each picks the first
+  argmax of the running minimum and zeroes it. `fp16=True` reproduces the reference's float16 arithmetic: the
+  bank, the differences and the distances are float16 (sums of squares accumulate in float32, as CUDA does).
+  """
+  dt = jnp.float16 if fp16 else jnp.float32
+  z = z.astype(dt)
+
+  def distances(last: jax.Array) -> jax.Array:
+    diff = z.astype(jnp.float32) - z[last].astype(jnp.float32)
+    diff = diff.astype(dt).astype(jnp.float32)
+    return jnp.sqrt(jnp.sum(diff * diff, axis=1)).astype(dt)
+
+  def body(i, carry):
+    mind, last, idx = carry
+    mind = jnp.minimum(mind, distances(last))
+    j = jnp.argmax(mind).astype(jnp.int32)
+    return mind.at[j].set(0), j, idx.at[i].set(j)
+
+  init = (dist0.astype(dt), jnp.int32(0), jnp.zeros((k,), jnp.int32))
+  return jax.lax.fori_loop(1, k, body, init)[2]
+
+
+def coreset_size(num_rows: int, fraction: float) -> int:
+  """`k = int(fraction·n)`, at least 1."""
+  return max(1, int(fraction * num_rows))
+
+
+def coreset(bank: np.ndarray, fraction: float = 0.1, eps: float = 0.9, key: jax.Array | None = None,
+            fp16: bool = True, normaliser: Normaliser | None = None, chunk_rows: int = 16384) -> np.ndarray:
+  """Sparse-random-projection greedy coreset of `normaliser(bank) [n, d]` → `[k]` int32 indices (SPEC §3.2).
+
+  `key` seeds the projection (the reference's is unseeded). The bank stays on the host; only the projected
+  `[n, c]` bank (c ≈ 340; float16 when `fp16`) goes to the device.
+  """
+  if bank.ndim != 2 or bank.shape[0] < 2:
+    raise ValueError(f'coreset: expected a bank [n>=2, d], got shape {bank.shape}')
+  key = jax.random.key(0) if key is None else key
+  n, d = bank.shape
+  matrix = sparse_projection_matrix(key, d, projection_dim(n, eps))
+  z, dist0 = project(bank, matrix, normaliser, np.float16 if fp16 else np.float32, chunk_rows)
+  idx = greedy_k_center(jnp.asarray(z), jnp.asarray(dist0), coreset_size(n, fraction), fp16)
+  return np.asarray(idx)
+
+
+def gather_rows(bank: np.ndarray, idx: np.ndarray, normaliser: Normaliser | None = None) -> np.ndarray:
+  """`normaliser(bank[idx])` → `[k, d]` float32: the coreset (the *unprojected* normalised rows)."""
+  return (normaliser or Normaliser.identity())(bank[np.asarray(idx)])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Nearest-neighbour search over a row-sharded bank
+
+
+class ShardedBank(NamedTuple):
+  """A bank placed once on a mesh: rows padded to a multiple of the device count and split along them."""
+  rows: jax.Array       # [m_pad, d] float32, row-sharded
+  sq_norms: jax.Array   # [m_pad] float32, row-sharded
+  num_rows: int         # m: rows ≥ m are padding and never returned
+  mesh: Mesh
+
+
+def place_bank(bank: np.ndarray | ShardedBank, mesh: Mesh | None = None) -> ShardedBank:
+  """Puts `bank [m, d]` on `mesh` (default: a 1-device mesh). A `ShardedBank` is returned as is."""
+  if isinstance(bank, ShardedBank):
+    if mesh is not None and mesh != bank.mesh:
+      raise ValueError('place_bank: the bank is already placed on a different mesh')
+    return bank
+  bank = np.asarray(bank, np.float32)
+  if bank.ndim != 2:
+    raise ValueError(f'place_bank: expected a bank [m, d], got shape {bank.shape}')
+  mesh = mesh or sharding.make_mesh(devices=jax.devices()[:1])
+  sq = np.einsum('ij,ij->i', bank, bank)  # only ranks candidates; exact distances are recomputed
+  return ShardedBank(sharding.shard_rows(bank, mesh), sharding.shard_rows(sq, mesh), bank.shape[0], mesh)
+
+
+@functools.partial(jax.jit, static_argnames=('k', 'num_candidates', 'num_rows', 'mesh'))
+def _knn_chunk(queries, rows, sq_norms, *, k, num_candidates, num_rows, mesh):
+  axis = sharding.axis_name(mesh)
+
+  def local(q, b, b_sq):
+    shard_rows = b.shape[0]
+    gidx = jax.lax.axis_index(axis) * shard_rows + jnp.arange(shard_rows, dtype=jnp.int32)
+    q_sq = jnp.sum(q * q, axis=1, keepdims=True)
+    fast = q_sq - 2 * jnp.dot(q, b.T, precision=_HIGHEST) + b_sq[None]
+    fast = jnp.where(gidx[None] < num_rows, fast, jnp.inf)
+    _, local_idx = jax.lax.top_k(-fast, num_candidates)                 # [qc, kc]
+    cand = b[local_idx]                                                 # [qc, kc, d]
+    exact = jnp.sqrt(jnp.sum(jnp.square(q[:, None, :] - cand), axis=-1))
+    cand_gidx = gidx[local_idx]
+    exact = jnp.where(cand_gidx < num_rows, exact, jnp.inf)
+    all_d = jax.lax.all_gather(exact, axis, axis=1, tiled=True)         # [qc, devices·kc]
+    all_i = jax.lax.all_gather(cand_gidx, axis, axis=1, tiled=True)
+    d, i = jax.lax.sort((all_d, all_i), dimension=1, num_keys=2)       # ties → lowest global index
+    return d[:, :k], i[:, :k]
+
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P(axis)), out_specs=(P(), P()),
+                       check_vma=False)(queries, rows, sq_norms)
+
+
+def knn_search(queries: np.ndarray, bank: np.ndarray | ShardedBank, k: int, mesh: Mesh | None = None,
+               query_chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+  """The `k` nearest bank rows of each query: `(dist [q, k] float32, idx [q, k] int32)`, ascending.
+
+  The bank is split along its rows over `mesh`; each shard ranks its rows by `‖q‖²−2q·b+‖b‖²` (HIGHEST
+  precision), keeps `k+8` candidates, recomputes their exact float32 distance `‖q−b‖` and the shards' candidates
+  are merged by (distance, global index). The result does not depend on the number of devices. Note torch.cdist
+  (the reference) uses the fast formula for large inputs, which is ~1e-3 relatively off for near-identical vectors.
+  """
+  bank = place_bank(bank, mesh)
+  queries = np.asarray(queries, np.float32)
+  if queries.ndim != 2 or queries.shape[1] != bank.rows.shape[1]:
+    raise ValueError(f'knn_search: queries {queries.shape} do not match bank rows of dim {bank.rows.shape[1]}')
+  if not 1 <= k <= bank.num_rows:
+    raise ValueError(f'knn_search: k={k} must be in [1, {bank.num_rows}] (the bank size)')
+  shard_rows = bank.rows.shape[0] // bank.mesh.size
+  num_candidates = min(k + _CANDIDATE_MARGIN, shard_rows)
+  num_q = queries.shape[0]
+  chunk = max(1, min(query_chunk, num_q))
+  dist = np.empty((num_q, k), np.float32)
+  idx = np.empty((num_q, k), np.int32)
+  for rows in _row_chunks(num_q, chunk):
+    q = queries[rows]
+    valid = q.shape[0]
+    if valid < chunk:
+      q = np.concatenate([q, np.zeros((chunk - valid, q.shape[1]), np.float32)])
+    d, i = _knn_chunk(sharding.replicate(q, bank.mesh), bank.rows, bank.sq_norms, k=k,
+                      num_candidates=num_candidates, num_rows=bank.num_rows, mesh=bank.mesh)
+    dist[rows] = np.asarray(d)[:valid]
+    idx[rows] = np.asarray(i)[:valid]
+  return dist, idx
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Unimodal scoring (SPEC §3.3)
+
+
+class UnimodalResult(NamedTuple):
+  image_score: np.float32      # re-weighted max patch distance
+  min_dist: np.ndarray         # [P] float32, distance to the nearest coreset row (P = grid², 3136)
+  min_idx: np.ndarray          # [P] int32
+  anchor_idx: np.ndarray       # [P, num_anchors] int32, ascending distance; column 0 = min_idx
+  map224: np.ndarray           # [map_size, map_size] float32 pixel map (upsampled and blurred)
+
+
+@functools.partial(jax.jit, static_argnames='size')
+def upsample_bilinear(grid_map: jax.Array, size: int) -> jax.Array:
+  """`[h, w]` → `[size, size]` like torch `interpolate(bilinear, align_corners=False)`, same operation order."""
+
+  def taps(n_in: int):
+    src = jnp.maximum((jnp.arange(size, dtype=jnp.float32) + 0.5) * jnp.float32(n_in / size) - 0.5, 0.0)
+    i0 = src.astype(jnp.int32)
+    i1 = jnp.where(i0 < n_in - 1, i0 + 1, i0)
+    lam1 = src - i0.astype(jnp.float32)
+    return i0, i1, 1 - lam1, lam1
+
+  h0, h1, hl0, hl1 = taps(grid_map.shape[0])
+  w0, w1, wl0, wl1 = taps(grid_map.shape[1])
+  x = grid_map.astype(jnp.float32)
+  top = wl0[None] * x[h0][:, w0] + wl1[None] * x[h0][:, w1]
+  bottom = wl0[None] * x[h1][:, w0] + wl1[None] * x[h1][:, w1]
+  return hl0[:, None] * top + hl1[:, None] * bottom
+
+
+def score_map(min_dist: np.ndarray, blur: str = 'pil_uint8', size: int = 224) -> np.ndarray:
+  """`[P]` patch distances → `[size, size]` pixel map: bilinear ×(size/grid), then the blur (SPEC §3.3 step 3).
+
+  `blur`: 'pil_uint8' (the reference's quantised Pillow blur), 'float' (Gaussian σ=4) or 'none'.
+  """
+  grid = math.isqrt(min_dist.shape[0])
+  if grid * grid != min_dist.shape[0]:
+    raise ValueError(f'score_map: {min_dist.shape[0]} patches do not form a square grid')
+  up = upsample_bilinear(jnp.asarray(min_dist, jnp.float32).reshape(grid, grid), size)
+  if blur == 'pil_uint8':
+    up = blur_ops.pil_gaussian_blur(up)
+  elif blur == 'float':
+    up = blur_ops.float_gaussian_blur(up, sigma=4.0)
+  elif blur != 'none':
+    raise ValueError(f"score_map: blur must be 'pil_uint8', 'float' or 'none', got {blur!r}")
+  return np.asarray(up)
+
+
+def _reweighted_score(feats: np.ndarray, rows_of, bank: ShardedBank, min_dist: np.ndarray,
+                      min_idx: np.ndarray) -> np.float32:
+  """PatchCore re-weighting of the max patch distance with the 2nd and 3rd neighbours of m* (SPEC §3.3 step 2)."""
+  p = int(np.argmax(min_dist))
+  s_star = min_dist[p]
+  m_star = rows_of(np.array([min_idx[p]]))
+  _, nn = knn_search(m_star, bank, 3)
+  neighbours = rows_of(nn[0, 1:])
+  knn_dist = np.sqrt(np.sum(np.square(feats[p][None] - neighbours), axis=1, dtype=np.float32))
+  root_d = np.sqrt(np.float32(feats.shape[1]))
+  w = 1 - np.exp(s_star / root_d) / (np.sum(np.exp(knn_dist / root_d)) + np.float32(1e-5))
+  return np.float32(w * s_star)
+
+
+def unimodal_scores_batch(feats: np.ndarray, coreset_rows: np.ndarray | ShardedBank, mesh: Mesh | None = None,
+                          blur: str = 'pil_uint8', num_anchors: int = 20, map_size: int = 224,
+                          query_chunk: int = 1024) -> list[UnimodalResult]:
+  """`feats [B, P, D]` (normalised) against a coreset → one `UnimodalResult` per sample (SPEC §3.3).
+
+  All B·P patches go through one sharded search; place the coreset once per class with `place_bank`.
+  """
+  feats = np.asarray(feats, np.float32)
+  bank = place_bank(coreset_rows, mesh)
+  b, num_patches, dim = feats.shape
+  k = min(num_anchors, bank.num_rows)
+  dist, idx = knn_search(feats.reshape(b * num_patches, dim), bank, k, query_chunk=query_chunk)
+  dist, idx = dist.reshape(b, num_patches, k), idx.reshape(b, num_patches, k)
+  rows_of = lambda i: np.asarray(bank.rows[jnp.asarray(i)])
+  out = []
+  for s in range(b):
+    # Column 0 of our ascending search already is the argmin (first index on ties), i.e. the reference's
+    # "topk with column 0 overwritten by argmin".
+    min_dist, min_idx = dist[s, :, 0], idx[s, :, 0]
+    score = _reweighted_score(feats[s], rows_of, bank, min_dist, min_idx)
+    out.append(UnimodalResult(score, min_dist, min_idx, idx[s], score_map(min_dist, blur, map_size)))
+  return out
+
+
+def unimodal_scores(feats: np.ndarray, coreset_rows: np.ndarray | ShardedBank, mesh: Mesh | None = None,
+                    blur: str = 'pil_uint8', num_anchors: int = 20, map_size: int = 224,
+                    query_chunk: int = 1024) -> UnimodalResult:
+  """`feats [P, D]` (normalised, P = 3136) against `coreset_rows [m, D]` → `UnimodalResult` (SPEC §3.3)."""
+  return unimodal_scores_batch(np.asarray(feats)[None], coreset_rows, mesh, blur, num_anchors, map_size,
+                               query_chunk)[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One modality's bank, built and stored
+
+
+@dataclasses.dataclass(frozen=True)
+class ModalityBank:
+  coreset: np.ndarray          # [k, d] float32 normalised coreset rows
+  coreset_idx: np.ndarray      # [k] int32 rows of the full bank they came from
+  normaliser: Normaliser
+
+
+def build(bank: np.ndarray, normalise: bool, fraction: float = 0.1, eps: float = 0.9,
+          key: jax.Array | None = None, fp16: bool = True, chunk_rows: int = 16384) -> ModalityBank:
+  """Full bank `[n, d]` (raw features, any background rows included) → its normalised coreset (SPEC §3.1–3.2).
+
+  `normalise`: True for IMG (scalar mean/std), False for PCD. `bank` is not modified and may be a memmap.
+  """
+  normaliser = Normaliser.fit(bank, chunk_rows) if normalise else Normaliser.identity()
+  idx = coreset(bank, fraction, eps, key, fp16, normaliser, chunk_rows)
+  return ModalityBank(gather_rows(bank, idx, normaliser), idx, normaliser)
+
+
+def save(path: str | os.PathLike, banks: dict[str, ModalityBank], meta: dict | None = None) -> None:
+  """Stores `{modality: ModalityBank}` (one class) as an orbax checkpoint at `path`, atomically."""
+  tree = {name: {'coreset': np.asarray(b.coreset, np.float32),
+                 'coreset_idx': np.asarray(b.coreset_idx, np.int32),
+                 'mean': np.asarray([b.normaliser.mean], np.float64),
+                 'std': np.asarray([b.normaliser.std], np.float64)} for name, b in banks.items()}
+  checkpoints.save(path, tree, dict(meta or {}, modalities=sorted(banks)))
+
+
+def load(path: str | os.PathLike, how_to_make: str = '') -> tuple[dict[str, ModalityBank], dict]:
+  """Inverse of `save`: `({modality: ModalityBank}, meta)`."""
+  tree, meta = checkpoints.load(path, how_to_make)
+  banks = {}
+  for name, t in tree.items():
+    missing = {'coreset', 'coreset_idx', 'mean', 'std'} - set(t)
+    if missing:
+      raise ValueError(f'memory bank checkpoint {path}: modality {name!r} lacks {sorted(missing)}')
+    banks[name] = ModalityBank(np.asarray(t['coreset'], np.float32), np.asarray(t['coreset_idx'], np.int32),
+                               Normaliser(float(t['mean'][0]), float(t['std'][0])))
+  return banks, meta

@@ -1,0 +1,59 @@
+"""The one module that knows about devices: a 1-D data mesh and row-sharded / replicated placements.
+
+Memory banks are split along their rows over the mesh axis; queries and small tensors are replicated. Rows are
+padded to a multiple of the device count; callers mask the padding (they know the true row count).
+"""
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+def make_mesh(axis_name: str = 'data', devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh over `devices` (default: all local devices)."""
+  devices = list(jax.devices() if devices is None else devices)
+  if not devices:
+    raise ValueError('make_mesh: no devices given')
+  return Mesh(np.asarray(devices), (axis_name,))
+
+
+def axis_name(mesh: Mesh) -> str:
+  if len(mesh.axis_names) != 1:
+    raise ValueError(f'expected a 1-D mesh, got axes {mesh.axis_names}')
+  return mesh.axis_names[0]
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def row_sharded(mesh: Mesh) -> NamedSharding:
+  """Leading axis split over the mesh axis, other axes whole."""
+  return NamedSharding(mesh, P(axis_name(mesh)))
+
+
+def padded_rows(num_rows: int, mesh: Mesh) -> int:
+  """Smallest multiple of the device count that is ≥ num_rows (and ≥ 1 row per device)."""
+  n = mesh.size
+  return max(n, -(-num_rows // n) * n)
+
+
+def pad_rows(x: np.ndarray, num_rows: int, value: float = 0) -> np.ndarray:
+  """`x [n, ...]` → `[num_rows, ...]` with `value` in the appended rows (no copy if already that size)."""
+  if x.shape[0] == num_rows:
+    return x
+  if x.shape[0] > num_rows:
+    raise ValueError(f'pad_rows: {x.shape[0]} rows do not fit in {num_rows}')
+  pad = np.full((num_rows - x.shape[0],) + x.shape[1:], value, dtype=x.dtype)
+  return np.concatenate([x, pad])
+
+
+def shard_rows(x: np.ndarray | jax.Array, mesh: Mesh, value: float = 0) -> jax.Array:
+  """Pads `x [n, ...]` to a multiple of the device count and places it row-sharded on `mesh`."""
+  x = pad_rows(np.asarray(x), padded_rows(x.shape[0], mesh), value)
+  return jax.device_put(x, row_sharded(mesh))
+
+
+def replicate(x: np.ndarray | jax.Array, mesh: Mesh) -> jax.Array:
+  return jax.device_put(x, replicated(mesh))
