@@ -1,6 +1,6 @@
 """Evaluation metrics of one class: I-AUROC, P-AUROC and AUPRO exactly as the reference computes them (SPEC §5).
 
-Everything runs in NumPy float64 on the host; these are evaluated once per class and row (IMG, PCD, FUS, ...).
+Everything runs in NumPy on the host (curves and areas in float64); these are evaluated once per class and row.
 Every metric depends on the scores only through their order, so the global min-max normalisation of the maps
 (SPEC §3.3, last paragraph) does not change them.
 """
@@ -104,7 +104,9 @@ def aupro(masks: np.ndarray, maps: np.ndarray, limits: Sequence[float] = DEFAULT
   components = components.ravel()
   if num_components == 0:
     raise ValueError('AUPRO is undefined: the masks contain no anomalous pixel')
-  scores = maps.ravel().astype(np.float64)
+  # Sorting and comparing in the maps' own float type (float32 or wider) gives the same order, thresholds and
+  # counts as float64, at half the sort time.
+  scores = maps.ravel().astype(np.result_type(maps.dtype, np.float32), copy=False)
   # SPEC §5 step 2.
   ok_sorted = np.sort(scores[components == 0])
   num_ok = ok_sorted.size
