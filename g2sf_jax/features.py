@@ -1,0 +1,142 @@
+"""Per-sample patch features of both modalities on the patch grids, with a resumable on-disk cache (SPEC §2.4–2.5).
+
+RGB: the backbone's own grid (`[h, w, Cr]`, 28×28 for DINO). Points: per-pixel features → `pool_to_grid` →
+`[56, 56, Cp]`. Either backbone may be None (RGB-only / 3D-only runs); that modality is then absent.
+"""
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from g2sf_jax import io
+from g2sf_jax.ops import pooling
+
+Backbone = Callable[[Any], Any]  # `.name`, `.dim`, `__call__(x [B,224,224,3])` (see g2sf_jax.backbones)
+_INDEX = 'index.json'
+
+
+def upsample_nearest2x(img: np.ndarray) -> np.ndarray:
+  """`[..., h, w, C]` → `[..., 2h, 2w, C]`: cell (i, j) takes (⌊i/2⌋, ⌊j/2⌋) (IMG 28→56, SPEC §2.5)."""
+  return np.repeat(np.repeat(img, 2, axis=-3), 2, axis=-2)
+
+
+def joint_features(img56: np.ndarray, pcd56: np.ndarray) -> np.ndarray:
+  """`[..., 56, 56, Cr]`, `[..., 56, 56, Cp]` → `[..., 3136, Cr+Cp]`, RGB first, row-major cells (SPEC §2.5)."""
+  if img56.shape[:-1] != pcd56.shape[:-1]:
+    raise ValueError(f'joint_features: grids differ, img {img56.shape} vs pcd {pcd56.shape}')
+  joint = np.concatenate([img56, pcd56], axis=-1)
+  return joint.reshape(joint.shape[:-3] + (-1, joint.shape[-1]))
+
+
+def background_mask(pcd: np.ndarray) -> np.ndarray:
+  """`[..., Cp]` pooled point features → `[...]` bool: the reference's `PCD.sum(1) == 0` (SPEC §2.4 step 5)."""
+  return np.sum(pcd, axis=-1) == 0
+
+
+def _stack(samples: Sequence[dict], key: str, size: int) -> np.ndarray:
+  """`[size, ...]` from `samples[key]`, repeating the last sample so every batch has one compiled shape."""
+  arrays = []
+  for s in samples:
+    if key not in s:
+      raise KeyError(f'sample {s.get("name", "?")!r} has no {key!r} (keys: {sorted(s)})')
+    arrays.append(np.asarray(s[key], np.float32))
+  arrays += [arrays[-1]] * (size - len(arrays))
+  return np.stack(arrays)
+
+
+def _extract_batch(rgb_backbone: Backbone | None, point_backbone: Backbone | None, samples: Sequence[dict],
+                   batch_size: int) -> dict[str, np.ndarray]:
+  n = len(samples)
+  out = {}
+  if rgb_backbone is not None:
+    out['img'] = np.asarray(rgb_backbone(jnp.asarray(_stack(samples, 'rgb', batch_size))))[:n]
+  if point_backbone is not None:
+    pixel = point_backbone(jnp.asarray(_stack(samples, 'xyz', batch_size)))
+    out['pcd'] = np.asarray(pooling.pool_to_grid(pixel))[:n]
+  return out
+
+
+def _check_backbones(rgb_backbone, point_backbone) -> None:
+  if rgb_backbone is None and point_backbone is None:
+    raise ValueError('features: at least one of rgb_backbone and point_backbone is needed')
+
+
+def extract(rgb_backbone: Backbone | None, point_backbone: Backbone | None, samples: Sequence[dict],
+            batch_size: int = 8) -> dict[str, np.ndarray]:
+  """`{'img': [N, h, w, Cr], 'pcd': [N, 56, 56, Cp]}` (float32; a key only for a present backbone)."""
+  _check_backbones(rgb_backbone, point_backbone)
+  parts = [_extract_batch(rgb_backbone, point_backbone, samples[i:i + batch_size], batch_size)
+           for i in range(0, len(samples), batch_size)]
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+
+
+def cache_key(rgb_backbone: Backbone | None, point_backbone: Backbone | None, samples: Sequence[dict],
+              batch_size: int, extra: dict | None = None) -> dict:
+  """What the cached features depend on: backbones (name, dim, `.meta` if any), sample names, chunking, `extra`.
+
+  `extra` is for what the backbones cannot tell (checkpoint meta, config switches such as drop_path).
+  """
+  describe = lambda b: None if b is None else {'name': getattr(b, 'name', type(b).__name__),
+                                                 'dim': getattr(b, 'dim', None), 'meta': getattr(b, 'meta', None)}
+  names = [str(s.get('name', i)) for i, s in enumerate(samples)]
+  return json.loads(json.dumps({
+      'rgb': describe(rgb_backbone), 'point': describe(point_backbone), 'num_samples': len(names),
+      'names_sha256': hashlib.sha256('\n'.join(names).encode()).hexdigest(), 'chunk_size': batch_size,
+      'extra': extra or {}}, sort_keys=True, default=str))
+
+
+def _chunk_path(cache_dir: Path, i: int) -> Path:
+  return cache_dir / f'chunk_{i:05d}.npz'
+
+
+def cached_extract(cache_dir: str | os.PathLike, rgb_backbone: Backbone | None, point_backbone: Backbone | None,
+                   samples: Sequence[dict], batch_size: int = 8, extra_key: dict | None = None,
+                   log: Callable[[str], None] = lambda _: None) -> dict[str, np.ndarray]:
+  """`extract` through a per-class cache folder of one atomically written shard per batch of samples.
+
+  Re-runs read the shards; an interrupted run resumes at the first missing shard. When the key (`cache_key`)
+  differs from the one in `index.json`, the folder's shards are stale and are deleted first.
+  """
+  _check_backbones(rgb_backbone, point_backbone)
+  cache_dir = Path(cache_dir)
+  cache_dir.mkdir(parents=True, exist_ok=True)
+  key = cache_key(rgb_backbone, point_backbone, samples, batch_size, extra_key)
+  index = cache_dir / _INDEX
+  if index.exists() and json.loads(index.read_text()) != key:
+    log(f'{cache_dir}: cached features were made with other inputs; recomputing')
+    for stale in cache_dir.glob('chunk_*.npz'):
+      stale.unlink()
+    index.unlink()
+  if not index.exists():
+    with io.atomic_write(index, 'w') as f:
+      json.dump(key, f, indent=1, sort_keys=True)
+  starts = range(0, len(samples), batch_size)
+  for i, start in enumerate(starts):
+    path = _chunk_path(cache_dir, i)
+    if not path.exists():
+      log(f'{cache_dir}: extracting samples {start}..{min(start + batch_size, len(samples)) - 1}')
+      feats = _extract_batch(rgb_backbone, point_backbone, samples[start:start + batch_size], batch_size)
+      with io.atomic_write(path) as f:
+        np.savez(f, **feats)
+  return _read_chunks(cache_dir, len(starts), len(samples))
+
+
+def _read_chunks(cache_dir: Path, num_chunks: int, num_samples: int) -> dict[str, np.ndarray]:
+  """Concatenates the shards into preallocated arrays (one copy of the features in memory at a time)."""
+  out: dict[str, np.ndarray] = {}
+  row = 0
+  for i in range(num_chunks):
+    with np.load(_chunk_path(cache_dir, i)) as shard:
+      for name in shard.files:
+        part = shard[name]
+        if name not in out:
+          out[name] = np.empty((num_samples,) + part.shape[1:], part.dtype)
+        out[name][row:row + part.shape[0]] = part
+      row += part.shape[0]
+  if row != num_samples:
+    raise ValueError(f'{cache_dir}: shards hold {row} samples, expected {num_samples}; delete the folder')
+  return out
