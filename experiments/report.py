@@ -20,6 +20,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 import numpy as np
@@ -115,16 +116,16 @@ def results_dict(results: Sequence[ClassResult]) -> dict:
     have = [per_class[r.name][row] for r in results if row in r.rows]
     names = list(dict.fromkeys(name for values in have for name in values))
     means[row] = {name: metrics.round4(metrics.dataset_mean([v.get(name, np.nan) for v in have])) for name in names}
-  thresholds = {str(res.aupro.num_thresholds) for r in results for res in r.rows.values()}
+  thresholds = list(dict.fromkeys(res.aupro.num_thresholds for r in results for res in r.rows.values()))
   return {'rows': row_names, 'classes': per_class, 'mean': means,
           'num_classes': {row: sum(row in r.rows for r in results) for row in row_names},
-          'aupro_thresholds': sorted(thresholds)}
+          'aupro_thresholds': thresholds}
 
 
 def results_markdown(table: dict, limits: Sequence[float] = TABLE_LIMITS) -> str:
   """Markdown of `results_dict(...)`: the mean table, then one line per class and row."""
   columns = metric_names(limits)
-  lines = [f'## Mean over classes (AUPRO thresholds: {", ".join(table["aupro_thresholds"])})', '',
+  lines = [f'## Mean over classes (AUPRO thresholds: {_join(table["aupro_thresholds"])})', '',
            '| Row | Classes | ' + ' | '.join(columns) + ' |', '|---|---|' + '---|' * len(columns)]
   for row in table['rows']:
     lines.append(f'| {row} | {table["num_classes"][row]} | ' + _cells(table['mean'][row], columns) + ' |')
@@ -176,6 +177,10 @@ def write_report(out_dir: str | Path, results: Sequence[ClassResult], title: str
 
 def _aupro_name(limit: float) -> str:
   return f'AUPRO@{100 * limit:g}%'
+
+
+def _join(items: Sequence) -> str:
+  return ', '.join(str(item) for item in items)
 
 
 def _cells(values: Mapping[str, float], columns: Sequence[str]) -> str:
@@ -234,13 +239,22 @@ def _pro_figure(result: ClassResult) -> Figure:
   for limit in limits:
     ax.axvline(limit, color='0.8', linewidth=0.8, linestyle=':')
   for name, row in result.rows.items():
-    ax.plot(row.aupro.fpr, row.aupro.pro, marker='.', markersize=2,
+    fpr, pro = _visible_curve(row.aupro.fpr, row.aupro.pro, x_max)
+    ax.plot(fpr, pro, marker='.' if fpr.size <= 200 else None, markersize=2,
             label=f'{name} ({_aupro_name(x_max)} {row.aupro.values.get(x_max, np.nan):.4f})')
-  thresholds = {str(row.aupro.num_thresholds) for row in result.rows.values()}
+  thresholds = dict.fromkeys(row.aupro.num_thresholds for row in result.rows.values())
   ax.set(xlim=(0, x_max), ylim=(0, 1.02), xlabel='FPR', ylabel='PRO',
-         title=f'{result.name}: PRO ({", ".join(sorted(thresholds))} thresholds)')
+         title=f'{result.name}: PRO ({_join(thresholds)} thresholds)')
   ax.legend(loc='lower right', fontsize=8)
   return fig
+
+
+def _visible_curve(fpr: np.ndarray, pro: np.ndarray, x_max: float, max_points: int = 4000
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """The part of a curve up to x_max (and one point beyond), thinned to max_points for plotting."""
+  end = min(int(np.searchsorted(fpr, x_max, side='right')) + 1, fpr.size)
+  keep = np.unique(np.linspace(0, end - 1, min(end, max_points)).astype(int))
+  return fpr[keep], pro[keep]
 
 
 def _map_range(images: Sequence[ImageRecord]) -> tuple[float, float]:
@@ -250,8 +264,15 @@ def _map_range(images: Sequence[ImageRecord]) -> tuple[float, float]:
   return lo, hi
 
 
-def _write_overlays(out_dir: Path, class_dir: str, result: ClassResult) -> list[tuple[str, ImageRecord]]:
-  """Writes one overlay per image; returns (relative path, record without arrays) with defects first."""
+class _Thumb(NamedTuple):
+  path: str  # relative to the report folder
+  name: str
+  label: int
+  score: float | None
+
+
+def _write_overlays(out_dir: Path, class_dir: str, result: ClassResult) -> list[_Thumb]:
+  """Writes one overlay per image; returns the thumbnails, defects first."""
   if not len(result.images):
     return []
   map_range = result.map_range or _map_range(result.images)
@@ -265,8 +286,8 @@ def _write_overlays(out_dir: Path, class_dir: str, result: ClassResult) -> list[
                        f'mask {mask.shape}')
     rel = f'{class_dir}/overlays/{_safe(image.name)}.png'
     io.write_png(out_dir / rel, overlay(rgb, amap, mask, map_range))
-    written.append((rel, dataclasses.replace(image, rgb=None, anomaly_map=None, mask=None)))
-  written.sort(key=lambda item: (item[1].label == 0, item[1].name))
+    written.append(_Thumb(rel, image.name, int(image.label), image.score))
+  written.sort(key=lambda thumb: (thumb.label == 0, thumb.name))
   return written
 
 
@@ -291,7 +312,7 @@ def _html_table(rows: Sequence[tuple[str, Mapping[str, float]]], columns: Sequen
   return f'<table>{head}{body}</table>'
 
 
-def _class_section(result: ClassResult, table: dict, class_dir: str, thumbs: list[tuple[str, ImageRecord]],
+def _class_section(result: ClassResult, table: dict, class_dir: str, thumbs: list[_Thumb],
                    limits: Sequence[float]) -> str:
   name = html.escape(result.name)
   parts = [f'<h2 id="{html.escape(class_dir)}">{name}</h2>',
@@ -299,14 +320,14 @@ def _class_section(result: ClassResult, table: dict, class_dir: str, thumbs: lis
            f'<div class="curves"><a href="{class_dir}/roc.png"><img src="{class_dir}/roc.png" alt="ROC {name}"></a>'
            f'<a href="{class_dir}/pro.png"><img src="{class_dir}/pro.png" alt="PRO {name}"></a></div>']
   if thumbs:
-    num_defects = sum(image.label != 0 for _, image in thumbs)
+    num_defects = sum(thumb.label != 0 for thumb in thumbs)
     parts.append(f'<p>{html.escape(result.map_row)} anomaly maps, {num_defects} anomalous then '
                  f'{len(thumbs) - num_defects} good images; white = ground-truth contour.</p><div class="grid">')
-    for rel, image in thumbs:
-      score = '' if image.score is None else f' · {image.score:.4g}'
-      parts.append(f'<figure class="{"defect" if image.label else "good"}"><a href="{rel}">'
-                   f'<img src="{rel}" loading="lazy" alt="{html.escape(image.name)}"></a>'
-                   f'<figcaption>{html.escape(image.name)}{score}</figcaption></figure>')
+    for thumb in thumbs:
+      score = '' if thumb.score is None else f' · {thumb.score:.4g}'
+      parts.append(f'<figure class="{"defect" if thumb.label else "good"}"><a href="{thumb.path}">'
+                   f'<img src="{thumb.path}" loading="lazy" alt="{html.escape(thumb.name)}"></a>'
+                   f'<figcaption>{html.escape(thumb.name)}{score}</figcaption></figure>')
     parts.append('</div>')
   return '\n'.join(parts)
 
@@ -317,6 +338,6 @@ def _page(title: str, table: dict, sections: list[str], class_names: list[str], 
   return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
           f'<style>{_STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n'
           f'<p>Tables: <a href="results.md">results.md</a> · <a href="results.json">results.json</a> '
-          f'(all AUPRO limits). AUPRO thresholds: {html.escape(", ".join(table["aupro_thresholds"]))}.</p>\n'
+          f'(all AUPRO limits). AUPRO thresholds: {html.escape(_join(table["aupro_thresholds"]))}.</p>\n'
           f'<h2>Mean over classes</h2>\n{mean}\n<p>Classes: {index}</p>\n' + '\n'.join(sections)
           + '\n</body></html>\n')

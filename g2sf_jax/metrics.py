@@ -22,6 +22,7 @@ class AuproResult:
 
   values: limit -> normalised area under the PRO curve from FPR 0 to the limit (e.g. `values[0.3]`).
   fpr, pro: [T+1] the PRO curve in ascending FPR, starting at FPR 0 and ending at the prepended point (1, 1).
+    For 'exact', interior points of runs of equal PRO are dropped (interpolating the rest gives them back).
   num_thresholds: the `num_thresholds` argument (an int or 'exact').
   num_components: connected ground-truth components pooled over all images.
   """
@@ -130,6 +131,12 @@ def aupro(masks: np.ndarray, maps: np.ndarray, limits: Sequence[float] = DEFAULT
   fpr = np.concatenate([[1.0], fpr])[::-1]
   pro = np.concatenate([[1.0], pro])[::-1]
   values = {limit: _trapezoid(fpr, pro, limit) / limit for limit in limits}
+  if num_thresholds == 'exact':
+    # Millions of points: keep only the ends of each run of equal PRO. Linear interpolation of the kept points
+    # reproduces every dropped one, so the stored curve is the same curve at a few points per PRO step.
+    keep = np.ones(fpr.size, dtype=bool)
+    keep[1:-1] = (pro[1:-1] != pro[:-2]) | (pro[1:-1] != pro[2:])
+    fpr, pro = fpr[keep], pro[keep]
   return AuproResult(values=values, fpr=fpr, pro=pro, num_thresholds=num_thresholds,
                      num_components=int(num_components))
 

@@ -51,6 +51,17 @@ def reference_aupro(masks, maps, limits, num_thresholds):
   return values, np.array(fprs), np.array(pros)
 
 
+def each_near_one_of(values, candidates, atol=1e-12):
+  return all(np.min(np.abs(np.asarray(candidates) - v)) <= atol for v in values)
+
+
+def assert_same_curve(res, fpr, pro):
+  """The stored curve passes through every expected point ('exact' stores only the ends of flat runs)."""
+  fpr, pro = np.asarray(fpr), np.asarray(pro)
+  assert res.fpr.size <= fpr.size and each_near_one_of(res.fpr, fpr)
+  np.testing.assert_allclose(np.interp(fpr, res.fpr, res.pro), pro, atol=1e-12)
+
+
 def random_case(seed, n=6, size=24, quantise=None):
   """Maps with blobs that score higher on average, and a few diagonal-only touching components."""
   rng = np.random.default_rng(seed)
@@ -77,8 +88,10 @@ def test_single_square_step_map_by_hand():
   # 'exact': threshold v = 0..11 has FPR (11-v)/12 and PRO = #(component > v)/4.
   res = metrics.aupro(mask, score, limits=(0.3, 1.0), num_thresholds='exact')
   v = np.arange(12)[::-1]
-  np.testing.assert_allclose(res.fpr, np.append((11 - v) / 12, 1.0))
-  np.testing.assert_allclose(res.pro, np.append([(np.array([2.5, 5.5, 8.5, 20.0]) > t).mean() for t in v], 1.0))
+  assert_same_curve(res, np.append((11 - v) / 12, 1.0),
+                    np.append([(np.array([2.5, 5.5, 8.5, 20.0]) > t).mean() for t in v], 1.0))
+  # Runs of equal PRO keep their ends only: FPR 0, 2/12 | 3/12, 5/12 | 6/12, 8/12 | 9/12, 1.
+  np.testing.assert_allclose(res.fpr, np.array([0, 2, 3, 5, 6, 8, 9, 12]) / 12)
   # Area to 0.3: 1/12·(.25 + .25 + .375) + (0.3 − 3/12)·0.5.
   assert res[0.3] == pytest.approx((0.875 / 12 + 0.05 * 0.5) / 0.3, abs=1e-12)
   # 4 thresholds at positions int(linspace(0, 11, 4)) = 0, 3, 7, 11 -> points (0,.25) (4/12,.5) (8/12,.75)
@@ -106,8 +119,8 @@ def test_stripes_known_pro():
   assert res.num_components == 4
   ok = np.sort(score[~mask])
   expected_pro = [np.mean(np.array(stripe_scores) > t) for t in ok[::-1]]
-  np.testing.assert_allclose(res.pro[:-1], expected_pro)
-  np.testing.assert_allclose(res.fpr[:-1], [np.mean(ok > t) for t in ok[::-1]])
+  assert_same_curve(res, [np.mean(ok > t) for t in ok[::-1]] + [1.0], expected_pro + [1.0])
+  assert res.fpr.size == 2 * 5  # PRO takes 5 values; each run keeps its two ends (the last one ends at (1, 1))
 
 
 def test_eight_connectivity():
@@ -130,8 +143,11 @@ def test_matches_plain_loop(num_thresholds, quantise):
   masks, maps = random_case(seed=1, quantise=quantise)
   res = metrics.aupro(masks, maps, limits=LIMITS, num_thresholds=num_thresholds)
   values, fpr, pro = reference_aupro(masks, maps, LIMITS, num_thresholds)
-  np.testing.assert_allclose(res.fpr, fpr, atol=1e-12)
-  np.testing.assert_allclose(res.pro, pro, atol=1e-12)
+  if num_thresholds == 'exact':
+    assert_same_curve(res, fpr, pro)
+  else:
+    np.testing.assert_allclose(res.fpr, fpr, atol=1e-12)
+    np.testing.assert_allclose(res.pro, pro, atol=1e-12)
   for limit in LIMITS:
     assert res[limit] == pytest.approx(values[limit], abs=1e-12)
 
@@ -153,7 +169,9 @@ def test_threshold_variants():
   r99 = metrics.aupro(masks, maps, num_thresholds=99)
   exact = metrics.aupro(masks, maps, num_thresholds='exact')
   num_ok = int((~masks).sum())
-  assert len(r100.fpr) == 101 and len(r99.fpr) == 100 and len(exact.fpr) == num_ok + 1  # all OK scores distinct
+  assert len(r100.fpr) == 101 and len(r99.fpr) == 100 and 101 < len(exact.fpr) < num_ok + 1
+  # All OK scores are distinct: the exact curve has a point at every FPR k/K.
+  assert each_near_one_of(exact.fpr, np.arange(num_ok + 1) / num_ok)
   assert r100[0.3] != r99[0.3] and r100[0.05] != r99[0.05] and exact[0.01] != r100[0.01]
   # All three sample the same curve: close at 30 %.
   assert abs(r100[0.3] - exact[0.3]) < 0.01 and abs(r99[0.3] - exact[0.3]) < 0.01

@@ -51,7 +51,8 @@ def test_row_result_compute_matches_metrics():
 
 
 def test_write_report_files_and_round_trip(tmp_path, capsys):
-  classes = [make_class('bagel', 0)[0], make_class('cable_gland', 1)[0], make_class('rope', 2, rows=('IMG', 'FUS'))[0]]
+  classes = [make_class('bagel', 0)[0], make_class('cable_gland', 1)[0],
+             make_class('rope', 2, rows=('IMG', 'FUS'), num_thresholds='exact')[0]]
   start = time.perf_counter()
   page = report.write_report(tmp_path, classes, title='unit test')
   elapsed = time.perf_counter() - start
@@ -75,6 +76,7 @@ def test_write_report_files_and_round_trip(tmp_path, capsys):
   assert table['mean']['PCD']['AUPRO@30%'] == pytest.approx(round(sum(pcd) / 2, 4), abs=1e-12)
   assert table['mean']['FUS']['I-AUROC'] == pytest.approx(round(sum(fus) / 3, 4), abs=1e-12)
   assert table['num_classes'] == {'IMG': 3, 'PCD': 2, 'FUS': 3}
+  assert table['aupro_thresholds'] == [100, 'exact']
   # Markdown (file and stdout) holds the values, with a '—' nowhere (every row has every table column).
   md = (tmp_path / 'results.md').read_text()
   assert md.strip() in capsys.readouterr().out
