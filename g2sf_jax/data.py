@@ -1,0 +1,250 @@
+"""Datasets in, model-ready samples out: class lists, preparation (TFDS builders) and the SPEC §1.4 transforms.
+
+`prepare` runs the TFDS builders in `datasets/<name>/` once per class (array_record files, no TensorFlow needed);
+`load_split` / `load_split_full` read them back with random access. The builders are loaded by file path because
+`datasets/` is deliberately not an importable package (it would shadow Hugging Face's `datasets`).
+"""
+import functools
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from g2sf_jax import preprocessing, synthetic_data
+from g2sf_jax.io import DataError
+
+CLASSES = {
+    'mvtec3d': ('bagel', 'cable_gland', 'carrot', 'cookie', 'dowel', 'foam', 'peach', 'potato', 'rope', 'tire'),
+    'eyecandies': ('CandyCane', 'ChocolateCookie', 'ChocolatePraline', 'Confetto', 'GummyBear', 'HazelnutTruffle',
+                   'LicoriceSandwich', 'Lollipop', 'Marshmallow', 'PeppermintCandy'),
+    'synthetic': synthetic_data.SHAPES,
+}
+SPLITS = ('train', 'test')
+SIZE = 224
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+DATASETS_DIR = Path(__file__).resolve().parent.parent / 'datasets'
+VERSION = '1.0.0'
+
+
+# SPEC §1.4 transforms.
+
+def resize_rgb(rgb: np.ndarray, size: int = SIZE) -> np.ndarray:
+  """uint8 [H, W, 3] -> float32 [size, size, 3]: PIL bicubic (antialiased), /255, ImageNet normalisation."""
+  image = Image.fromarray(np.asarray(rgb, np.uint8)).convert('RGB').resize((size, size), Image.BICUBIC)
+  return (np.asarray(image, np.float32) / np.float32(255) - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def nearest_indices_torch(in_size: int, out_size: int) -> np.ndarray:
+  """PyTorch's legacy `interpolate(mode='nearest')` source index: floor(dst * in/out) in float32."""
+  if in_size == out_size:
+    return np.arange(out_size)
+  scale = np.float32(in_size) / np.float32(out_size)
+  return np.minimum(np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64), in_size - 1)
+
+
+def resize_xyz(xyz: np.ndarray, size: int = SIZE) -> np.ndarray:
+  """[H, W, 3] -> float32 [size, size, 3] with the torch-legacy nearest rule (differs from PIL's, SPEC §1.4)."""
+  xyz = np.asarray(xyz, np.float32)
+  rows = nearest_indices_torch(xyz.shape[0], size)
+  cols = nearest_indices_torch(xyz.shape[1], size)
+  return xyz[rows[:, None], cols[None, :]]
+
+
+def resize_mask(mask: np.ndarray, size: int = SIZE) -> np.ndarray:
+  """uint8 [H, W] -> bool [size, size]: PIL nearest (pixel centres), /255, > 0.5 (SPEC §1.4)."""
+  image = Image.fromarray(np.asarray(mask, np.uint8)).convert('L').resize((size, size), Image.NEAREST)
+  return np.asarray(image, np.float32) / np.float32(255) > 0.5
+
+
+def valid_mask(xyz: Any) -> Any:
+  """bool [...]: a point is valid iff all three coordinates are non-zero (NumPy or JAX input)."""
+  return preprocessing.valid_points(xyz)
+
+
+# Preparation.
+
+def tfds_features():
+  """The stored schema shared by every builder: full-resolution arrays, zlib-compressed, no TensorFlow needed.
+
+  `xyz_orig` is [0, 0, 3] where it is not stored (test splits, Eyecandies).
+  """
+  import tensorflow_datasets as tfds  # Heavy; only preparation and loading need it.
+
+  def image(channels, dtype):
+    shape = (None, None, channels) if channels else (None, None)
+    return tfds.features.Tensor(shape=shape, dtype=dtype, encoding='zlib')
+
+  return tfds.features.FeaturesDict({
+      'rgb': image(3, np.uint8),
+      'xyz': image(3, np.float32),
+      'xyz_orig': image(3, np.float32),
+      'mask': image(0, np.uint8),
+      'label': tfds.features.Tensor(shape=(), dtype=np.int64),
+      'defect': tfds.features.Text(),
+      'name': tfds.features.Text(),
+      'problems': tfds.features.Sequence(tfds.features.Text()),
+  })
+
+
+def resolve_classes(dataset: str, classes: str | Sequence[str] | None = None) -> tuple[str, ...]:
+  """Validated class names: None/'' = all; a comma-separated string or a sequence = that subset."""
+  if dataset not in CLASSES:
+    raise DataError(f'unknown dataset {dataset!r}; expected one of {", ".join(CLASSES)}')
+  if not classes:
+    return CLASSES[dataset]
+  if isinstance(classes, str):
+    classes = [c.strip() for c in classes.split(',') if c.strip()]
+  for name in classes:
+    if name not in CLASSES[dataset]:
+      raise DataError(f'unknown {dataset} class {name!r}; expected one of {", ".join(CLASSES[dataset])}')
+  return tuple(classes)
+
+
+def builder_module(dataset: str):
+  """Imports `datasets/<dataset>/<dataset>_dataset_builder.py` by path, once per process."""
+  if dataset not in CLASSES:
+    raise DataError(f'unknown dataset {dataset!r}; expected one of {", ".join(CLASSES)}')
+  module_name = f'g2sf_tfds_builder_{dataset}'  # No dot: TFDS resolves dotted modules as packages.
+  if module_name not in sys.modules:
+    path = DATASETS_DIR / dataset / f'{dataset}_dataset_builder.py'
+    if not path.is_file():
+      raise FileNotFoundError(f'TFDS builder not found: {path} (run from a source checkout of g2sf-jax)')
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+      spec.loader.exec_module(module)
+    except BaseException:
+      del sys.modules[module_name]
+      raise
+  return sys.modules[module_name]
+
+
+def prepared_dir(dataset: str, data_dir: str | Path, class_name: str) -> Path:
+  """Where TFDS keeps one prepared class: `<data_dir>/<dataset>/<class>/<VERSION>/`."""
+  return Path(data_dir) / dataset / class_name / VERSION
+
+
+def is_prepared(dataset: str, data_dir: str | Path, class_name: str) -> bool:
+  return (prepared_dir(dataset, data_dir, class_name) / 'dataset_info.json').is_file()
+
+
+def prepare(dataset: str, raw_dir: str | Path, data_dir: str | Path,
+            classes: str | Sequence[str] | None = None) -> dict[str, dict]:
+  """Builds the TFDS array_record data of each class from the user's raw download (read only).
+
+  Returns `{class: {'path', 'built', 'num_examples': {split: n}, 'problems': [str]}}`; `built` is False when the
+  class was already prepared (preparation is idempotent and resumable class by class). `problems` lists the
+  samples that preparation worked around (`preprocessing.Problem`), as `'<sample name>: <kind>: <detail>'`.
+  """
+  import tensorflow_datasets as tfds  # Heavy; only preparation and loading need it.
+
+  classes = resolve_classes(dataset, classes)
+  raw_dir = Path(raw_dir)
+  if not raw_dir.is_dir():
+    raise DataError(f'{raw_dir}: raw {dataset} folder not found (expected the extracted download with one '
+                    f'folder per class: {", ".join(CLASSES[dataset])})')
+  module = builder_module(dataset)
+  config = tfds.download.DownloadConfig(manual_dir=str(raw_dir.absolute()),
+                                        compute_stats=tfds.download.ComputeStatsMode.SKIP)
+  report = {}
+  for name in classes:
+    class_raw = raw_dir / name
+    if not class_raw.is_dir():
+      raise DataError(f'{class_raw}: class folder not found in the raw {dataset} download')
+    built = not is_prepared(dataset, data_dir, name)
+    builder = module.Builder(config=name, data_dir=str(Path(data_dir).absolute()), file_format='array_record')
+    builder.download_and_prepare(download_config=config)
+    info = builder.info
+    report[name] = dict(path=str(prepared_dir(dataset, data_dir, name)), built=built,
+                        num_examples={s: info.splits[s].num_examples for s in info.splits},
+                        problems=list(_read_metadata(dataset, data_dir, name).get('problems', [])))
+  return report
+
+
+def _read_metadata(dataset: str, data_dir: str | Path, class_name: str) -> dict:
+  path = prepared_dir(dataset, data_dir, class_name) / 'metadata.json'
+  return json.loads(path.read_text()) if path.is_file() else {}
+
+
+# Loading.
+
+class _Samples(Sequence):
+  """Random-access view of one prepared split; `transform` runs on each decoded example."""
+
+  def __init__(self, source, transform: Callable[[dict], dict]):
+    self._source = source
+    self._transform = transform
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return [self[i] for i in range(*index.indices(len(self)))]
+    if not -len(self) <= index < len(self):
+      raise IndexError(f'sample {index} out of range for {len(self)} samples')
+    return self._transform(self._source[index % len(self)])
+
+
+def _source(dataset: str, data_dir: str | Path, class_name: str, split: str):
+  import tensorflow_datasets as tfds
+
+  resolve_classes(dataset, [class_name])
+  if split not in SPLITS:
+    raise DataError(f'unknown split {split!r}; expected one of {", ".join(SPLITS)}')
+  if not is_prepared(dataset, data_dir, class_name):
+    raise FileNotFoundError(
+        f'{prepared_dir(dataset, data_dir, class_name)}: {dataset}/{class_name} is not prepared; create it with '
+        f'g2sf_jax.data.prepare({dataset!r}, raw_dir, {str(data_dir)!r}, [{class_name!r}]) '
+        '(the `prepare` stage of experiments.run)')
+  return tfds.data_source(f'{dataset}/{class_name}:{VERSION}', split=split, data_dir=str(data_dir))
+
+
+def _text(value) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _full(example: dict, eyecandies: bool) -> dict:
+  xyz_orig = example['xyz_orig']
+  if eyecandies:
+    xyz_orig = example['xyz']
+  elif xyz_orig.size == 0:
+    xyz_orig = None
+  return dict(rgb=example['rgb'], xyz=example['xyz'], xyz_orig=xyz_orig, mask=example['mask'],
+              label=int(example['label']), defect=_text(example['defect']), name=_text(example['name']),
+              problems=tuple(_text(p) for p in example['problems']))
+
+
+def _model_input(example: dict, eyecandies: bool) -> dict:
+  rgb, xyz = example['rgb'], example['xyz']
+  if eyecandies:  # SPEC §1.4: Eyecandies zeroes RGB at invalid points before resizing.
+    rgb = np.where(valid_mask(xyz)[..., None], rgb, 0).astype(np.uint8)
+  return dict(rgb=resize_rgb(rgb), xyz=resize_xyz(xyz), mask=resize_mask(example['mask']),
+              label=int(example['label']), defect=_text(example['defect']), name=_text(example['name']))
+
+
+def load_split(dataset: str, data_dir: str | Path, class_name: str, split: str) -> Sequence[dict]:
+  """Model-ready samples in SPEC §1.1 order (test: defect folders sorted, then files sorted).
+
+  Each sample: `rgb` float32 [224,224,3] (ImageNet-normalised), `xyz` float32 [224,224,3], `mask` bool [224,224],
+  `label` int, `defect` str, `name` str (e.g. 'test/crack/003').
+  """
+  source = _source(dataset, data_dir, class_name, split)
+  return _Samples(source, functools.partial(_model_input, eyecandies=dataset == 'eyecandies'))
+
+
+def load_split_full(dataset: str, data_dir: str | Path, class_name: str, split: str) -> Sequence[dict]:
+  """The same samples at stored resolution S (anomaly synthesis, SPEC §4.2).
+
+  Each sample: `rgb` uint8 [S,S,3], `xyz` float32 [S,S,3] (preprocessed), `xyz_orig` float32 [S,S,3] (input cloud,
+  padded only; = `xyz` for Eyecandies; None for MVTec/synthetic test samples, which do not store it), `mask` uint8
+  [S,S], `label`, `defect`, `name`, `problems` (tuple of str).
+  """
+  source = _source(dataset, data_dir, class_name, split)
+  return _Samples(source, functools.partial(_full, eyecandies=dataset == 'eyecandies'))

@@ -1,0 +1,121 @@
+"""Validated readers and atomic writers shared by every stage.
+
+Readers turn any unreadable or malformed file into a `DataError` that names the file and what was expected, so a
+bad download fails at the file that is wrong instead of deep inside a model. Writers replace files atomically: a
+crash leaves either the old file or the new one, never half of one.
+"""
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+
+class DataError(ValueError):
+  """A data file or folder is missing or not what the pipeline expects."""
+
+
+def _open_image(path: Path, expected: str) -> Image.Image:
+  if not path.is_file():
+    raise DataError(f'{path}: file not found (expected {expected})')
+  try:
+    image = Image.open(path)
+    image.load()  # PIL decodes lazily; force it so truncation shows up here.
+  except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files.
+    raise DataError(f'{path}: cannot decode image (expected {expected}): {e}') from e
+  return image
+
+
+def read_xyz_tiff(path: str | os.PathLike) -> np.ndarray:
+  """Reads an organised point cloud: float32 [H, W, 3], (0, 0, 0) at missing pixels (SPEC §1.1)."""
+  path = Path(path)
+  expected = 'an organised point cloud TIFF, float32 [H, W, 3]'
+  if not path.is_file():
+    raise DataError(f'{path}: file not found (expected {expected})')
+  try:
+    xyz = tifffile.imread(path)
+  except Exception as e:  # tifffile raises TiffFileError, ValueError, struct.error... for broken files.
+    raise DataError(f'{path}: cannot decode TIFF (expected {expected}): {e}') from e
+  if xyz.ndim != 3 or xyz.shape[-1] != 3:
+    raise DataError(f'{path}: shape {xyz.shape}, expected {expected}')
+  if xyz.dtype != np.float32:
+    raise DataError(f'{path}: dtype {xyz.dtype}, expected {expected}')
+  return xyz
+
+
+def read_rgb_png(path: str | os.PathLike) -> np.ndarray:
+  """Reads an image as uint8 [H, W, 3] with PIL `.convert('RGB')` (SPEC §1.4)."""
+  path = Path(path)
+  image = _open_image(path, 'an RGB image')
+  return np.asarray(image.convert('RGB'), dtype=np.uint8)
+
+
+def read_mask_png(path: str | os.PathLike) -> np.ndarray:
+  """Reads a ground-truth mask as uint8 [H, W] with PIL `.convert('L')` (SPEC §1.4)."""
+  path = Path(path)
+  image = _open_image(path, 'a single-channel mask image')
+  return np.asarray(image.convert('L'), dtype=np.uint8)
+
+
+def read_depth_png16(path: str | os.PathLike) -> np.ndarray:
+  """Reads a 16-bit depth PNG (Eyecandies, SPEC §1.3) as uint16 [H, W]."""
+  path = Path(path)
+  image = _open_image(path, 'a 16-bit single-channel depth PNG')
+  if image.mode not in ('I;16', 'I;16B', 'I'):
+    raise DataError(f'{path}: image mode {image.mode}, expected a 16-bit single-channel depth PNG')
+  depth = np.asarray(image)
+  if depth.ndim != 2 or depth.min() < 0 or depth.max() > 65535:
+    raise DataError(f'{path}: values or shape {depth.shape} outside a 16-bit single-channel depth PNG')
+  return depth.astype(np.uint16)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = 'wb') -> Iterator[IO]:
+  """Yields a file object; on success the content replaces `path` in one `os.replace`.
+
+  The temporary file lives in the same folder (so the rename never crosses file systems) and is removed if the
+  body raises.
+  """
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+  os.close(fd)  # Reopen by name: some writers (tifffile) need a file object with a real `.name`.
+  try:
+    with open(tmp, mode) as f:
+      yield f
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
+
+
+def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+  """`np.savez_compressed` to exactly `path` (no `.npz` appended), atomically."""
+  with atomic_write(path) as f:
+    np.savez_compressed(f, **arrays)
+  return Path(path)
+
+
+def write_xyz_tiff(path: str | os.PathLike, xyz: np.ndarray) -> Path:
+  """Writes float32 [H, W, 3] as a TIFF readable by `read_xyz_tiff`, atomically."""
+  xyz = np.asarray(xyz)
+  if xyz.ndim != 3 or xyz.shape[-1] != 3 or xyz.dtype != np.float32:
+    raise ValueError(f'{path}: expected float32 [H, W, 3], got {xyz.dtype} {xyz.shape}')
+  with atomic_write(path) as f:
+    tifffile.imwrite(f, xyz)
+  return Path(path)
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
+  """Writes uint8 [H, W] or [H, W, 3] (or uint16 [H, W]) as a PNG, atomically."""
+  image = np.asarray(image)
+  if image.dtype not in (np.uint8, np.uint16) or image.ndim not in (2, 3):
+    raise ValueError(f'{path}: expected uint8/uint16 [H, W] or uint8 [H, W, 3], got {image.dtype} {image.shape}')
+  with atomic_write(path) as f:
+    Image.fromarray(image).save(f, format='PNG', compress_level=1)
+  return Path(path)

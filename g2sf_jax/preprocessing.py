@@ -1,0 +1,175 @@
+"""The reference's one-off dataset preprocessing (SPEC §1.2 MVTec 3D-AD, §1.3 Eyecandies) as pure array functions.
+
+The reference rewrites the download in place; here every function takes arrays and returns new ones, and the TFDS
+builders store the result, so the user's raw folder is never touched. A sample the reference would crash on (an
+empty cloud, too few border points for RANSAC) or silently mangle (NaNs) yields a `Problem` record instead, so one
+bad file never stops the preparation of a whole dataset.
+"""
+import dataclasses
+import math
+
+import numpy as np
+import open3d as o3d
+
+# SPEC §1.2 constants.
+BORDER = 10
+PLANE_RANSAC_THRESHOLD = 0.004
+PLANE_RANSAC_N = 50
+PLANE_RANSAC_ITERATIONS = 1000
+PLANE_REMOVE_DISTANCE = 0.005
+DBSCAN_EPS = 0.006
+DBSCAN_MIN_POINTS = 30
+
+# SPEC §1.3 constants.
+EYECANDIES_FOCAL = 711.11
+EYECANDIES_SIZE = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """Something wrong with one sample that preparation worked around (and the user should know about)."""
+  kind: str    # empty_cloud | non_finite | few_border_points | missing_mask
+  detail: str
+
+  def __str__(self) -> str:
+    return f'{self.kind}: {self.detail}'
+
+
+@dataclasses.dataclass(frozen=True)
+class MvtecSample:
+  """One preprocessed MVTec-layout sample (SPEC §1.2), all [S, S, ...] after square padding."""
+  xyz: np.ndarray        # float32 [S, S, 3], plane removed, largest cluster only
+  rgb: np.ndarray        # uint8 [S, S, 3], zero wherever xyz was zeroed
+  mask: np.ndarray       # uint8 [S, S], padded ground truth
+  xyz_orig: np.ndarray   # float32 [S, S, 3], the input cloud with only the padding (SPEC §4.2 step 1)
+  problems: tuple[Problem, ...]
+
+
+def valid_points(xyz: np.ndarray) -> np.ndarray:
+  """bool [...]: all three coordinates non-zero (SPEC §1.4, the definition used everywhere); NumPy or JAX."""
+  return (xyz != 0).all(axis=-1)
+
+
+def sanitize(xyz: np.ndarray) -> tuple[np.ndarray, list[Problem]]:
+  """Replaces non-finite points by (0, 0, 0): a NaN would poison RANSAC and DBSCAN."""
+  bad = ~np.all(np.isfinite(xyz), axis=-1)
+  if not bad.any():
+    return xyz, []
+  xyz = np.where(bad[..., None], 0, xyz).astype(xyz.dtype)
+  return xyz, [Problem('non_finite', f'{int(bad.sum())} points with NaN/inf set to missing')]
+
+
+def border_points(xyz: np.ndarray, width: int = BORDER) -> np.ndarray:
+  """[M, 3]: the valid points of the top, bottom, left and right strips (corners counted twice, SPEC §1.2)."""
+  strips = [xyz[:width], xyz[-width:], xyz[:, :width], xyz[:, -width:]]
+  points = np.concatenate([s.reshape(-1, 3) for s in strips])
+  return points[valid_points(points)]
+
+
+def fit_plane(points: np.ndarray, seed: int) -> np.ndarray:
+  """Open3D RANSAC plane (a, b, c, d) with a unit normal, seeded so preparation is reproducible."""
+  o3d.utility.random.seed(seed)
+  cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
+  model, _ = cloud.segment_plane(distance_threshold=PLANE_RANSAC_THRESHOLD, ransac_n=PLANE_RANSAC_N,
+                                 num_iterations=PLANE_RANSAC_ITERATIONS)
+  return np.asarray(model, np.float64)
+
+
+def remove_plane(xyz: np.ndarray, rgb: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
+  """Zeroes xyz and rgb within 0.005 of the plane fitted to the border points (SPEC §1.2 step 1)."""
+  edges = border_points(xyz)
+  if len(edges) < PLANE_RANSAC_N:
+    return xyz, rgb, [Problem('few_border_points', f'{len(edges)} valid border points < ransac_n={PLANE_RANSAC_N}; '
+                              'background plane not removed')]
+  plane = fit_plane(edges, seed)
+  distance = np.abs(xyz.astype(np.float64) @ plane[:3] + plane[3])
+  on_plane = distance < PLANE_REMOVE_DISTANCE
+  return (np.where(on_plane[..., None], 0, xyz).astype(xyz.dtype),
+          np.where(on_plane[..., None], 0, rgb).astype(rgb.dtype), [])
+
+
+def pad_square(array: np.ndarray) -> np.ndarray:
+  """Zero-pads [H, W, ...] centred to [S, S, ...], S = max of H, W rounded up to a multiple of 100 (SPEC §1.2)."""
+  h, w = array.shape[:2]
+  side = max(math.ceil(h / 100) * 100, math.ceil(w / 100) * 100)
+  top, left = (side - h) // 2, (side - w) // 2
+  pad = [(top, side - h - top), (left, side - w - left)] + [(0, 0)] * (array.ndim - 2)
+  return np.pad(array, pad, mode='constant')
+
+
+def largest_cluster(xyz: np.ndarray, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
+  """Keeps only the most populous DBSCAN label among the valid points (SPEC §1.2 step 3).
+
+  Reference quirk, kept: the noise label -1 takes part in the vote, so if noise outnumbers every cluster, the noise
+  points are what is kept.
+  """
+  valid = valid_points(xyz)
+  if not valid.any():
+    return xyz, rgb, [Problem('empty_cloud', 'no valid point left after plane removal')]
+  cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz[valid].astype(np.float64)))
+  labels = np.asarray(cloud.cluster_dbscan(eps=DBSCAN_EPS, min_points=DBSCAN_MIN_POINTS, print_progress=False))
+  ids, counts = np.unique(labels, return_counts=True)
+  drop = np.zeros(valid.shape, bool)
+  drop[valid] = labels != ids[np.argmax(counts)]
+  return (np.where(drop[..., None], 0, xyz).astype(xyz.dtype),
+          np.where(drop[..., None], 0, rgb).astype(rgb.dtype), [])
+
+
+def preprocess_mvtec(xyz: np.ndarray, rgb: np.ndarray, mask: np.ndarray, seed: int = 0) -> MvtecSample:
+  """SPEC §1.2 on one sample: plane removal, square padding, largest-cluster cleaning.
+
+  xyz float32 [H, W, 3], rgb uint8 [H, W, 3], mask uint8 [H, W]. `seed` seeds Open3D's RANSAC.
+  """
+  xyz, problems = sanitize(xyz)
+  xyz_orig = pad_square(xyz)
+  if not valid_points(xyz).any():
+    problems.append(Problem('empty_cloud', 'the point cloud has no valid point'))
+    return MvtecSample(xyz_orig, pad_square(rgb), pad_square(mask), xyz_orig, tuple(problems))
+  xyz, rgb, found = remove_plane(xyz, rgb, seed)
+  problems += found
+  xyz, rgb, found = largest_cluster(pad_square(xyz), pad_square(rgb))
+  problems += found
+  return MvtecSample(xyz, rgb, pad_square(mask), xyz_orig, tuple(problems))
+
+
+def eyecandies_depth_to_xyz(depth16: np.ndarray, depth_min: float, depth_max: float, pose: np.ndarray,
+                            focal: float = EYECANDIES_FOCAL) -> np.ndarray:
+  """Back-projects a 16-bit depth PNG to float64 [H*W, 3] points in row-major pixel order (SPEC §1.3)."""
+  h, w = depth16.shape
+  depth = depth16.astype(np.float32) / 65535.0 * (depth_max - depth_min) + depth_min
+  intrinsics = np.array([[focal, 0, w / 2, 0], [0, focal, h / 2, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+  v, u = np.mgrid[0:h, 0:w]
+  vectors = np.stack([u.ravel(), v.ravel(), np.ones(h * w), (1.0 / depth.ravel()).astype(np.float64)])  # 1/depth in float32, as the reference
+  homogeneous = np.linalg.inv(intrinsics @ pose) @ vectors
+  return depth.reshape(-1, 1).astype(np.float64) * homogeneous.T[:, :3]
+
+
+def remove_point_cloud_background(pc: np.ndarray) -> np.ndarray:
+  """SPEC §1.3 `remove_point_cloud_background` on [512*512, 3] points, exactly as written.
+
+  Background points end with x = 0 but y, z != 0: invalid under the all-coordinates test.
+  """
+  a, b = pc[256], pc[-256]
+  dz, dy = a[1] - b[1], a[2] - b[2]
+  norm = math.sqrt(dz**2 + dy**2)
+  cos, sin = dy / norm, dz / norm
+  start = np.array([0.0, b[1], b[2]])
+  rotation = np.array([[1, 0, 0], [0, cos, -sin], [0, sin, cos]])
+  q = (pc - start) @ rotation.T
+  background = (q[:, 1] > -0.02) | (q[:, 2] > 1.8) | (np.abs(q[:, 0]) > 1)
+  q[background] = -start
+  p = q @ rotation + start
+  return p[:, [0, 2, 1]] * np.array([0.1, -0.1, 0.1])
+
+
+def preprocess_eyecandies(depth16: np.ndarray, depth_min: float, depth_max: float,
+                          pose: np.ndarray) -> tuple[np.ndarray, tuple[Problem, ...]]:
+  """Depth PNG + info_depth range + pose -> float32 [512, 512, 3] background-free cloud (SPEC §1.3)."""
+  h, w = depth16.shape
+  pc = eyecandies_depth_to_xyz(depth16, depth_min, depth_max, pose)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    pc = remove_point_cloud_background(pc)
+  xyz, problems = sanitize(pc.reshape(h, w, 3).astype(np.float32))
+  if not valid_points(xyz).any():
+    problems.append(Problem('empty_cloud', 'no valid point after background removal'))
+  return xyz, tuple(problems)

@@ -1,0 +1,108 @@
+"""Validated readers name the bad file; atomic writers never leave a half-written file."""
+import os
+import re
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from g2sf_jax import io
+
+
+def _xyz(h=6, w=5, seed=0):
+  return np.random.default_rng(seed).random((h, w, 3), dtype=np.float32)
+
+
+def test_xyz_tiff_round_trip(tmp_path):
+  xyz = _xyz()
+  io.write_xyz_tiff(tmp_path / 'a.tiff', xyz)
+  out = io.read_xyz_tiff(tmp_path / 'a.tiff')
+  assert out.dtype == np.float32 and np.array_equal(out, xyz)
+  assert np.array_equal(tifffile.imread(tmp_path / 'a.tiff'), xyz)  # a plain TIFF, readable by anyone
+
+
+@pytest.mark.parametrize('array, what', [
+    (np.zeros((6, 5, 3), np.float64), 'dtype float64'),
+    (np.zeros((6, 5, 4), np.float32), 'shape (6, 5, 4)'),
+    (np.zeros((6, 5), np.float32), 'shape (6, 5)'),
+])
+def test_xyz_tiff_rejects_wrong_dtype_or_channels(tmp_path, array, what):
+  path = tmp_path / 'bad.tiff'
+  tifffile.imwrite(path, array)
+  with pytest.raises(io.DataError, match=re.escape(what)) as e:
+    io.read_xyz_tiff(path)
+  assert str(path) in str(e.value) and 'float32 [H, W, 3]' in str(e.value)
+
+
+def test_xyz_tiff_rejects_truncated_and_missing(tmp_path):
+  path = tmp_path / 'cut.tiff'
+  io.write_xyz_tiff(path, _xyz(64, 64))
+  path.write_bytes(path.read_bytes()[:1000])
+  with pytest.raises(io.DataError, match='cannot decode TIFF') as e:
+    io.read_xyz_tiff(path)
+  assert str(path) in str(e.value)
+  with pytest.raises(io.DataError, match='file not found'):
+    io.read_xyz_tiff(tmp_path / 'nothing.tiff')
+  assert issubclass(io.DataError, ValueError)
+
+
+def test_rgb_png_converts_like_pil(tmp_path):
+  gray = np.arange(30, dtype=np.uint8).reshape(5, 6) * 8
+  Image.fromarray(gray).save(tmp_path / 'g.png')
+  rgb = io.read_rgb_png(tmp_path / 'g.png')
+  assert rgb.shape == (5, 6, 3) and rgb.dtype == np.uint8
+  assert np.array_equal(rgb, np.repeat(gray[..., None], 3, -1))
+
+
+@pytest.mark.parametrize('reader', [io.read_rgb_png, io.read_mask_png])
+def test_png_readers_reject_corrupt_and_truncated(tmp_path, reader):
+  garbage = tmp_path / 'garbage.png'
+  garbage.write_bytes(b'\x89PNG\r\n\x1a\n' + os.urandom(200))
+  truncated = tmp_path / 'truncated.png'
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(truncated)
+  truncated.write_bytes(truncated.read_bytes()[:300])
+  for path in (garbage, truncated):
+    with pytest.raises(io.DataError, match='cannot decode image') as e:
+      reader(path)
+    assert str(path) in str(e.value)
+
+
+def test_mask_png_is_pil_luminance(tmp_path):
+  rgb = np.array([[[255, 255, 255], [0, 0, 0], [255, 0, 0], [0, 255, 0]]], np.uint8)
+  Image.fromarray(rgb).save(tmp_path / 'm.png')
+  # ITU-R 601-2 luma, as PIL documents for convert('L'): L = (299 R + 587 G + 114 B) / 1000, rounded.
+  assert io.read_mask_png(tmp_path / 'm.png').tolist() == [[255, 0, 76, 150]]
+
+
+def test_depth_png16(tmp_path):
+  depth = np.array([[0, 1, 65535], [1000, 20000, 40000]], np.uint16)
+  io.write_png(tmp_path / 'd.png', depth)
+  assert np.array_equal(io.read_depth_png16(tmp_path / 'd.png'), depth)
+  io.write_png(tmp_path / 'rgb.png', np.zeros((2, 3, 3), np.uint8))
+  with pytest.raises(io.DataError, match='16-bit') as e:
+    io.read_depth_png16(tmp_path / 'rgb.png')
+  assert 'rgb.png' in str(e.value)
+
+
+def test_atomic_write_replaces_or_keeps_old(tmp_path):
+  path = tmp_path / 'sub' / 'f.txt'
+  with io.atomic_write(path, 'w') as f:
+    f.write('old')
+  with pytest.raises(RuntimeError):
+    with io.atomic_write(path, 'w') as f:
+      f.write('half of the new')
+      raise RuntimeError('crash mid-write')
+  assert path.read_text() == 'old'
+  assert sorted(p.name for p in path.parent.iterdir()) == ['f.txt']  # no temporary file left behind
+  with io.atomic_write(path, 'w') as f:
+    f.write('new')
+  assert path.read_text() == 'new'
+
+
+def test_save_npz_atomic_exact_path(tmp_path):
+  path = tmp_path / 'cache.data'
+  io.save_npz_atomic(path, a=np.arange(3), b=np.eye(2, dtype=np.float32))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['cache.data']
+  with np.load(path) as z:
+    assert np.array_equal(z['a'], np.arange(3)) and np.array_equal(z['b'], np.eye(2))
