@@ -129,7 +129,8 @@ def results_markdown(table: dict, limits: Sequence[float] = TABLE_LIMITS) -> str
            '| Row | Classes | ' + ' | '.join(columns) + ' |', '|---|---|' + '---|' * len(columns)]
   for row in table['rows']:
     lines.append(f'| {row} | {table["num_classes"][row]} | ' + _cells(table['mean'][row], columns) + ' |')
-  lines += ['', '## Per class', '', '| Class | Row | ' + ' | '.join(columns) + ' |', '|---|---|' + '---|' * len(columns)]
+  lines += ['', '## Per class', '',
+            '| Class | Row | ' + ' | '.join(columns) + ' |', '|---|---|' + '---|' * len(columns)]
   for name, rows in table['classes'].items():
     for row, values in rows.items():
       lines.append(f'| {name} | {row} | ' + _cells(values, columns) + ' |')
