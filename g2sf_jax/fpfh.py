@@ -4,19 +4,21 @@ This is the hand-crafted 3D feature of the BTF baseline (Horwitz & Hoshen, "Back
 hybrid KD-tree search, then FPFH from a wider hybrid search, on the valid points of the 224x224 organised cloud in
 raster order (no voxel down-sampling), scattered back to the pixels with zeros elsewhere.
 
-Search parameters (data units; MVTec 3D-AD and our synthetic data are in metres). A 224^2 organised cloud of a
-~10 cm object has a point spacing of ~0.45 mm (synthetic data: 0.2 m field of view -> ~0.9 mm), so the defaults are
-  * normals: radius 2 mm (~4 spacings), at most 30 neighbours;
-  * FPFH:    radius 5 mm (~10 spacings), at most 100 neighbours (the FPFH radius must exceed the normal radius).
-On dense surfaces max_nn binds first, so the defaults act like BTF's (radius 0.1 / 0.25 m, max_nn 30 / 100, which
-on MVTec is pure 30-/100-NN); the radius only stops sparse points (edges, flying pixels) from borrowing far-away
-neighbours. Normals are oriented towards the sensor at the origin (`orient_to_camera`), which makes the histograms
-independent of the eigen-solver's sign choice and so invariant to rotations about the camera; BTF leaves them
-unoriented.
+Search radii are in units of the cloud's point spacing, so one default fits any units and sensor distance: a 224^2
+organised cloud of a ~10 cm object has a spacing of ~0.5 mm, our synthetic data ~1.6 mm. The spacing is the median
+nearest-neighbour distance of the cloud's valid points, or `FpfhParams.spacing` (data units) to fix it for a run.
+  * normals: radius 3 spacings (~28 grid neighbours), at most 30 neighbours;
+  * FPFH:    radius 6 spacings (~113 grid neighbours), at most 100 (the FPFH radius must exceed the normal one).
+On a dense surface max_nn binds first, so this behaves like BTF's parameters (radius 0.1 / 0.25 m with max_nn 30 /
+100, which on MVTec's metric clouds is pure 30-/100-NN); the radius only keeps sparse points (edges, flying pixels)
+from borrowing far-away neighbours. Normals are oriented towards the sensor at the origin (`orient_to_camera`),
+which makes the histograms independent of the eigen-solver's sign choice and so invariant to rotations about the
+camera; BTF leaves them unoriented.
 
-Degenerate clouds: an empty cloud (no valid pixel) gives all-zero features, i.e. an all-background sample (SPEC §2.4
-step 5); a valid point without any neighbour inside `feature_radius` gets an all-zero histogram from Open3D. Open3D
-normalises each of the three 11-bin sub-histograms, so features are in [0, 200] and sum to 600 per point.
+Degenerate clouds: a cloud with fewer than two valid points, or whose spacing is 0 (most points coincide), gives
+all-zero features, i.e. background (SPEC §2.4 step 5); so does, from Open3D, a point without any neighbour inside
+the FPFH radius. Open3D normalises each of the three 11-bin sub-histograms, so features are in [0, 200] and sum to
+600 per point.
 """
 import dataclasses
 
@@ -28,15 +30,16 @@ DIM = 33
 
 @dataclasses.dataclass(frozen=True)
 class FpfhParams:
-  normal_radius: float = 0.002
+  normal_radius: float = 3.0      # in point spacings
   normal_max_nn: int = 30
-  feature_radius: float = 0.005
+  feature_radius: float = 6.0     # in point spacings
   feature_max_nn: int = 100
+  spacing: float | None = None    # data units; None = the median nearest-neighbour distance of each cloud
   orient_to_camera: bool = True
 
   def __post_init__(self):
     if not (0 < self.normal_radius and 0 < self.feature_radius and self.normal_max_nn > 0
-            and self.feature_max_nn > 0):
+            and self.feature_max_nn > 0 and (self.spacing is None or self.spacing > 0)):
       raise ValueError(f'FPFH search parameters must be positive: {self}')
 
 
@@ -47,15 +50,19 @@ def valid_mask(xyz: np.ndarray) -> np.ndarray:
 
 def fpfh_points(points: np.ndarray, params: FpfhParams = FpfhParams()) -> np.ndarray:
   """[N,3] points -> [N,33] float32 FPFH (N may be 0)."""
-  if points.shape[0] == 0:
-    return np.zeros((0, DIM), np.float32)
+  if points.shape[0] < 2:
+    return np.zeros((points.shape[0], DIM), np.float32)
   cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(points, np.float64)))
-  cloud.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=params.normal_radius,
+  spacing = params.spacing or float(np.median(cloud.compute_nearest_neighbor_distance()))
+  if not spacing > 0:
+    return np.zeros((points.shape[0], DIM), np.float32)
+  cloud.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=params.normal_radius * spacing,
                                                               max_nn=params.normal_max_nn))
   if params.orient_to_camera:
     cloud.orient_normals_towards_camera_location(np.zeros(3))
   feature = o3d.pipelines.registration.compute_fpfh_feature(
-      cloud, o3d.geometry.KDTreeSearchParamHybrid(radius=params.feature_radius, max_nn=params.feature_max_nn))
+      cloud, o3d.geometry.KDTreeSearchParamHybrid(radius=params.feature_radius * spacing,
+                                                  max_nn=params.feature_max_nn))
   return np.asarray(feature.data, np.float32).T
 
 
@@ -70,13 +77,15 @@ def fpfh_image(xyz: np.ndarray, params: FpfhParams = FpfhParams()) -> np.ndarray
 class FpfhBackbone:
   """PointBackbone (docs/interfaces.md): xyz [B,224,224,3] -> [B,224,224,33], zero at invalid pixels.
 
-  Runs Open3D on the CPU one cloud at a time; the output is NumPy.
+  Runs Open3D on the CPU one cloud at a time; the output is NumPy. `meta` (the search parameters) goes into the
+  feature cache key.
   """
   name = 'fpfh'
   dim = DIM
 
   def __init__(self, params: FpfhParams = FpfhParams()):
     self.params = params
+    self.meta = dataclasses.asdict(params)
 
   def __call__(self, xyz) -> np.ndarray:
     xyz = np.asarray(xyz)

@@ -2,6 +2,7 @@ import ml_collections
 import numpy as np
 import open3d as o3d
 import pytest
+import scipy.spatial
 
 from g2sf_jax import fpfh
 
@@ -26,12 +27,16 @@ def _scene(seed: int = 0, size: int = 224) -> np.ndarray:
 
 
 def _direct_open3d(points: np.ndarray, p: fpfh.FpfhParams) -> np.ndarray:
+  """Open3D called directly; the spacing (median nearest-neighbour distance) comes from SciPy."""
+  dist, _ = scipy.spatial.cKDTree(points).query(points, k=2)
+  spacing = np.median(dist[:, 1])
   cloud = o3d.geometry.PointCloud()
   cloud.points = o3d.utility.Vector3dVector(points.astype(np.float64))
-  cloud.estimate_normals(search_param=o3d.geometry.KDTreeSearchParamHybrid(p.normal_radius, p.normal_max_nn))
+  cloud.estimate_normals(search_param=o3d.geometry.KDTreeSearchParamHybrid(p.normal_radius * spacing,
+                                                                           p.normal_max_nn))
   cloud.orient_normals_towards_camera_location(camera_location=np.array([0.0, 0.0, 0.0]))
   feats = o3d.pipelines.registration.compute_fpfh_feature(
-      cloud, search_param=o3d.geometry.KDTreeSearchParamHybrid(p.feature_radius, p.feature_max_nn))
+      cloud, search_param=o3d.geometry.KDTreeSearchParamHybrid(p.feature_radius * spacing, p.feature_max_nn))
   return np.asarray(feats.data).T
 
 
@@ -74,6 +79,8 @@ def test_rotation_about_camera_nearly_invariant():
   f1 = fpfh.fpfh_points(pts @ (rx @ rz).T)
   l1 = np.abs(f0 - f1).sum(-1) / 600.0
   assert np.median(l1) < 1e-3 and np.mean(l1 < 0.05) > 0.97, (np.median(l1), np.mean(l1 < 0.05))
+  # Radii are in point spacings, so the unit does not matter: the same scene in millimetres gives the same features.
+  np.testing.assert_allclose(fpfh.fpfh_points(pts * 1000.0), f0, atol=1e-3)
   # The same measure does see a change of shape: depth stretched by 20% moves the median by ~4%.
   f2 = fpfh.fpfh_points(pts * np.array([1, 1, 1.2]))
   assert np.median(np.abs(f0 - f2).sum(-1) / 600.0) > 0.02
@@ -84,23 +91,40 @@ def test_degenerate_clouds():
   np.testing.assert_array_equal(fpfh.FpfhBackbone()(empty), 0)
   lone = empty.copy()
   lone[0, 10, 10] = (0.01, 0.01, 0.4)
-  out = fpfh.FpfhBackbone()(lone)
-  assert np.all(out == 0)  # no neighbour inside feature_radius: Open3D's histogram is empty
+  assert np.all(fpfh.FpfhBackbone()(lone) == 0)
   pair = lone.copy()
   pair[0, 10, 11] = (0.0105, 0.01, 0.4)
   out = fpfh.FpfhBackbone()(pair)
   assert np.all(np.isfinite(out)) and out[0, 10, 10].sum() > 0 and out[0, 20, 20].sum() == 0
+  far = pair.copy()
+  far[0, 200, 200] = (0.05, 0.05, 0.4)  # no neighbour inside the FPFH radius: Open3D's histogram is empty
+  out = fpfh.FpfhBackbone()(far)
+  assert out[0, 200, 200].sum() == 0 and out[0, 10, 10].sum() > 0
+  coincident = empty.copy()
+  coincident[0, :3, :3] = (0.01, 0.01, 0.4)  # spacing 0
+  assert np.all(fpfh.FpfhBackbone()(coincident) == 0)
 
 
 def test_bad_input_and_config():
   with pytest.raises(ValueError, match=r'\[B,224,224,3\]'):
     fpfh.FpfhBackbone()(np.zeros((224, 224, 3), np.float32))
-  config = ml_collections.ConfigDict({'fpfh': {'feature_radius': 0.01, 'feature_max_nn': 50}})
+  config = ml_collections.ConfigDict({'fpfh': {'feature_radius': 8.0, 'feature_max_nn': 50}})
   bb = fpfh.make_backbone(config)
   assert (bb.name, bb.dim) == ('fpfh', 33)
-  assert bb.params == fpfh.FpfhParams(feature_radius=0.01, feature_max_nn=50)
+  assert bb.params == fpfh.FpfhParams(feature_radius=8.0, feature_max_nn=50)
+  assert bb.meta['feature_radius'] == 8.0
   assert fpfh.make_backbone(ml_collections.ConfigDict()).params == fpfh.FpfhParams()
   with pytest.raises(ValueError, match='radius_mm'):
     fpfh.make_backbone(ml_collections.ConfigDict({'fpfh': {'radius_mm': 2.0}}))
   with pytest.raises(ValueError, match='positive'):
     fpfh.FpfhParams(normal_radius=0.0)
+  with pytest.raises(ValueError, match='positive'):
+    fpfh.FpfhParams(spacing=-1.0)
+
+
+def test_fixed_spacing_equals_measured():
+  xyz = _scene(4)
+  pts = xyz[np.all(xyz != 0, axis=-1)].astype(np.float64)
+  dist, _ = scipy.spatial.cKDTree(pts).query(pts, k=2)
+  np.testing.assert_allclose(fpfh.fpfh_points(pts, fpfh.FpfhParams(spacing=float(np.median(dist[:, 1])))),
+                             fpfh.fpfh_points(pts), atol=1e-4)

