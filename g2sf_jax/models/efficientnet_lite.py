@@ -10,8 +10,10 @@ naming; see `ports/efficientnet_lite0.py`):
   * convolutions use TensorFlow 'SAME' padding (for stride 2 the extra pad goes bottom/right, e.g. the stem pads
     (0, 1) at 224), which is what `padding='SAME'` does in `lax.conv_general_dilated`;
   * BatchNorm eps 1e-3 (TF default), running statistics (inference);
-  * the weights expect inputs `(rgb_uint8 - 127) / 128` ("inception-style" Lite preprocessing), not ImageNet
-    mean/std: `EfficientNetLite0Backbone` converts.
+  * the weights expect inputs `(rgb_uint8 - 127) / 128`, the TF Lite builder's MEAN_RGB / STDDEV_RGB ("edge models
+    use inception-style mean and std for better post-quantisation"), not ImageNet mean/std (the package's README
+    inherits that from EfficientNet-PyTorch); `EfficientNetLite0Backbone` converts. On the matplotlib Grace Hopper
+    portrait both give her clothes in the top 5 (tests/ports), so the official definition decides.
 """
 import functools
 from typing import Any
