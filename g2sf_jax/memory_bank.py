@@ -163,8 +163,8 @@ def coreset_size(num_rows: int, fraction: float) -> int:
   return max(1, int(fraction * num_rows))
 
 
-def coreset(bank: np.ndarray, fraction: float = 0.1, eps: float = 0.9, key: jax.Array | None = None,
-            fp16: bool = True, normaliser: Normaliser | None = None, chunk_rows: int = 16384) -> np.ndarray:
+def coreset(bank: np.ndarray, fraction: float, eps: float, key: jax.Array, fp16: bool = True,
+            normaliser: Normaliser | None = None, chunk_rows: int = 16384) -> np.ndarray:
   """Sparse-random-projection greedy coreset of `normaliser(bank) [n, d]` → `[k]` int32 indices (SPEC §3.2).
 
   `key` seeds the projection (the reference's is unseeded). The bank stays on the host; only the projected
@@ -172,7 +172,6 @@ def coreset(bank: np.ndarray, fraction: float = 0.1, eps: float = 0.9, key: jax.
   """
   if bank.ndim != 2 or bank.shape[0] < 2:
     raise ValueError(f'coreset: expected a bank [n>=2, d], got shape {bank.shape}')
-  key = jax.random.key(0) if key is None else key
   n, d = bank.shape
   matrix = sparse_projection_matrix(key, d, projection_dim(n, eps))
   z, dist0 = project(bank, matrix, normaliser, np.float16 if fp16 else np.float32, chunk_rows)
@@ -374,8 +373,8 @@ class ModalityBank:
   normaliser: Normaliser
 
 
-def build(bank: np.ndarray, normalise: bool, fraction: float = 0.1, eps: float = 0.9,
-          key: jax.Array | None = None, fp16: bool = True, chunk_rows: int = 16384) -> ModalityBank:
+def build(bank: np.ndarray, normalise: bool, fraction: float, eps: float, key: jax.Array, fp16: bool = True,
+          chunk_rows: int = 16384) -> ModalityBank:
   """Full bank `[n, d]` (raw features, any background rows included) → its normalised coreset (SPEC §3.1–3.2).
 
   `normalise`: True for IMG (scalar mean/std), False for PCD. `bank` is not modified and may be a memmap.

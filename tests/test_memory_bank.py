@@ -207,8 +207,8 @@ def test_build_save_load_round_trip(tmp_path):
   rng = np.random.default_rng(8)
   img = rng.standard_normal((400, 12)).astype(np.float32) * 5 + 2
   pcd = rng.standard_normal((500, 9)).astype(np.float32)
-  banks = {'img': mb.build(img, normalise=True, key=jax.random.key(0)),
-           'pcd': mb.build(pcd, normalise=False, key=jax.random.key(0), fp16=False)}
+  banks = {'img': mb.build(img, True, 0.1, 0.9, jax.random.key(0)),
+           'pcd': mb.build(pcd, False, 0.1, 0.9, jax.random.key(0), fp16=False)}
   assert banks['img'].coreset.shape == (40, 12) and banks['pcd'].coreset.shape == (50, 9)
   np.testing.assert_allclose(banks['img'].coreset, (img[banks['img'].coreset_idx] - img.mean()) / img.std(ddof=1),
                              rtol=1e-5, atol=1e-5)

@@ -1,0 +1,82 @@
+"""Full-size memory-bank benchmark: normalisation + projection + greedy coreset on one MVTec-sized PCD bank.
+
+Builds a random `[rows, dim]` float32 bank in place (default 765,184 × 1152 = 3.5 GB, bagel's PCD bank, SPEC §3.2),
+then times each phase of `memory_bank.build` and prints the peak RSS. The greedy loop at full size is hours on a
+small CPU, so `--iterations N` runs N of the k−1 iterations over the full bank and extrapolates linearly (each
+iteration costs the same: one pass over the projected bank).
+
+  python -m benchmarks.bank_memory                                 # everything, full size
+  python -m benchmarks.bank_memory --iterations 200                # full n, 200 greedy iterations, extrapolated
+  python -m benchmarks.bank_memory --rows 50000 --iterations 100   # quick check
+"""
+import argparse
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from g2sf_jax import memory_bank as mb
+
+
+def _peak_rss_gb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: KiB
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--rows', type=int, default=765_184)
+  parser.add_argument('--dim', type=int, default=1152)
+  parser.add_argument('--fraction', type=float, default=0.1)
+  parser.add_argument('--iterations', type=int, default=0, help='greedy iterations to run (0 = all k-1)')
+  parser.add_argument('--fp32', action='store_true', help='float32 greedy distances instead of the reference fp16')
+  parser.add_argument('--chunk_rows', type=int, default=16384)
+  parser.add_argument('--seed', type=int, default=0)
+  args = parser.parse_args()
+
+  timings = {}
+
+  def phase(name, fn):
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    timings[name] = time.perf_counter() - start
+    print(f'{name:>22s}: {timings[name]:9.1f} s   peak RSS {_peak_rss_gb():6.2f} GiB', flush=True)
+    return out
+
+  print(f'bank {args.rows} x {args.dim} float32 = {args.rows * args.dim * 4 / 2 ** 30:.2f} GiB; '
+        f'devices {jax.devices()}', flush=True)
+
+  def fill():
+    bank = np.empty((args.rows, args.dim), np.float32)
+    rng = np.random.default_rng(args.seed)
+    for start in range(0, args.rows, args.chunk_rows):
+      rng.standard_normal(dtype=np.float32, out=bank[start:start + args.chunk_rows])
+    return bank
+
+  bank = phase('fill bank', fill)
+  normaliser = phase('normaliser (2 passes)', lambda: mb.Normaliser.fit(bank, args.chunk_rows))
+  print(f'  mean {normaliser.mean:.6f} std {normaliser.std:.6f}')
+  fp16 = not args.fp32
+  n_comp = mb.projection_dim(args.rows, 0.9)
+  matrix = mb.sparse_projection_matrix(jax.random.key(args.seed), args.dim, n_comp)
+  z, dist0 = phase(f'project -> {n_comp} dims', lambda: mb.project(
+      bank, matrix, normaliser, np.float16 if fp16 else np.float32, args.chunk_rows))
+  z_dev = phase('to device', lambda: (jnp.asarray(z), jnp.asarray(dist0)))
+  del z
+  k = mb.coreset_size(args.rows, args.fraction)
+  iters = min(args.iterations or k - 1, k - 1)
+  compiled = phase('greedy compile', lambda: mb.greedy_k_center.lower(*z_dev, k=iters + 1, fp16=fp16).compile())
+  idx = phase(f'greedy {iters} iters', lambda: compiled(*z_dev))
+  assert len(set(np.asarray(idx).tolist())) == iters + 1, 'greedy picked a row twice'
+  rows = phase('gather coreset rows', lambda: mb.gather_rows(bank, np.asarray(idx), normaliser))
+  per_iter = timings[f'greedy {iters} iters'] / iters
+  print(f'coreset k = {k} ({rows.shape[0]} rows gathered); greedy {per_iter * 1e3:.1f} ms/iteration '
+        f'({"fp16" if fp16 else "fp32"})')
+  if iters < k - 1:
+    print(f'extrapolated full greedy loop ({k - 1} iterations): {per_iter * (k - 1) / 3600:.2f} h')
+  print(f'peak RSS {_peak_rss_gb():.2f} GiB')
+
+
+if __name__ == '__main__':
+  main()
