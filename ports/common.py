@@ -79,7 +79,7 @@ def load_torch(path: str | os.PathLike) -> Any:
     with torch.serialization.safe_globals([argparse.Namespace]):
       return torch.load(path, map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as e:
-    refused = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
+    refused = re.search(r'unsupported (?:global: )?GLOBAL (\S+)', str(e), re.IGNORECASE)
     if refused:
       raise CheckpointError(
           f'{path}: refused by torch.load(weights_only=True): the file contains the Python object '
@@ -87,7 +87,7 @@ def load_torch(path: str | os.PathLike) -> Any:
           'environment instead.') from None
     raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (corrupt, truncated or not a .pth): '
                           f'{_first_line(e)}') from None
-  except (RuntimeError, EOFError, OSError, ValueError) as e:
+  except Exception as e:  # torch's unpicklers raise many types (RuntimeError, EOFError, IndexError, …) on junk.
     raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (corrupt, truncated or not a .pth): '
                           f'{_first_line(e)}') from None
 

@@ -1,0 +1,153 @@
+"""The one backbone registry: config name → factory (docs/interfaces.md "Backbones", SPEC §2).
+
+`make_rgb_backbone(config)` / `make_point_backbone(config)` look up `config.rgb_backbone` / `config.point_backbone`
+in `RGB_BACKBONES` / `POINT_BACKBONES`; adding a backbone is one entry there. Converted weights come from
+`config.checkpoints.<name>`; a missing one raises FileNotFoundError with the `python -m ports.…` command.
+"""
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from g2sf_jax import checkpoints
+from g2sf_jax.models import point_mae
+from g2sf_jax.models import vit
+from g2sf_jax.ops import buckets
+from g2sf_jax.ops import interpolate
+from g2sf_jax.ops import knn
+
+
+class RgbBackbone(Protocol):
+  name: str
+  dim: int
+
+  def __call__(self, rgb: np.ndarray | jax.Array) -> jax.Array:
+    """rgb [B, 224, 224, 3] ImageNet-normalised → patch features [B, h, w, dim]."""
+
+
+class PointBackbone(Protocol):
+  name: str
+  dim: int
+
+  def __call__(self, xyz: np.ndarray | jax.Array) -> jax.Array:
+    """xyz [B, 224, 224, 3] organised cloud → per-pixel features [B, 224, 224, dim], 0 at invalid pixels."""
+
+
+class DinoVitB8:
+  """DINO ViT-B/8: final-norm patch tokens on the 28×28 grid (SPEC §2.1)."""
+  name = 'dino_vit_b8'
+  dim = 768
+
+  def __init__(self, variables: Any, model: vit.VisionTransformer = vit.VisionTransformer()):
+    self.variables = variables
+    self._apply = jax.jit(lambda v, x: model.apply(v, x)[0])
+
+  def __call__(self, rgb: np.ndarray | jax.Array) -> jax.Array:
+    return self._apply(self.variables, jnp.asarray(rgb, jnp.float32))
+
+
+class PointMaeBackbone:
+  """PointMAE group features interpolated back to the valid pixels (SPEC §2.2–§2.4 steps 1–2).
+
+  Per call: the valid pixels (all three coordinates non-zero, SPEC §1.4) of each cloud in raster order → padded to
+  a shared bucket size → FPS/kNN groups → encoder → IDW onto the valid points → scattered into the pixel plane.
+  One compiled program per (batch size, bucket). With `drop_path='stochastic'` pass `key`, or the backbone draws
+  keys from its own stream seeded by `seed` (one fold-in per call, so a run is reproducible call by call).
+  """
+  name = 'point_mae'
+  dim = 1152
+
+  def __init__(self, variables: Any, num_group: int = 512, group_size: int = 128, batchnorm: str = 'batch_stats',
+               drop_path: str = 'off', bucket_sizes: Sequence[int] = buckets.DEFAULT_BUCKETS, seed: int = 0):
+    self.variables = variables
+    self.bucket_sizes = tuple(bucket_sizes)
+    self.drop_path = drop_path
+    self._key = jax.random.key(seed)
+    self._calls = 0
+    model = point_mae.PointMAE(batchnorm=batchnorm, drop_path=drop_path)
+
+    def forward(variables, points, valid, pixel_idx, key, num_pixels):
+      neighborhood, centers = knn.group(points, valid, num_group, group_size)
+      feats, _ = model.apply(variables, neighborhood, centers, rngs={'drop_path': key})
+      point_feats = interpolate.idw(centers, feats, points)  # [B, Nb, C]
+      b = points.shape[0]
+      plane = jnp.zeros((b, num_pixels + 1, feats.shape[-1]), point_feats.dtype)  # last slot takes the padding
+      plane = plane.at[jnp.arange(b)[:, None], pixel_idx].set(point_feats)
+      return plane[:, :num_pixels]
+
+    self._forward = jax.jit(forward, static_argnames='num_pixels')
+
+  def __call__(self, xyz: np.ndarray | jax.Array, key: jax.Array | None = None) -> jax.Array:
+    xyz = np.asarray(xyz, np.float32)
+    if xyz.ndim != 4 or xyz.shape[-1] != 3:
+      raise ValueError(f'expected xyz [B, H, W, 3], got shape {xyz.shape}')
+    b, h, w, _ = xyz.shape
+    flat = xyz.reshape(b, h * w, 3)
+    valid_pixels = np.all(flat != 0, axis=-1)  # SPEC §1.4
+    points, valid = buckets.pad_batch([flat[i][valid_pixels[i]] for i in range(b)], self.bucket_sizes)
+    pixel_idx = np.full(valid.shape, h * w, np.int32)
+    for i in range(b):
+      pixel_idx[i, :valid[i].sum()] = np.flatnonzero(valid_pixels[i])
+    if key is None:
+      key = jax.random.fold_in(self._key, self._calls)
+      self._calls += 1
+    out = self._forward(self.variables, points, valid, pixel_idx, key, num_pixels=h * w)
+    return out.reshape(b, h, w, self.dim)
+
+
+def _load(config: ml_collections.ConfigDict, name: str, port: str, source: str, model: flax.linen.Module,
+          *example_inputs: jax.ShapeDtypeStruct) -> Any:
+  """Loads `config.checkpoints.<name>` and checks its tree against the model's own variable shapes."""
+  path = config.checkpoints[name]
+  variables, _ = checkpoints.load(path, how_to_make=f'python -m ports.{port} SRC.pth {path}  (SRC.pth = {source})')
+  want = flax.traverse_util.flatten_dict(jax.eval_shape(model.init, jax.random.key(0), *example_inputs))
+  got = flax.traverse_util.flatten_dict(variables)
+  problems = [f'missing {"/".join(k)}' for k in want if k not in got]
+  problems += [f'{"/".join(k)}: expected {want[k].shape}, got {got[k].shape}'
+               for k in want if k in got and want[k].shape != got[k].shape]
+  problems += [f'unexpected {"/".join(k)}' for k in got if k not in want]
+  if problems:
+    raise ValueError(f'converted checkpoint {path} does not fit {name}: ' + '; '.join(problems[:10]) +
+                     f'{" …" if len(problems) > 10 else ""}. Re-create it with python -m ports.{port}')
+  return jax.tree.map(jnp.asarray, variables)
+
+
+def _dino_vit_b8(config: ml_collections.ConfigDict) -> RgbBackbone:
+  model = vit.VisionTransformer()
+  variables = _load(config, 'dino_vit_b8', 'dino_vit', 'dino_vitbase8_pretrain.pth', model,
+                    jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+  return DinoVitB8(variables, model)
+
+
+def _point_mae(config: ml_collections.ConfigDict) -> PointBackbone:
+  c = config.point_mae
+  variables = _load(config, 'point_mae', 'point_mae', 'Point-MAE pretrain.pth', point_mae.PointMAE(),
+                    jax.ShapeDtypeStruct((1, 2, 4, 3), jnp.float32), jax.ShapeDtypeStruct((1, 2, 3), jnp.float32))
+  return PointMaeBackbone(variables, num_group=c.num_group, group_size=c.group_size, batchnorm=c.batchnorm,
+                          drop_path=c.drop_path, seed=config.seed)
+
+
+RGB_BACKBONES: dict[str, Callable[[ml_collections.ConfigDict], RgbBackbone]] = {
+    'dino_vit_b8': _dino_vit_b8,
+}
+POINT_BACKBONES: dict[str, Callable[[ml_collections.ConfigDict], PointBackbone]] = {
+    'point_mae': _point_mae,
+}
+
+
+def make_rgb_backbone(config: ml_collections.ConfigDict) -> RgbBackbone:
+  return _make(RGB_BACKBONES, config.rgb_backbone, 'rgb_backbone')(config)
+
+
+def make_point_backbone(config: ml_collections.ConfigDict) -> PointBackbone:
+  return _make(POINT_BACKBONES, config.point_backbone, 'point_backbone')(config)
+
+
+def _make(registry: dict[str, Callable], name: str, field: str) -> Callable:
+  if name not in registry:
+    raise ValueError(f'config.{field} = {name!r} is not a known backbone; choose one of {sorted(registry)}')
+  return registry[name]

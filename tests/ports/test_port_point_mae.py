@@ -1,0 +1,67 @@
+"""ports.point_mae: wrapper/prefix handling, ignored keys, failure modes, provenance (SPEC §2.6)."""
+import numpy as np
+import pytest
+import torch
+
+from g2sf_jax import checkpoints
+from ports import common
+from ports import dino_vit
+from ports import point_mae as port
+
+
+def encoder_state() -> dict[str, np.ndarray]:
+  return {k: np.zeros(e.shape, np.float32) for k, e in port.table().items()}
+
+
+def test_official_hash_is_known():
+  assert common.KNOWN_FILES['27ded932bb0a2625d5a8eb006df199b2578598c774aee6d86b985300b6a5fd20'].startswith('Point-MAE')
+
+
+def test_wrapped_prefixed_checkpoint_converts_and_records_provenance(tmp_path, monkeypatch):
+  rng = np.random.default_rng(0)
+  state = {k: torch.from_numpy(rng.normal(size=e.shape).astype(np.float32)) for k, e in port.table().items()}
+  ckpt = {'base_model': {'module.MAE_encoder.' + k: v for k, v in state.items()}}
+  ckpt['base_model'].update({'module.MAE_decoder.norm.weight': torch.ones(384), 'module.mask_token': torch.zeros(1, 1, 384),
+                             'module.increase_dim.0.weight': torch.zeros(96, 384, 1),
+                             'module.MAE_encoder.encoder.first_conv.1.num_batches_tracked': torch.tensor(5)})
+  src = tmp_path / 'pretrain.pth'
+  torch.save(ckpt, src)
+  monkeypatch.setitem(common.KNOWN_FILES, common.sha256(src), 'test release')
+  assert port.main([str(src), str(tmp_path / 'out')]) == 0
+  tree, meta = checkpoints.load(tmp_path / 'out')
+  assert meta['known_file'] == 'test release' and meta['sha256'] == common.sha256(src)
+  w = state['encoder.second_conv.0.weight'].numpy()
+  np.testing.assert_array_equal(tree['params']['encoder']['second_conv_0']['kernel'], w[:, :, 0].T)
+  np.testing.assert_array_equal(tree['batch_stats']['encoder']['first_conv_1']['var'],
+                                state['encoder.first_conv.1.running_var'].numpy())
+  np.testing.assert_array_equal(tree['params']['blocks_7']['attn']['qkv']['kernel'],
+                                state['blocks.blocks.7.attn.qkv.weight'].numpy().T)
+  assert 'bias' not in tree['params']['blocks_7']['attn']['qkv']
+
+
+def test_missing_and_wrong_shape_reported_together():
+  state = encoder_state()
+  del state['blocks.blocks.11.mlp.fc2.bias']
+  state['pos_embed.0.weight'] = np.zeros((128, 4), np.float32)
+  state['cls_head_finetune.0.weight'] = np.zeros((256, 768), np.float32)
+  with pytest.raises(common.CheckpointError) as e:
+    port.convert_state(state, 'pretrain.pth')
+  msg = str(e.value)
+  assert 'pretrain.pth' in msg and '1 missing keys: blocks.blocks.11.mlp.fc2.bias' in msg
+  assert 'pos_embed.0.weight: expected [128, 3], got [128, 4]' in msg and 'cls_head_finetune.0.weight' in msg
+
+
+def test_vit_given_to_point_mae_port_is_named(tmp_path):
+  state = {k: torch.zeros(e.shape) for k, e in dino_vit.table(dino_vit.VitArch(img_size=16, dim=64, depth=1,
+                                                                                 num_heads=1)).items()}
+  state['patch_embed.proj.weight'] = torch.zeros(768, 3, 8, 8)
+  torch.save(state, tmp_path / 'dino.pth')
+  with pytest.raises(common.CheckpointError, match=r'ViT-B/8 checkpoint.*python -m ports.dino_vit'):
+    port.main([str(tmp_path / 'dino.pth'), str(tmp_path / 'out')])
+  assert not (tmp_path / 'out').exists()
+
+
+def test_not_a_state_dict(tmp_path):
+  torch.save([torch.zeros(2)], tmp_path / 'list.pth')
+  with pytest.raises(common.CheckpointError, match='expected the Point-MAE state dict to be a dict of tensors'):
+    port.main([str(tmp_path / 'list.pth'), str(tmp_path / 'out')])

@@ -1,0 +1,87 @@
+"""The backbone registry (docs/interfaces.md "Backbones"): loading, errors, and PointMAE pixel features end to end.
+
+The PointMAE backbone is checked against a composition of independent references: the PyTorch encoder and grouping
+in tests/references, a float64 NumPy IDW (as G²SF computes it, SPEC §2.4), and a NumPy scatter to the pixel plane.
+"""
+import ml_collections
+import numpy as np
+import pytest
+import torch
+
+from experiments.configs import common as configs
+from g2sf_jax import backbones
+from g2sf_jax import checkpoints
+from ports import point_mae as port
+from tests.references import torch_point_mae as ref
+
+
+def organised_cloud(radius: float, seed: int) -> np.ndarray:
+  """[224, 224, 3] with a disc of valid pixels on a curved surface; zeros elsewhere (invalid)."""
+  rng = np.random.default_rng(seed)
+  v, u = np.mgrid[0:224, 0:224] / 224.0
+  xyz = np.stack([u - 0.5, v - 0.5, 1.0 + 0.3 * (u - 0.4) ** 2 + 0.01 * rng.random((224, 224))], -1)
+  inside = (u - 0.5) ** 2 + (v - 0.45) ** 2 < radius ** 2
+  inside[100, 100] = True
+  inside[100, 101] = False
+  return np.where(inside[..., None], xyz, 0.0).astype(np.float32)
+
+
+def idw64(centers, feats, points):
+  d2 = ((points[:, None].astype(np.float64) - centers[None].astype(np.float64)) ** 2).sum(-1)
+  idx = np.argsort(d2, axis=1, kind='stable')[:, :3]
+  w = 1.0 / (np.take_along_axis(d2, idx, 1) + 1e-8)
+  return ((feats[idx].astype(np.float64)) * (w / w.sum(1, keepdims=True))[..., None]).sum(1)
+
+
+@pytest.fixture
+def config(tmp_path):
+  c = configs.get_base_config()
+  c.checkpoints.dino_vit_b8 = str(tmp_path / 'dino_vit_b8')
+  c.checkpoints.point_mae = str(tmp_path / 'point_mae')
+  c.point_mae.num_group = 32
+  c.point_mae.group_size = 16
+  return c
+
+
+def test_missing_checkpoints_name_the_port_command(config):
+  with pytest.raises(FileNotFoundError, match=r'python -m ports\.dino_vit SRC\.pth .*dino_vit_b8'):
+    backbones.make_rgb_backbone(config)
+  with pytest.raises(FileNotFoundError, match=r'python -m ports\.point_mae SRC\.pth .*point_mae'):
+    backbones.make_point_backbone(config)
+
+
+def test_unknown_name_lists_the_registry(config):
+  config.point_backbone = 'pointnet'
+  with pytest.raises(ValueError, match=r"'pointnet'.*'point_mae'"):
+    backbones.make_point_backbone(config)
+
+
+def test_converted_tree_that_does_not_fit_is_rejected(config):
+  model = ref.randomize(ref.PointMAEEncoder(), seed=0)
+  tree = port.convert_state({k: v.numpy() for k, v in model.state_dict().items()}, 'x')
+  tree['params']['norm']['scale'] = np.ones(10, np.float32)
+  checkpoints.save(config.checkpoints.point_mae, tree)
+  with pytest.raises(ValueError, match=r'point_mae.*norm/scale: expected \(384,\), got \(10,\)'):
+    backbones.make_point_backbone(config)
+
+
+def test_point_mae_pixel_features_match_references(config):
+  model = ref.randomize(ref.PointMAEEncoder(), seed=0).train()  # batch-stat BN (SPEC §2.3)
+  checkpoints.save(config.checkpoints.point_mae,
+                   port.convert_state({k: v.numpy() for k, v in model.state_dict().items()}, 'x'))
+  backbone = backbones.make_point_backbone(config)
+  assert (backbone.name, backbone.dim) == ('point_mae', 1152)
+  xyz = np.stack([organised_cloud(0.2, 0), organised_cloud(0.12, 1)])  # ~2.0k and ~0.7k valid pixels
+  got = np.asarray(backbone(xyz))
+  assert got.shape == (2, 224, 224, 1152) and got.dtype == np.float32
+  for b in range(2):
+    valid = np.all(xyz[b] != 0, axis=-1)
+    points = xyz[b][valid]  # raster order
+    with torch.no_grad():
+      neighborhood, centers, _ = ref.group(torch.from_numpy(points), 32, 16)
+      feats = model(neighborhood, centers).numpy()
+    want = np.zeros((224, 224, 1152), np.float32)
+    want[valid] = idw64(centers.numpy(), feats, points)
+    assert not got[b][~valid].any()  # exactly zero off the object
+    err = np.abs(got[b] - want).max()
+    assert err <= 1e-4, err
