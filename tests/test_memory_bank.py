@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -134,7 +135,7 @@ def test_knn_one_vs_eight_devices(tmp_path):
   queries, bank = _knn_data()
   np.savez(tmp_path / 'in.npz', queries=queries, bank=bank)
   (tmp_path / 'run.py').write_text(_EIGHT_DEVICES)
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=os.getcwd())
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(Path(__file__).resolve().parents[1]))
   env.pop('XLA_FLAGS', None)
   subprocess.run([sys.executable, str(tmp_path / 'run.py'), str(tmp_path / 'in.npz'), str(tmp_path / 'out.npz')],
                  check=True, env=env, timeout=300)
