@@ -56,7 +56,11 @@ def resize_xyz(xyz: np.ndarray, size: int = SIZE) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: int = SIZE) -> np.ndarray:
-  """uint8 [H, W] -> bool [size, size]: PIL nearest (pixel centres), /255, > 0.5 (SPEC §1.4)."""
+  """uint8 [H, W] -> bool [size, size]: PIL nearest (pixel centres), /255, > 0.5 (SPEC §1.4).
+
+  PIL itself, not the formula floor((dst + 0.5) * in/out): PIL's fixed-point sampling is one pixel lower where that
+  product is an exact integer (e.g. 25 of 224 columns for Eyecandies' 512 -> 224).
+  """
   image = Image.fromarray(np.asarray(mask, np.uint8)).convert('L').resize((size, size), Image.NEAREST)
   return np.asarray(image, np.float32) / np.float32(255) > 0.5
 
@@ -138,17 +142,20 @@ def prepare(dataset: str, raw_dir: str | Path, data_dir: str | Path,
             classes: str | Sequence[str] | None = None) -> dict[str, dict]:
   """Builds the TFDS array_record data of each class from the user's raw download (read only).
 
+  `classes`: None = every class of the dataset (synthetic: every class found in `raw_dir`).
   Returns `{class: {'path', 'built', 'num_examples': {split: n}, 'problems': [str]}}`; `built` is False when the
   class was already prepared (preparation is idempotent and resumable class by class). `problems` lists the
   samples that preparation worked around (`preprocessing.Problem`), as `'<sample name>: <kind>: <detail>'`.
   """
   import tensorflow_datasets as tfds  # Heavy; only preparation and loading need it.
 
-  classes = resolve_classes(dataset, classes)
   raw_dir = Path(raw_dir)
   if not raw_dir.is_dir():
     raise DataError(f'{raw_dir}: raw {dataset} folder not found (expected the extracted download with one '
-                    f'folder per class: {", ".join(CLASSES[dataset])})')
+                    f'folder per class: {", ".join(resolve_classes(dataset))})')
+  if dataset == 'synthetic' and not classes:  # The generated folder holds only the classes asked for.
+    classes = [c for c in CLASSES[dataset] if (raw_dir / c).is_dir()]
+  classes = resolve_classes(dataset, classes)
   module = builder_module(dataset)
   config = tfds.download.DownloadConfig(manual_dir=str(raw_dir.absolute()),
                                         compute_stats=tfds.download.ComputeStatsMode.SKIP)

@@ -101,7 +101,9 @@ def _scene(shape: str, size: int, rng: np.random.Generator) -> dict:
   normals = np.cross(np.gradient(points, axis=1), np.gradient(points, axis=0))
   normals /= np.linalg.norm(normals, axis=-1, keepdims=True) + 1e-12
   view = -points / np.linalg.norm(points, axis=-1, keepdims=True)
-  facing = np.abs(np.sum(normals * view, -1))
+  facing = np.sum(normals * view, -1)
+  normals *= np.sign(facing + 1e-12)[..., None]  # towards the camera
+  facing = np.abs(facing)
   return dict(plane=plane, height=height, up=up, x=x, y=y, normals=normals, facing=facing, object=height > 0,
               rays=rays / np.linalg.norm(rays, axis=-1, keepdims=True))
 

@@ -21,7 +21,7 @@ FILES_PER_SAMPLE = 17
 @dataclasses.dataclass(frozen=True)
 class Entry:
   folder: Path
-  sample_id: str      # as in the download: zfill(3) for train, zfill(2) for test
+  sample_id: str      # as in the download (zfill(3) for train, zfill(2) for test)
   name: str           # '<split>/<defect>/<zfill(3) id>'; the test defect ('bad'/'good') is known from the mask
 
   def path(self, suffix: str) -> Path:
@@ -29,17 +29,20 @@ class Entry:
 
 
 def list_split(class_dir: Path, split: str) -> list[Entry]:
-  """Sample ids `0 .. len(files)//17 - 1` of `train/data` or `test_public/data`, as the reference counts them."""
+  """The samples of `train/data` or `test_public/data`, by the numeric id prefix of their files.
+
+  The reference counts `len(files) // 17`; counting ids gives the same samples on a complete download and does not
+  silently drop the last sample when one file (e.g. a mask) is missing.
+  """
   folder = class_dir / ('train' if split == 'train' else 'test_public') / 'data'
   if not folder.is_dir():
     raise DataError(f'{folder}: folder not found (expected the Eyecandies layout <Class>/train/data and '
                     '<Class>/test_public/data)')
-  count = len([p for p in folder.iterdir()]) // FILES_PER_SAMPLE
-  if not count:
+  ids = sorted({p.name.split('_', 1)[0] for p in folder.iterdir() if p.name.split('_', 1)[0].isdigit()}, key=int)
+  if not ids:
     raise DataError(f'{folder}: no samples (expected {FILES_PER_SAMPLE} files per sample, e.g. 000_depth.png)')
-  width = 3 if split == 'train' else 2
-  return [Entry(folder, str(i).zfill(width), f'{split}/good/{i:03d}' if split == 'train' else f'test/?/{i:03d}')
-          for i in range(count)]
+  return [Entry(folder, i, f'train/good/{int(i):03d}' if split == 'train' else f'test/?/{int(i):03d}')
+          for i in ids]
 
 
 def read_depth_range(path: Path) -> tuple[float, float]:

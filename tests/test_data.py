@@ -1,0 +1,319 @@
+"""SPEC §1.4 transforms against torch / PIL / hand-computed indices; prepare + load round trips; bad inputs."""
+import hashlib
+import re
+import shutil
+from fractions import Fraction
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tifffile
+import torch
+import yaml
+from PIL import Image
+
+from g2sf_jax import data, io, preprocessing, synthetic_data
+from g2sf_jax.io import DataError
+
+SIZE = 200  # synthetic pixel pitch 1.6 mm: DBSCAN (eps 6 mm, 30 points) still finds the object
+
+
+def _tree(root):
+  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(root.rglob('*')) if p.is_file()}
+
+
+# Transforms.
+
+def test_torch_nearest_hand_computed():
+  # src = floor(dst * in / out)
+  assert data.nearest_indices_torch(800, 224)[:5].tolist() == [0, 3, 7, 10, 14]
+  assert data.nearest_indices_torch(800, 224)[-1] == 796
+  assert data.nearest_indices_torch(5, 3).tolist() == [0, 1, 3]
+  assert data.nearest_indices_torch(3, 7).tolist() == [0, 0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize('h, w, out', [(800, 800, 224), (400, 401, 224), (512, 512, 224), (224, 224, 224),
+                                       (5, 4, 3), (3, 2, 7), (112, 100, 224), (300, 700, 224)])
+def test_resize_xyz_matches_torch(h, w, out):
+  xyz = np.random.default_rng(h * w).random((h, w, 3), dtype=np.float32)
+  ref = torch.nn.functional.interpolate(torch.from_numpy(xyz).permute(2, 0, 1)[None], size=(out, out),
+                                        mode='nearest')[0].permute(1, 2, 0).numpy()
+  got = data.resize_xyz(xyz, out)
+  assert got.dtype == np.float32 and np.array_equal(got, ref)
+
+
+def _pil_nearest_hand(n_in, n_out):
+  """PIL NEAREST samples pixel centres: floor((dst + 0.5) * in / out), in exact arithmetic."""
+  return [int((Fraction(2 * d + 1, 2) * Fraction(n_in, n_out)).__floor__()) for d in range(n_out)]
+
+
+@pytest.mark.parametrize('h, w, out', [(800, 800, 224), (5, 5, 3), (400, 300, 224), (3, 3, 7), (600, 800, 224)])
+def test_resize_mask_pil_nearest(h, w, out):
+  assert _pil_nearest_hand(800, 224)[:4] == [1, 5, 8, 12] and _pil_nearest_hand(5, 3) == [0, 2, 4]
+  mask = (np.random.default_rng(h).random((h, w)) > 0.5).astype(np.uint8) * 255
+  mask[0, 0] = 128  # > 0.5 after /255
+  mask[-1, -1] = 127
+  rows, cols = _pil_nearest_hand(h, out), _pil_nearest_hand(w, out)
+  got = data.resize_mask(mask, out)
+  assert got.dtype == bool and np.array_equal(got, mask[np.ix_(rows, cols)] >= 128)
+
+
+def test_resize_mask_512_follows_pil_fixed_point():
+  # Where (dst + 0.5) * 512/224 is an exact integer, PIL's fixed-point affine sampling lands one pixel lower than
+  # the exact formula (25 of 224 positions). We call PIL itself, so Eyecandies masks match the reference.
+  mask = np.zeros((512, 512), np.uint8)
+  mask[:, 8] = 255  # hand formula: output column 3 samples column 8; PIL samples column 7
+  got = data.resize_mask(mask)
+  assert _pil_nearest_hand(512, 224)[3] == 8
+  assert not got[:, 3].any() and got[:, 4:].sum() == 0 and got[:, :3].sum() == 0
+  mask[:, 7] = 255
+  assert data.resize_mask(mask)[:, 3].all()
+
+
+def test_xyz_and_mask_rules_differ_everywhere_for_800():
+  torch_idx = data.nearest_indices_torch(800, 224)
+  assert (torch_idx != np.array(_pil_nearest_hand(800, 224))).all()  # SPEC §1.4 warning
+
+
+def test_resize_rgb_is_pil_bicubic_then_imagenet():
+  rgb = np.random.default_rng(0).integers(0, 256, (300, 257, 3), dtype=np.uint8)
+  resized = np.asarray(Image.fromarray(rgb).resize((224, 224), Image.Resampling.BICUBIC), np.float64)
+  ref = (resized / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+  got = data.resize_rgb(rgb)
+  assert got.shape == (224, 224, 3) and got.dtype == np.float32
+  np.testing.assert_allclose(got, ref, atol=2e-6)
+
+
+def test_valid_mask_all_three_coordinates():
+  xyz = np.array([[1, 2, 3], [0, 1, 1], [1, 0, 1], [1, 1, 0], [0, 0, 0], [0, -0.3, 0.2]], np.float32)
+  expected = [True, False, False, False, False, False]
+  assert data.valid_mask(xyz).tolist() == expected
+  assert data.valid_mask(jnp.asarray(xyz)).tolist() == expected  # works on JAX arrays too
+  assert data.valid_mask(xyz.reshape(2, 3, 3)).shape == (2, 3)
+
+
+# Synthetic / MVTec-layout preparation.
+
+@pytest.fixture(scope='module')
+def synthetic(tmp_path_factory):
+  """A tiny generated raw set, prepared once: (raw_dir, data_dir, raw hash before, report)."""
+  root = tmp_path_factory.mktemp('synthetic')
+  raw = synthetic_data.generate(root / 'raw', ['cube'], n_train=2, n_test=7, size=SIZE, seed=0)
+  before = _tree(raw)
+  report = data.prepare('synthetic', raw, root / 'data')
+  return raw, root / 'data', before, report
+
+
+def test_prepare_report_and_raw_untouched(synthetic):
+  raw, data_dir, before, report = synthetic
+  assert list(report) == list(synthetic_data.SHAPES[:1]) or list(report) == ['cube']
+  assert report['cube']['built'] and report['cube']['num_examples'] == {'train': 2, 'test': 7}
+  assert report['cube']['problems'] == []
+  assert _tree(raw) == before  # nothing written into the raw folder
+
+
+def test_prepare_is_idempotent(synthetic):
+  raw, data_dir, before, _ = synthetic
+  prepared = _tree(data_dir)
+  again = data.prepare('synthetic', raw, data_dir, 'cube')
+  assert not again['cube']['built'] and again['cube']['num_examples'] == {'train': 2, 'test': 7}
+  assert _tree(data_dir) == prepared and _tree(raw) == before
+
+
+def test_load_split_order_and_transforms(synthetic):
+  raw, data_dir, _, _ = synthetic
+  test = data.load_split('synthetic', data_dir, 'cube', 'test')
+  full = data.load_split_full('synthetic', data_dir, 'cube', 'test')
+  # SPEC §1.1: defect folders sorted, files sorted.
+  expected = [f'test/{d.name}/{f.stem}' for d in sorted((raw / 'cube' / 'test').iterdir())
+              for f in sorted((d / 'rgb').iterdir())]
+  assert [s['name'] for s in full] == expected and len(test) == 7
+  for i in range(len(test)):
+    s, f = test[i], full[i]
+    defect = f['name'].split('/')[1]
+    assert s['name'] == f['name'] and s['defect'] == f['defect'] == defect
+    assert s['label'] == f['label'] == int(defect != 'good')
+    assert f['xyz_orig'] is None  # not stored for test
+    assert f['rgb'].shape == (SIZE, SIZE, 3) and f['mask'].shape == (SIZE, SIZE)  # 200 is already square
+    assert np.array_equal(s['xyz'], data.resize_xyz(f['xyz'])) and s['xyz'].shape == (224, 224, 3)
+    assert np.array_equal(s['mask'], data.resize_mask(f['mask'])) and s['mask'].any() == (defect != 'good')
+    np.testing.assert_array_equal(s['rgb'], data.resize_rgb(f['rgb']))
+  # Independent recomputation of one defect sample straight from the raw files.
+  i = expected.index('test/crack/000')
+  folder = raw / 'cube' / 'test' / 'crack'
+  ref = preprocessing.preprocess_mvtec(io.read_xyz_tiff(folder / 'xyz' / '000.tiff'),
+                                       io.read_rgb_png(folder / 'rgb' / '000.png'),
+                                       io.read_mask_png(folder / 'gt' / '000.png'), seed=0)
+  assert np.array_equal(full[i]['xyz'], ref.xyz) and np.array_equal(full[i]['rgb'], ref.rgb)
+  assert np.array_equal(full[i]['mask'], io.read_mask_png(folder / 'gt' / '000.png'))
+  assert full[-1]['name'] == full[len(full) - 1]['name'] and len(full[1:3]) == 2
+
+
+def test_load_split_full_train_keeps_original_cloud(synthetic):
+  raw, data_dir, _, _ = synthetic
+  train = data.load_split_full('synthetic', data_dir, 'cube', 'train')
+  assert [s['name'] for s in train] == ['train/good/000', 'train/good/001']
+  for s in train:
+    orig = io.read_xyz_tiff(raw / 'cube' / 'train' / 'good' / 'xyz' / f'{s["name"][-3:]}.tiff')
+    assert np.array_equal(s['xyz_orig'], preprocessing.pad_square(orig))  # un-preprocessed, padded
+    assert preprocessing.valid_points(s['xyz']).sum() < 0.5 * preprocessing.valid_points(orig).sum()
+    assert s['label'] == 0 and not s['mask'].any() and s['problems'] == ()
+
+
+def test_load_errors(synthetic):
+  _, data_dir, _, _ = synthetic
+  with pytest.raises(FileNotFoundError, match=r'synthetic/torus/1\.0\.0.*not prepared.*prepare'):
+    data.load_split('synthetic', data_dir, 'torus', 'train')
+  with pytest.raises(DataError, match=r"unknown synthetic class 'cone'.*cube, cylinder, torus, sphere"):
+    data.load_split('synthetic', data_dir, 'cone', 'train')
+  with pytest.raises(DataError, match=r"unknown split 'validation'"):
+    data.load_split('synthetic', data_dir, 'cube', 'validation')
+
+
+# Bad MVTec inputs: each names the offending file or folder, and leaves nothing half-prepared.
+
+@pytest.fixture(scope='module')
+def mvtec_raw(tmp_path_factory):
+  """An MVTec-layout 'bagel' made of one synthetic train sample and two test folders."""
+  root = tmp_path_factory.mktemp('mvtec')
+  synthetic_data.generate(root / 'gen', ['cube'], n_train=1, n_test=7, size=SIZE, seed=1)
+  raw = root / 'raw' / 'bagel'
+  shutil.copytree(root / 'gen' / 'cube' / 'train', raw / 'train')
+  for folder in ('good', 'crack'):
+    shutil.copytree(root / 'gen' / 'cube' / 'test' / folder, raw / 'test' / folder)
+  return raw.parent
+
+
+def _break(raw, tmp_path, how):
+  bad = tmp_path / 'raw'
+  shutil.copytree(raw, bad)
+  bagel = bad / 'bagel'
+  if how == 'truncated tiff':
+    path = bagel / 'train/good/xyz/000.tiff'
+    path.write_bytes(path.read_bytes()[:5000])
+  elif how == 'corrupt png':
+    path = bagel / 'test/crack/rgb/000.png'
+    path.write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(range(256)) * 4)
+  elif how == 'size mismatch':
+    path = bagel / 'train/good/rgb/000.png'
+    Image.fromarray(np.zeros((SIZE, SIZE - 10, 3), np.uint8)).save(path)
+  elif how == 'wrong dtype':
+    path = bagel / 'train/good/xyz/000.tiff'
+    tifffile.imwrite(path, np.ones((SIZE, SIZE, 3), np.float64))
+  elif how == 'wrong channels':
+    path = bagel / 'test/good/xyz/000.tiff'
+    tifffile.imwrite(path, np.ones((SIZE, SIZE, 4), np.float32))
+  elif how == 'missing gt':
+    path = bagel / 'test/crack/gt/000.png'
+    path.unlink()
+  elif how == 'empty folder':
+    path = bagel / 'test/crack'
+    shutil.rmtree(path)
+    (path / 'rgb').mkdir(parents=True)
+  elif how == 'missing class':
+    path = bagel
+    shutil.rmtree(path)
+  return bad, path
+
+
+@pytest.mark.parametrize('how, what', [
+    ('truncated tiff', 'cannot decode TIFF'),
+    ('corrupt png', 'cannot decode image'),
+    ('size mismatch', 'image size (200, 190) differs from its point cloud'),
+    ('wrong dtype', 'dtype float64, expected'),
+    ('wrong channels', 'shape (200, 200, 4), expected'),
+    ('missing gt', 'missing ground truth for the defect sample'),
+    ('empty folder', 'no samples'),
+    ('missing class', 'class folder not found'),
+])
+def test_bad_mvtec_inputs_name_the_file(mvtec_raw, tmp_path, how, what):
+  bad, path = _break(mvtec_raw, tmp_path, how)
+  before = _tree(bad)
+  with pytest.raises(DataError, match=re.escape(what)) as e:
+    data.prepare('mvtec3d', bad, tmp_path / 'data', ['bagel'])
+  assert str(path) in str(e.value)
+  assert not data.is_prepared('mvtec3d', tmp_path / 'data', 'bagel')
+  assert _tree(bad) == before
+
+
+def test_unknown_dataset_and_class(tmp_path):
+  with pytest.raises(DataError, match=r"unknown mvtec3d class 'bagle'.*bagel, cable_gland"):
+    data.prepare('mvtec3d', tmp_path, tmp_path / 'data', ['bagle'])
+  with pytest.raises(DataError, match=r"unknown dataset 'mvtec'.*mvtec3d, eyecandies, synthetic"):
+    data.prepare('mvtec', tmp_path, tmp_path / 'data')
+  with pytest.raises(DataError, match=re.escape(f'{tmp_path / "nothing"}: raw eyecandies folder not found')):
+    data.prepare('eyecandies', tmp_path / 'nothing', tmp_path / 'data')
+
+
+# Eyecandies in its raw layout.
+
+_POSE = np.array([[1, 0, 0, 0.05], [0, 1, 0, 0.03], [0, 0, 1, 0], [0, 0, 0, 1]])  # shifted: no exact 0 row/column
+
+
+def _eyecandies_scene(seed, box):
+  """16-bit depth of a tilted table seen from above, with an optional box 0.3 units nearer the camera."""
+  rng = np.random.default_rng(seed)
+  v = np.mgrid[0:512, 0:512][0]
+  yn = (v - 256) / 711.11
+  depth = 1.0 / (1 + 1.0 * yn) + rng.normal(0, 1e-4, (512, 512))
+  if box:
+    depth[180:330, 190:320] -= 0.3
+  return np.round((depth - 0.5) / 1.5 * 65535).astype(np.uint16)  # normalisation min 0.5, max 2.0
+
+
+def _write_eyecandies_sample(folder, sample_id, seed, mask):
+  folder.mkdir(parents=True, exist_ok=True)
+  depth16 = _eyecandies_scene(seed, box=True)
+  io.write_png(folder / f'{sample_id}_depth.png', depth16)
+  (folder / f'{sample_id}_info_depth.yaml').write_text(yaml.safe_dump({'normalization': {'min': 0.5, 'max': 2.0}}))
+  np.savetxt(folder / f'{sample_id}_pose.txt', _POSE)
+  rng = np.random.default_rng(seed)
+  for k in range(6):
+    io.write_png(folder / f'{sample_id}_image_{k}.png', rng.integers(1, 255, (512, 512, 3), dtype=np.uint8))
+  extra = ['normals.png', 'info_normals.yaml', 'metadata.yaml', 'bumps_mask.png', 'colors_mask.png',
+           'dents_mask.png', 'normals_mask.png']
+  for name in extra:
+    (folder / f'{sample_id}_{name}').write_bytes(b'unused')
+  if mask is not None:
+    io.write_png(folder / f'{sample_id}_mask.png', mask)
+  return depth16
+
+
+def test_eyecandies_prepare_and_load(tmp_path):
+  raw = tmp_path / 'raw'
+  cls = raw / 'CandyCane'
+  depths = {}
+  for i in range(2):
+    depths[f'train/good/{i:03d}'] = _write_eyecandies_sample(cls / 'train' / 'data', f'{i:03d}', i,
+                                                              np.zeros((512, 512), np.uint8))
+  bad_mask = np.zeros((512, 512), np.uint8)
+  bad_mask[200:240, 200:260] = 255
+  for i, mask in enumerate([bad_mask, np.zeros((512, 512), np.uint8), bad_mask, None]):
+    name = f'test/{"bad" if mask is not None and mask.any() else "good"}/{i:03d}'
+    depths[name] = _write_eyecandies_sample(cls / 'test_public' / 'data', f'{i:02d}', 10 + i, mask)
+  assert len(list((cls / 'train' / 'data').iterdir())) == 2 * 17
+  before = _tree(raw)
+
+  report = data.prepare('eyecandies', raw, tmp_path / 'data', 'CandyCane')['CandyCane']
+  assert report['num_examples'] == {'train': 2, 'test': 3}
+  assert len(report['problems']) == 1 and report['problems'][0].startswith('test/?/003: missing_mask')
+  assert _tree(raw) == before
+
+  test = data.load_split_full('eyecandies', tmp_path / 'data', 'CandyCane', 'test')
+  assert [s['name'] for s in test] == ['test/bad/000', 'test/bad/002', 'test/good/001']  # bad before good
+  assert [s['label'] for s in test] == [1, 1, 0]
+  model = data.load_split('eyecandies', tmp_path / 'data', 'CandyCane', 'test')
+  for s, m in zip(test, model):
+    ref = preprocessing.remove_point_cloud_background(
+        preprocessing.eyecandies_depth_to_xyz(depths[s['name']], 0.5, 2.0, _POSE)).reshape(512, 512, 3)
+    assert np.array_equal(s['xyz'], ref.astype(np.float32)) and s['xyz'].shape == (512, 512, 3)
+    assert s['xyz_orig'] is s['xyz'] or np.array_equal(s['xyz_orig'], s['xyz'])
+    valid = preprocessing.valid_points(s['xyz'])
+    assert valid[180:330, 190:320].all() and valid.sum() == 150 * 130  # box kept, table removed
+    assert (s['xyz'][~valid][:, 0] == 0).all()
+    sid = s['name'][-2:]
+    raw_rgb = io.read_rgb_png(cls / 'test_public' / 'data' / f'{sid}_image_4.png')
+    assert np.array_equal(s['rgb'], raw_rgb)  # stored as is
+    np.testing.assert_array_equal(m['rgb'], data.resize_rgb(np.where(valid[..., None], raw_rgb, 0).astype(np.uint8)))
+    assert m['mask'].any() == (s['label'] == 1)

@@ -1,0 +1,98 @@
+"""The synthetic dataset: exact MVTec 3D-AD layout, deterministic, defects change only their modality."""
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from g2sf_jax import io, preprocessing, synthetic_data as sd
+
+SIZE = 160
+
+
+def _tree(root):
+  """{relative path: sha256} of every file under root."""
+  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(root.rglob('*')) if p.is_file()}
+
+
+def test_layout_counts_and_readable(tmp_path):
+  root = sd.generate(tmp_path / 'raw', 'cube,torus', n_train=4, n_test=9, size=SIZE, seed=0)
+  assert sorted(p.name for p in root.iterdir()) == ['cube', 'torus']
+  cube = root / 'cube'
+  assert sorted(p.name for p in cube.iterdir()) == ['synthetic.json', 'test', 'train', 'validation']
+  assert sorted(p.name for p in (cube / 'test').iterdir()) == sorted(('good',) + sd.DEFECTS)
+  assert [p.name for p in (cube / 'train').iterdir()] == ['good']
+  assert sorted(p.name for p in (cube / 'train' / 'good').iterdir()) == ['rgb', 'xyz']  # no gt for train
+  assert sorted(p.name for p in (cube / 'train' / 'good' / 'rgb').iterdir()) == ['000.png', '001.png', '002.png',
+                                                                                 '003.png']
+  assert len(list((cube / 'validation' / 'good' / 'xyz').iterdir())) == 1
+  counts = {d.name: len(list((d / 'gt').iterdir())) for d in (cube / 'test').iterdir()}
+  assert sum(counts.values()) == 9 and counts['good'] == 2 and counts['bump'] == 2 and counts['stain'] == 1
+  for folder in (cube / 'test').iterdir():
+    for stem in ('000',):
+      rgb = io.read_rgb_png(folder / 'rgb' / f'{stem}.png')
+      xyz = io.read_xyz_tiff(folder / 'xyz' / f'{stem}.tiff')
+      gt = io.read_mask_png(folder / 'gt' / f'{stem}.png')
+      assert rgb.shape == (SIZE, SIZE, 3) and xyz.shape == (SIZE, SIZE, 3) and gt.shape == (SIZE, SIZE)
+      assert set(np.unique(gt)) <= {0, 255}
+      assert (gt.any()) == (folder.name != 'good')  # test/good has an all-zero gt
+
+
+def test_deterministic_and_idempotent(tmp_path):
+  a = _tree(sd.generate(tmp_path / 'a', ['cylinder'], 2, 7, SIZE, seed=3))
+  b = _tree(sd.generate(tmp_path / 'b', ['cylinder'], 2, 7, SIZE, seed=3))
+  assert a == b
+  c = _tree(sd.generate(tmp_path / 'c', ['cylinder'], 2, 7, SIZE, seed=4))
+  assert c.keys() == a.keys() and c != a
+  stamp = (tmp_path / 'a' / 'cylinder' / 'train' / 'good' / 'xyz' / '000.tiff').stat().st_mtime_ns
+  sd.generate(tmp_path / 'a', ['cylinder'], 2, 7, SIZE, seed=3)  # same parameters: kept as is
+  assert (tmp_path / 'a' / 'cylinder' / 'train' / 'good' / 'xyz' / '000.tiff').stat().st_mtime_ns == stamp
+  assert json.loads((tmp_path / 'a' / 'cylinder' / 'synthetic.json').read_text())['seed'] == 3
+  with pytest.raises(ValueError, match='not generated with'):
+    sd.generate(tmp_path / 'a', ['cylinder'], 2, 7, SIZE, seed=5)
+  assert not [p for p in (tmp_path / 'a').iterdir() if p.name.startswith('.')]  # no temporary folder left
+
+
+def test_unknown_class_lists_supported(tmp_path):
+  with pytest.raises(ValueError, match='unknown synthetic class .pyramid.*cube, cylinder, torus, sphere'):
+    sd.generate(tmp_path, 'cube,pyramid', 1, 1, SIZE, 0)
+  assert not (tmp_path / 'cube').exists()  # validated before anything is written
+
+
+@pytest.mark.parametrize('shape', sd.SHAPES)
+def test_defects_change_only_their_modality(shape):
+  rgb0, xyz0, gt0 = sd.render_sample(shape, 'good', 200, seed=(7, 1))
+  assert not gt0.any()
+  obj = preprocessing.preprocess_mvtec(xyz0, rgb0, gt0, seed=0)
+  object_area = preprocessing.valid_points(obj.xyz).sum()
+  for defect, kind in sd.DEFECT_KINDS.items():
+    rgb, xyz, gt = sd.render_sample(shape, defect, 200, seed=(7, 1))
+    mask = gt > 0
+    valid = preprocessing.valid_points(xyz0)
+    rgb_changed = (rgb != rgb0).any(-1)
+    xyz_changed = (xyz != xyz0).any(-1)
+    assert np.array_equal(valid, preprocessing.valid_points(xyz))  # same sensor holes
+    assert not rgb_changed[~mask].any() and not xyz_changed[~mask].any(), defect
+    if kind in ('geometry', 'both'):
+      assert np.array_equal(xyz_changed, mask & valid), defect  # the gt is exactly the changed region
+    else:
+      assert not xyz_changed.any(), defect
+    if kind in ('colour', 'both'):
+      assert rgb_changed[mask].mean() > 0.97, defect
+    else:
+      assert not rgb_changed.any(), defect
+    assert 0.005 < mask.sum() / object_area < 0.06, (defect, mask.sum(), object_area)
+    if kind != 'colour':
+      lift = np.abs(np.linalg.norm(xyz - xyz0, axis=-1))[mask & valid]
+      assert np.median(lift) > 1e-3, defect  # millimetres: well above the 0.2 mm sensor noise
+
+
+def test_preprocessing_keeps_object_and_defect():
+  rgb, xyz, gt = sd.render_sample('torus', 'dent', 200, seed=11)
+  out = preprocessing.preprocess_mvtec(xyz, rgb, gt, seed=0)
+  assert out.problems == ()
+  kept = preprocessing.valid_points(out.xyz)
+  mask = gt > 0
+  assert kept[mask & preprocessing.valid_points(xyz)].mean() > 0.95  # the defect lies on the kept object
+  assert 0.1 < kept.mean() < 0.5  # the plane (most of the image) is gone, the object is not
