@@ -14,6 +14,8 @@ import ml_collections
 import numpy as np
 
 from g2sf_jax import checkpoints
+from g2sf_jax import fpfh
+from g2sf_jax.models import efficientnet_lite
 from g2sf_jax.models import point_mae
 from g2sf_jax.models import vit
 from g2sf_jax.ops import buckets
@@ -133,9 +135,11 @@ def _point_mae(config: ml_collections.ConfigDict) -> PointBackbone:
 
 RGB_BACKBONES: dict[str, Callable[[ml_collections.ConfigDict], RgbBackbone]] = {
     'dino_vit_b8': _dino_vit_b8,
+    'efficientnet_lite0': efficientnet_lite.make_backbone,
 }
 POINT_BACKBONES: dict[str, Callable[[ml_collections.ConfigDict], PointBackbone]] = {
     'point_mae': _point_mae,
+    'fpfh': fpfh.make_backbone,
 }
 
 
