@@ -144,7 +144,8 @@ def prepare(dataset: str, raw_dir: str | Path, data_dir: str | Path,
 
   `classes`: None = every class of the dataset (synthetic: every class found in `raw_dir`).
   Returns `{class: {'path', 'built', 'num_examples': {split: n}, 'problems': [str]}}`; `built` is False when the
-  class was already prepared (preparation is idempotent and resumable class by class). `problems` lists the
+  class was already prepared (preparation is idempotent and resumable class by class; delete
+  `<data_dir>/<dataset>/<class>` to rebuild one). `problems` lists the
   samples that preparation worked around (`preprocessing.Problem`), as `'<sample name>: <kind>: <detail>'`.
   """
   import tensorflow_datasets as tfds  # Heavy; only preparation and loading need it.
@@ -159,11 +160,11 @@ def prepare(dataset: str, raw_dir: str | Path, data_dir: str | Path,
   module = builder_module(dataset)
   config = tfds.download.DownloadConfig(manual_dir=str(raw_dir.absolute()),
                                         compute_stats=tfds.download.ComputeStatsMode.SKIP)
+  for name in classes:
+    if not (raw_dir / name).is_dir():
+      raise DataError(f'{raw_dir / name}: class folder not found in the raw {dataset} download')
   report = {}
   for name in classes:
-    class_raw = raw_dir / name
-    if not class_raw.is_dir():
-      raise DataError(f'{class_raw}: class folder not found in the raw {dataset} download')
     built = not is_prepared(dataset, data_dir, name)
     builder = module.Builder(config=name, data_dir=str(Path(data_dir).absolute()), file_format='array_record')
     builder.download_and_prepare(download_config=config)

@@ -210,6 +210,8 @@ def render_sample(shape: str, defect: str, size: int, seed: int | Sequence[int])
 
   `defect` is 'good' or one of `DEFECTS`. The scene, texture and sensor draw from one stream of `seed` and the
   defect from another, so `render_sample(s, 'good', n, k)` is the defect-free twin of `render_sample(s, d, n, k)`.
+  `gt` marks the changed surface (including the few pixels there that the sensor misses). Below size ~200 the pixel
+  pitch exceeds 1.5 mm and DBSCAN (eps 6 mm, 30 points, SPEC §1.2) starts labelling the object as noise.
   """
   _check_shape(shape)
   if defect != 'good' and defect not in DEFECT_KINDS:

@@ -268,11 +268,11 @@ def _write_eyecandies_sample(folder, sample_id, seed, mask):
   io.write_png(folder / f'{sample_id}_depth.png', depth16)
   (folder / f'{sample_id}_info_depth.yaml').write_text(yaml.safe_dump({'normalization': {'min': 0.5, 'max': 2.0}}))
   np.savetxt(folder / f'{sample_id}_pose.txt', _POSE)
-  rng = np.random.default_rng(seed)
-  for k in range(6):
-    io.write_png(folder / f'{sample_id}_image_{k}.png', rng.integers(1, 255, (512, 512, 3), dtype=np.uint8))
-  extra = ['normals.png', 'info_normals.yaml', 'metadata.yaml', 'bumps_mask.png', 'colors_mask.png',
-           'dents_mask.png', 'normals_mask.png']
+  rgb = np.random.default_rng(seed).integers(1, 255, (512, 512, 3), dtype=np.uint8)
+  io.write_png(folder / f'{sample_id}_image_4.png', rgb)  # the only image used (SPEC §1.3)
+  extra = [f'image_{k}.png' for k in (0, 1, 2, 3, 5)] + [
+      'normals.png', 'info_normals.yaml', 'metadata.yaml', 'bumps_mask.png', 'colors_mask.png', 'dents_mask.png',
+      'normals_mask.png']
   for name in extra:
     (folder / f'{sample_id}_{name}').write_bytes(b'unused')
   if mask is not None:
