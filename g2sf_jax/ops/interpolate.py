@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from g2sf_jax.ops import fps
 
 _EPS = 1e-8                 # SPEC §2.4: w = 1 / (d² + 1e-8).
-_CHUNK_ELEMENTS = 1 << 23   # gathered [chunk, k, C] features per step.
+_CHUNK_ELEMENTS = 1 << 23   # per step: [B, chunk, G] distances and [B, chunk, k, C] gathered features.
 
 
 @functools.partial(jax.jit, static_argnames=('k',))
@@ -24,15 +24,19 @@ def idw(centers: jax.Array, center_feats: jax.Array, points: jax.Array, k: int =
   centers, center_feats, points = (a.astype(dtype) for a in (centers, center_feats, points))
   batch, g, c = center_feats.shape
   k = min(k, g)
+  n = points.shape[1]
+  chunk = max(1, min(n, _CHUNK_ELEMENTS // (batch * max(g, k * c))))
+  chunks = jnp.pad(points, ((0, 0), (0, -n % chunk), (0, 0))).reshape(batch, -1, chunk, 3).swapaxes(0, 1)
+  rows = center_feats.reshape(batch * g, c)
+  offsets = (jnp.arange(batch) * g)[:, None, None]
 
-  def one(point):  # [B, 3] -> [B, C]
-    d2 = fps.squared_distance(centers, point[:, None, :])  # [B, G]
+  def one(chunk_points):  # [B, chunk, 3] -> [B, chunk, C]
+    d2 = fps.squared_distance(centers[:, None, :, :], chunk_points[:, :, None, :])  # [B, chunk, G]
     neg, idx = jax.lax.top_k(-d2, k)
     w = 1.0 / (-neg + _EPS)
-    w = w / jnp.sum(w, axis=1, keepdims=True)
-    feats = jnp.take_along_axis(center_feats, idx[:, :, None], axis=1)  # [B, k, C]
-    return jnp.sum(w[:, :, None] * feats, axis=1)
+    w = w / jnp.sum(w, axis=-1, keepdims=True)
+    feats = jnp.take(rows, idx + offsets, axis=0)  # row gather [B, chunk, k, C]
+    return jnp.einsum('bnk,bnkc->bnc', w, feats, precision=jax.lax.Precision.HIGHEST)
 
-  chunk = max(1, min(points.shape[1], _CHUNK_ELEMENTS // (batch * max(g, k * c))))
-  out = jax.lax.map(one, jnp.swapaxes(points, 0, 1), batch_size=chunk)  # [N, B, C]
-  return jnp.swapaxes(out, 0, 1)
+  out = jax.lax.map(one, chunks).swapaxes(0, 1).reshape(batch, -1, c)  # [B, N + pad, C]
+  return out[:, :n]

@@ -21,7 +21,8 @@ def converted(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('point_mae')
   model = ref.randomize(ref.PointMAEEncoder(), seed=0)
   state = {'module.MAE_encoder.' + k: v for k, v in model.state_dict().items()}
-  state.update({'module.MAE_decoder.blocks.0.norm1.weight': torch.ones(384), 'module.mask_token': torch.zeros(1, 1, 384),
+  state.update({'module.MAE_decoder.blocks.0.norm1.weight': torch.ones(384),
+                'module.mask_token': torch.zeros(1, 1, 384),
                 'module.decoder_pos_embed.0.weight': torch.zeros(128, 3),
                 'module.increase_dim.0.weight': torch.zeros(96, 384, 1)})
   torch.save({'base_model': state, 'epoch': 300}, tmp / 'pretrain.pth')

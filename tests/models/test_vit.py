@@ -53,7 +53,8 @@ def hf_model(state: dict[str, torch.Tensor], arch: port.VitArch) -> ViTModel:
     for part in ('weight', 'bias'):
       q, k, v = state[src + f'attn.qkv.{part}'].chunk(3, dim=0)  # rows [q; k; v] (SPEC §2.6)
       hf.update({dst + f'attention.q_proj.{part}': q, dst + f'attention.k_proj.{part}': k,
-                 dst + f'attention.v_proj.{part}': v, dst + f'attention.o_proj.{part}': state[src + f'attn.proj.{part}'],
+                 dst + f'attention.v_proj.{part}': v,
+                 dst + f'attention.o_proj.{part}': state[src + f'attn.proj.{part}'],
                  dst + f'layernorm_before.{part}': state[src + f'norm1.{part}'],
                  dst + f'layernorm_after.{part}': state[src + f'norm2.{part}'],
                  dst + f'mlp.fc1.{part}': state[src + f'mlp.fc1.{part}'],
@@ -103,6 +104,7 @@ def test_full_size_b8_port_and_registry_match_hf(tmp_path):
   elapsed = time.perf_counter() - start
   want, _ = hf_forward(hf_model(state, arch), images, arch)
   err = np.abs(got - want).max()
-  print(f'ViT-B/8 224: max abs err {err:.2e} (|feature| max {np.abs(want).max():.1f}), flax {elapsed:.1f}s incl. compile')
+  print(f'ViT-B/8 224: max abs err {err:.2e} (|feature| max {np.abs(want).max():.1f}), '
+        f'flax {elapsed:.1f}s incl. compile')
   assert got.shape == (1, 28, 28, 768)
   assert err <= 1e-4, err

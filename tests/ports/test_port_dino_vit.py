@@ -41,8 +41,10 @@ def test_missing_key_and_wrong_shape_are_all_reported():
 @pytest.mark.parametrize('state, named', [
     (vit_state(dim=384, patch=16), 'ViT-S/16'),
     (vit_state(dim=768, patch=16), 'ViT-B/16'),
-    (dict(vit_state(dim=768, patch=14, img=224), **{'blocks.0.ls1.gamma': np.zeros(768), 'mask_token': np.zeros((1, 768)),
-                                                  'register_tokens': np.zeros((1, 4, 768))}), 'DINOv2 ViT-B/14 with registers'),
+    (dict(vit_state(dim=768, patch=14, img=224), **{'blocks.0.ls1.gamma': np.zeros(768),
+                                                  'mask_token': np.zeros((1, 768)),
+                                                  'register_tokens': np.zeros((1, 4, 768))}),
+     'DINOv2 ViT-B/14 with registers'),
 ])
 def test_wrong_vit_family_is_named(state, named):
   with pytest.raises(common.CheckpointError, match=named):

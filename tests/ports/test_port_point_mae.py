@@ -21,7 +21,8 @@ def test_wrapped_prefixed_checkpoint_converts_and_records_provenance(tmp_path, m
   rng = np.random.default_rng(0)
   state = {k: torch.from_numpy(rng.normal(size=e.shape).astype(np.float32)) for k, e in port.table().items()}
   ckpt = {'base_model': {'module.MAE_encoder.' + k: v for k, v in state.items()}}
-  ckpt['base_model'].update({'module.MAE_decoder.norm.weight': torch.ones(384), 'module.mask_token': torch.zeros(1, 1, 384),
+  ckpt['base_model'].update({'module.MAE_decoder.norm.weight': torch.ones(384),
+                             'module.mask_token': torch.zeros(1, 1, 384),
                              'module.increase_dim.0.weight': torch.zeros(96, 384, 1),
                              'module.MAE_encoder.encoder.first_conv.1.num_batches_tracked': torch.tensor(5)})
   src = tmp_path / 'pretrain.pth'
