@@ -139,7 +139,8 @@ def eyecandies_depth_to_xyz(depth16: np.ndarray, depth_min: float, depth_max: fl
   depth = depth16.astype(np.float32) / 65535.0 * (depth_max - depth_min) + depth_min
   intrinsics = np.array([[focal, 0, w / 2, 0], [0, focal, h / 2, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
   v, u = np.mgrid[0:h, 0:w]
-  vectors = np.stack([u.ravel(), v.ravel(), np.ones(h * w), (1.0 / depth.ravel()).astype(np.float64)])  # 1/depth in float32, as the reference
+  inverse_depth = (1.0 / depth.ravel()).astype(np.float64)  # computed in float32, as the reference does
+  vectors = np.stack([u.ravel(), v.ravel(), np.ones(h * w), inverse_depth])
   homogeneous = np.linalg.inv(intrinsics @ pose) @ vectors
   return depth.reshape(-1, 1).astype(np.float64) * homogeneous.T[:, :3]
 

@@ -1,9 +1,10 @@
 """A procedurally generated multimodal anomaly dataset in the exact MVTec 3D-AD folder layout (SPEC §1.1).
 
 Why: the pipeline must run end to end without the real download. Each class is one object shape lying on a tilted
-background plane, seen by a pinhole camera the way MVTec's sensor sees it (metric xyz, objects 12-18 cm, ~0.5 m away, 0.8 mm
-pixel pitch at size 400), so the reference preprocessing (SPEC §1.2: RANSAC plane 0.004/0.005, DBSCAN eps 0.006) behaves
-as on real data. The sensor adds depth noise along the ray, dropouts, holes at steep slopes and a few flying pixels.
+background plane, seen by a pinhole camera the way MVTec's sensor sees it (metric xyz, objects 12-18 cm, ~0.5 m
+away, 0.8 mm pixel pitch at size 400), so the reference preprocessing (SPEC §1.2: RANSAC plane 0.004/0.005, DBSCAN
+eps 0.006) behaves as on real data. The sensor adds depth noise along the ray, dropouts, holes at steep slopes and
+a few flying pixels.
 
 Defects change exactly one modality or both, and the ground truth is exactly the changed region:
 geometry only (`bump`, `crack`, `dent`: xyz changes, rgb does not), colour only (`contamination`, `stain`), both
