@@ -22,7 +22,6 @@ DBSCAN_MIN_POINTS = 30
 
 # SPEC §1.3 constants.
 EYECANDIES_FOCAL = 711.11
-EYECANDIES_SIZE = 512
 
 
 @dataclasses.dataclass(frozen=True)
