@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from g2sf_jax import data
 from g2sf_jax.perlin import perlin_2d
 
 MILD_AUGMENTATION_CLASSES = ('dowel', 'tire', 'foam', 'rope', 'cable_gland')  # SPEC §4.2.2
@@ -56,14 +57,14 @@ def select_anomaly_sources(train_xyz: Mapping[str, Sequence[str]], count: int, s
 
 def foreground(xyz: np.ndarray) -> np.ndarray:
   """All three coordinates non-zero (SPEC §1.4): `[..., 3]` → bool `[...]`."""
-  return np.all(xyz != 0, axis=-1)
+  return np.asarray(data.valid_mask(xyz))
 
 
 def torch_nearest(x: np.ndarray, height: int, width: int) -> np.ndarray:
-  """torch legacy `interpolate(mode='nearest')`: `src = floor(dst·in/out)` (SPEC §1.4)."""
-  rows = np.floor(np.arange(height) * (x.shape[0] / height)).astype(int)
-  cols = np.floor(np.arange(width) * (x.shape[1] / width)).astype(int)
-  return x[rows][:, cols]
+  """torch legacy `interpolate(mode='nearest')` to `[height, width, ...]` (SPEC §1.4, §4.2.4)."""
+  rows = data.nearest_indices_torch(x.shape[0], height)
+  cols = data.nearest_indices_torch(x.shape[1], width)
+  return x[rows[:, None], cols[None, :]]
 
 
 def _keep_components(mask: np.ndarray, skip_last_label: bool) -> np.ndarray:

@@ -151,3 +151,10 @@ def test_synthesize_indexed_is_a_function_of_seed_and_index():
   c = synthesis.synthesize_indexed(train, lambda i: sources[i], ['s.tiff'], 'bagel', 'mvtec3d', 0, 6)
   np.testing.assert_array_equal(a['mask'], b['mask'])
   assert not np.array_equal(a['mask'], c['mask'])
+
+
+def test_source_resize_uses_the_torch_nearest_rule():
+  x = np.arange(10 * 10 * 3, dtype=np.float32).reshape(10, 10, 3)
+  got = synthesis.torch_nearest(x, 4, 4)
+  rows = np.floor(np.arange(4) * 10 / 4).astype(int)  # src = floor(dst·in/out): 0, 2, 5, 7
+  np.testing.assert_array_equal(got, x[rows][:, rows])
