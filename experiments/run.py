@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from absl import app
+from absl import logging
 from ml_collections import config_flags
 
 CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
@@ -43,6 +44,7 @@ def _config_path(name: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)  # orbax and jax log every checkpoint and backend probe at INFO
   from experiments import pipeline
   pipeline.run(_CONFIG.value)
 

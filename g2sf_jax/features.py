@@ -95,11 +95,13 @@ def _chunk_path(cache_dir: Path, i: int) -> Path:
 
 def cached_extract(cache_dir: str | os.PathLike, rgb_backbone: Backbone | None, point_backbone: Backbone | None,
                    samples: Sequence[dict], batch_size: int = 8, extra_key: dict | None = None,
-                   log: Callable[[str], None] = lambda _: None) -> dict[str, np.ndarray]:
+                   log: Callable[[str], None] = lambda _: None,
+                   progress: Callable[[int], None] = lambda _: None) -> dict[str, np.ndarray]:
   """`extract` through a per-class cache folder of one atomically written shard per batch of samples.
 
   Re-runs read the shards; an interrupted run resumes at the first missing shard. When the key (`cache_key`)
-  differs from the one in `index.json`, the folder's shards are stale and are deleted first.
+  differs from the one in `index.json`, the folder's shards are stale and are deleted first. `progress(n)` is
+  called after each shard with its number of samples, for progress bars.
   """
   _check_backbones(rgb_backbone, point_backbone)
   cache_dir = Path(cache_dir)
@@ -122,6 +124,7 @@ def cached_extract(cache_dir: str | os.PathLike, rgb_backbone: Backbone | None, 
       feats = _extract_batch(rgb_backbone, point_backbone, samples[start:start + batch_size], batch_size)
       with io.atomic_write(path) as f:
         np.savez(f, **feats)
+    progress(min(batch_size, len(samples) - start))
   return _read_chunks(cache_dir, len(starts), len(samples))
 
 
