@@ -85,8 +85,9 @@ def load_torch(path: str | os.PathLike) -> Any:
           f'{path}: refused by torch.load(weights_only=True): the file contains the Python object '
           f'{refused.group(1)}, not only tensors. Export a plain state dict of tensors from a trusted '
           'environment instead.') from None
-    raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (corrupt, truncated or not a .pth): '
-                          f'{_first_line(e)}') from None
+    detail = re.search(r'WeightsUnpickler error:\s*(\S[^\n]*)', str(e))  # torch's first line is generic advice
+    raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (corrupt, truncated or not a .pth)'
+                          f'{": " + detail.group(1) if detail else ""}') from None
   except Exception as e:  # torch's unpicklers raise many types (RuntimeError, EOFError, IndexError, …) on junk.
     raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (corrupt, truncated or not a .pth): '
                           f'{_first_line(e)}') from None
