@@ -245,7 +245,8 @@ def train(config, data: 'FusionData', coresets: tuple[np.ndarray, np.ndarray], w
   opt_state = tx.init(params)
   opt_def = jax.tree.structure(opt_state)
   start, best_val = 0, np.inf
-  meta_common = {'num_rows': num_rows, 'batch': batch, 'feature_dim': int(data.feature.shape[1])}
+  meta_common = {'num_rows': num_rows, 'batch': batch, 'feature_dim': int(data.feature.shape[1]),
+                 'key': np.asarray(jax.random.key_data(key)).tolist()}
   if checkpoints.exists(workdir / 'state'):
     saved, meta = checkpoints.load(workdir / 'state')
     if {k: meta.get(k) for k in meta_common} != meta_common:

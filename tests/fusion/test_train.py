@@ -129,6 +129,8 @@ def test_resume_continues_the_same_run(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, full.lspn_params, resumed.lspn_params)
   np.testing.assert_array_equal(full.theta, resumed.theta)
   assert full.best_val == resumed.best_val and full.epoch == resumed.epoch
+  with pytest.raises(ValueError, match='other data'):
+    fusion_train.train(cfg, data, cs, tmp_path / 'b', jax.random.key(4))
 
 
 _ONE_STEP = textwrap.dedent('''
