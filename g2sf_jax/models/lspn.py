@@ -65,9 +65,10 @@ class LSPN(nn.Module):
     return jnp.exp(jnp.tanh(p)), {'logits': p}
 
 
-def from_config(config) -> LSPN:
-  """The LSPN sized by `config.g2sf.{hidden, emb_dim, dropout}`."""
-  return LSPN(hidden=config.g2sf.hidden, emb_dim=config.g2sf.emb_dim, dropout=config.g2sf.dropout)
+def from_config(g2sf_config) -> LSPN:
+  """The LSPN sized by `config.g2sf.{hidden, emb_dim, dropout}` (pass `config.g2sf`)."""
+  c = g2sf_config
+  return LSPN(hidden=c.hidden, emb_dim=c.emb_dim, dropout=c.dropout)
 
 
 def init_params(model: LSPN, key: jax.Array, feature_dim: int) -> Any:
