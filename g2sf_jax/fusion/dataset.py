@@ -9,13 +9,13 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
 import cv2
 import numpy as np
 from jax.sharding import Mesh
 
-from g2sf_jax import data, io, memory_bank, synthesis
+from g2sf_jax import io, memory_bank
 from g2sf_jax.features import upsample_nearest2x
 
 GRID = 56
@@ -101,26 +101,6 @@ def build(out_dir, num_samples: int, make_chunk: Callable[[np.ndarray], Mapping[
   with io.atomic_write(out_dir / _META, 'w') as f:
     f.write(json.dumps(meta))
   return load(out_dir)
-
-
-def synthetic_chunks(train: Sequence[Mapping[str, Any]], load_source: Callable[[int], np.ndarray],
-                     source_names: Sequence[str], class_name: str, dataset: str, seed: int,
-                     extract: Callable[[list[dict]], Mapping[str, np.ndarray]],
-                     img_normaliser: Callable[[np.ndarray], np.ndarray], **synthesis_kwargs
-                     ) -> Callable[[np.ndarray], dict]:
-  """The `make_chunk` of `build` for real data: synthesise (seed, index) → resize (SPEC §4.2.8) → features.
-
-  `train`: `data.load_split_full` training samples; `extract(samples)` maps [{'rgb' [224,224,3] normalised,
-  'xyz' [224,224,3]}] to {'img' [n,h,w,D_R], 'pcd' [n,56,56,D_P]} (e.g. `features.extract` with the backbones);
-  `img_normaliser` is the IMG bank's `Normaliser` (SPEC §3.1).
-  """
-  def make(indices: np.ndarray) -> dict:
-    made = [synthesis.synthesize_indexed(train, load_source, source_names, class_name, dataset, seed, int(i),
-                                         **synthesis_kwargs) for i in indices]
-    feats = extract([{'rgb': data.resize_rgb(s['rgb']), 'xyz': data.resize_xyz(s['xyz'])} for s in made])
-    return {'img': img_normaliser(feats['img']), 'pcd': np.asarray(feats['pcd'], np.float32),
-            'mask': np.stack([data.resize_mask(s['mask']) for s in made])}
-  return make
 
 
 def _join(paths: list[Path], out_dir: Path) -> None:

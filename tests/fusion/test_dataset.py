@@ -85,27 +85,24 @@ def test_build_resumes_per_chunk(tmp_path):
     dataset.load(tmp_path / 'nothing')
 
 
-def test_synthetic_chunks_feed_build(tmp_path):
+def test_build_from_synthetic_anomalies(tmp_path):
+  from g2sf_jax import data, synthesis
   from tests.test_synthesis import _disc_sample
   train = [_disc_sample(i) for i in range(3)]
   sources = [_disc_sample(9)['xyz']]
-  seen = []
 
-  def extract(samples):  # stand-in backbones: 4×4-pooled pixels as features
-    seen.extend(samples)
-    rgb = np.stack([s['rgb'] for s in samples])
-    xyz = np.stack([s['xyz'] for s in samples])
-    pool = lambda x: x.reshape(len(samples), 56, 4, 56, 4, -1).mean((2, 4))
+  def make(indices):  # seeded synthesis → SPEC §1.4 resizing → 4×4-pooled pixels standing in for the backbones
+    made = [synthesis.synthesize_indexed(train, lambda i: sources[i], ['s.tiff'], 'bagel', 'mvtec3d', 0, int(i))
+            for i in indices]
+    rgb = np.stack([data.resize_rgb(s['rgb']) for s in made])
+    xyz = np.stack([data.resize_xyz(s['xyz']) for s in made])
+    pool = lambda x: x.reshape(len(made), 56, 4, 56, 4, -1).mean((2, 4))
     pcd = pool(xyz) * (pool(np.all(xyz != 0, -1)[..., None].astype(np.float32)) == 1)
-    return {'img': np.concatenate([pool(rgb)] * 2, -1), 'pcd': np.concatenate([pcd] * 3, -1)}
+    return {'img': np.concatenate([pool(rgb)] * 2, -1), 'pcd': np.concatenate([pcd] * 3, -1),
+            'mask': np.stack([data.resize_mask(s['mask']) for s in made])}
 
-  make = dataset.synthetic_chunks(train, lambda i: sources[i], ['s.tiff'], 'bagel', 'mvtec3d', 0, extract,
-                                  lambda x: (x - 1.0) / 2.0)
-  chunk = make(np.arange(2))
-  assert chunk['img'].shape == (2, 56, 56, 6) and chunk['pcd'].shape == (2, 56, 56, 9)
-  assert chunk['mask'].shape == (2, 224, 224) and chunk['mask'].dtype == bool and chunk['mask'].any()
-  assert seen[0]['rgb'].shape == (224, 224, 3) and seen[0]['rgb'].dtype == np.float32
-  cs = (np.random.default_rng(0).normal(size=(K, 6)).astype(np.float32),
-        np.random.default_rng(1).normal(size=(K, 9)).astype(np.float32) * 0.01 + 0.1)
+  rng = np.random.default_rng(0)
+  cs = rng.normal(size=(K, 6)).astype(np.float32), (rng.normal(size=(K, 9)) * 0.01 + 0.1).astype(np.float32)
   fd = dataset.build(tmp_path / 'fd', 3, make, cs, chunk_size=2)
   assert fd.label.sum() > 0 and (fd.label == 0).sum() > 0 and np.all(fd.feature[:, 6:].sum(1) != 0)
+  assert fd.anchor_idx.shape == (len(fd.label), 40) and np.all(fd.score >= 0)
