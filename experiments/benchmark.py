@@ -1,0 +1,526 @@
+"""Times each pipeline stage, ours (JAX) against a PyTorch CPU version of what the reference runs, in one process.
+
+  python -m experiments.benchmark                       # full sizes (several minutes on 2 cores)
+  python -m experiments.benchmark --quick               # tiny sizes, 1 repetition (smoke run / test)
+  python -m experiments.benchmark --only vit,knn --repeats 5 --out BENCHMARKS.md
+
+Every stage is called once to warm up (JAX: compile; "first − median" is reported as the compile estimate), then
+`--repeats` times; the table shows medians and ratio = reference / ours (> 1: ours is faster). The references are in
+benchmarks/torch_reference.py (and tests/references). It also measures the float32 matmul peak of this machine
+(JAX and torch), reports the matmul-bound stages as a fraction of it (analytic FLOP counts), and the peak RSS of
+building a full-size PCD bank (benchmarks/bank_memory.py in a subprocess). Thread pools and BLAS environment
+variables are left at their defaults.
+"""
+import argparse
+import dataclasses
+import datetime
+import math
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from benchmarks import aupro_speed
+from benchmarks import torch_reference
+from experiments.configs.common import get_base_config
+from g2sf_jax import io
+from g2sf_jax import memory_bank as mb
+from g2sf_jax import metrics
+from g2sf_jax import sharding
+from g2sf_jax.fusion import train as fusion_train
+from g2sf_jax.models import point_mae
+from g2sf_jax.models import vit
+from g2sf_jax.ops import buckets
+from g2sf_jax.ops import fps
+from g2sf_jax.ops import knn
+from tests.references import torch_point_mae
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ('peak', 'group', 'vit', 'point_mae', 'coreset', 'knn', 'aupro', 'lspn', 'bank_rss')
+# Everything below this line of an existing --out file is kept when the file is regenerated.
+KEEP_MARKER = '<!-- Hand-written notes below this line are kept when the file is regenerated. -->'
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+  cloud_side: int                          # organised grid side; valid pixels form a centred disk
+  cloud_radius: float                      # disk radius in pixels (89 → ≈25k valid points of 224²)
+  groups: tuple[tuple[int, int], ...]      # (G, K) FPS + kNN settings
+  vit: dict                                # VisionTransformer fields (default: ViT-B/8 at 224)
+  point_mae: dict                          # PointMAE fields (default: G²SF's encoder)
+  point_mae_group: tuple[int, int]
+  coreset_rows: int
+  coreset_iters_jax: int                   # greedy iterations timed, then extrapolated to k−1
+  coreset_iters_torch: int
+  knn_queries: int
+  knn_bank: tuple[int, int]
+  knn_k: int
+  aupro_images: int
+  aupro_size: int
+  lspn_batch: int
+  lspn_dims: tuple[int, int]               # (D_R, D_P)
+  lspn_coreset_rows: tuple[int, int]       # (K_R, K_P)
+  lspn_hidden: int
+  lspn_emb: int
+  matmul_n: int
+  bank_args: tuple[str, ...]               # benchmarks/bank_memory.py flags
+
+
+FULL = Sizes(
+    cloud_side=224, cloud_radius=89.0, groups=((512, 128), (1024, 128)), vit={}, point_mae={},
+    point_mae_group=(512, 128), coreset_rows=200_704, coreset_iters_jax=100, coreset_iters_torch=20,
+    knn_queries=3136, knn_bank=(76_518, 1152), knn_k=20, aupro_images=150, aupro_size=224, lspn_batch=8192,
+    lspn_dims=(768, 1152), lspn_coreset_rows=(19_129, 76_518), lspn_hidden=512, lspn_emb=128, matmul_n=4096,
+    bank_args=('--iterations', '50'))
+QUICK = Sizes(
+    cloud_side=40, cloud_radius=14.0, groups=((32, 16), (64, 16)),
+    vit=dict(img_size=32, dim=64, depth=2, num_heads=2), point_mae=dict(dim=64, depth=2, num_heads=2,
+                                                                         out_blocks=(0, 1)),
+    point_mae_group=(32, 16), coreset_rows=4096, coreset_iters_jax=5, coreset_iters_torch=5, knn_queries=64,
+    knn_bank=(1000, 32), knn_k=20, aupro_images=6, aupro_size=64, lspn_batch=64, lspn_dims=(8, 12),
+    lspn_coreset_rows=(64, 64), lspn_hidden=32, lspn_emb=8, matmul_n=256,
+    bank_args=('--rows', '4000', '--dim', '64', '--iterations', '3'))
+
+
+@dataclasses.dataclass
+class Row:
+  """One stage: median seconds of ours and of the reference (ratio = ref / ours)."""
+  stage: str
+  what: str
+  ours_s: float
+  ref_s: float
+  compile_s: float          # first call − median for jitted code; NaN where nothing compiles
+  reference: str
+  gflop: float = math.nan   # analytic FLOPs of one call (matmul-bound stages only)
+  note: str = ''
+
+  @property
+  def ratio(self) -> float:
+    return self.ref_s / self.ours_s
+
+
+@dataclasses.dataclass
+class Limit:
+  """A machine measurement: one value per framework (or one value for both)."""
+  stage: str
+  what: str
+  jax_value: float
+  torch_value: float
+  unit: str
+  note: str = ''
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+  """(first call, median of `repeats` further calls) in seconds; the first call is the warm-up/compile."""
+  start = time.perf_counter()
+  fn()
+  first = time.perf_counter() - start
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return first, statistics.median(times)
+
+
+def _jax_call(fn: Callable[..., Any], *args) -> Callable[[], Any]:
+  return lambda: jax.block_until_ready(fn(*args))
+
+
+def random_params(init: Callable[..., Any], *args, seed: int = 0) -> Any:
+  """Random weights with the structure of `init(key, *args)`, drawn in NumPy (jitting a Flax init compiles the
+  threefry RNG, seconds on CPU). Matrices ~ N(0, 1/fan_in), 1-D `scale` leaves 1, other vectors 0."""
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    if len(leaf.shape) >= 2:
+      fan_in = math.prod(leaf.shape[:-1])
+      return jnp.asarray(rng.standard_normal(leaf.shape, dtype=np.float32) / np.float32(math.sqrt(fan_in)))
+    return jnp.full(leaf.shape, 1.0 if 'scale' in jax.tree_util.keystr(path) else 0.0, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(init, jax.random.key(0), *args))
+
+
+def _no_grad(fn: Callable[..., Any], *args) -> Callable[[], Any]:
+  def call():
+    with torch.no_grad():
+      return fn(*args)
+  return call
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FLOP counts (multiply-adds ×2; elementwise work ignored)
+
+
+def transformer_flops(tokens: int, dim: int, depth: int, mlp_ratio: float = 4.0) -> float:
+  """qkv + proj + MLP (2·T·D²·(3 + 1 + 2·ratio)) and the two attention products (4·T²·D), per block."""
+  return depth * (2 * tokens * dim * dim * (4 + 2 * mlp_ratio) + 4 * tokens * tokens * dim)
+
+
+def vit_flops(img_size: int = 224, patch_size: int = 8, dim: int = 768, depth: int = 12, **unused) -> float:
+  patches = (img_size // patch_size) ** 2
+  return 2 * patches * patch_size ** 2 * 3 * dim + transformer_flops(patches + 1, dim, depth)
+
+
+def point_mae_flops(groups: int, group_size: int, dim: int = 384, depth: int = 12, **unused) -> float:
+  """Mini-PointNet per point (3→128→256, 512→512→dim), positional MLP, then the transformer over G tokens."""
+  per_point = 2 * (3 * 128 + 128 * 256 + 512 * 512 + 512 * dim)
+  return groups * group_size * per_point + 2 * groups * (3 * 128 + 128 * dim) + transformer_flops(groups, dim, depth)
+
+
+def lspn_step_flops(batch: int, dim: int, hidden: int, emb: int, calls: int = 12) -> float:
+  """Forward matmuls of `calls` LSPN evaluations, ×3 for forward + backward (input and weight gradients)."""
+  per_row = 2 * (2 * (dim * hidden + hidden * emb) + 2 * emb * 2 * emb + 2 * emb * 2)
+  return 3 * calls * batch * per_row
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stages
+
+
+def organised_cloud(side: int, radius: float, seed: int = 0) -> np.ndarray:
+  """Valid points [N, 3] of a side² organised scan in raster order: a bumpy sheet seen through a centred disk."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[:side, :side].astype(np.float32)
+  inside = (yy - side / 2 + 0.5) ** 2 + (xx - side / 2 + 0.5) ** 2 <= radius ** 2
+  x, y = 0.4 * (xx - side / 2), 0.4 * (yy - side / 2)  # mm, 0.4 mm pitch
+  z = 400.0 + 3.0 * np.sin(x / 7.0) * np.cos(y / 5.0) + 0.01 * rng.standard_normal((side, side))
+  return np.stack([x, y, z], -1)[inside].astype(np.float32)
+
+
+def bench_group(sizes: Sizes, repeats: int) -> list[Row]:
+  cloud = organised_cloud(sizes.cloud_side, sizes.cloud_radius)
+  points, valid = (x[None] for x in buckets.pad_points(cloud))
+  points, valid = jnp.asarray(points), jnp.asarray(valid)
+  tcloud = torch.from_numpy(cloud)
+  rows = []
+  for g, k in sizes.groups:
+    compile_first, ours = _timed(_jax_call(knn.group, points, valid, g, k), repeats)
+    _, ref = _timed(_no_grad(torch_reference.knn_group, tcloud, g, k), repeats)
+    _, fps_ours = _timed(_jax_call(fps.farthest_point_sample, points, valid, g), repeats)
+    _, fps_ref = _timed(_no_grad(torch_point_mae.fps, tcloud, g), repeats)
+    rows.append(Row('group', f'FPS + kNN grouping, {len(cloud):,} valid points (padded to {points.shape[1]:,}), '
+                    f'{g}×{k}', ours, ref, compile_first - ours,
+                    'pointnet2 FPS loop in torch ops + `cdist`/`topk`',
+                    note=f'FPS alone: ours {fps_ours * 1e3:.1f} ms, reference {fps_ref * 1e3:.1f} ms. Ours runs on '
+                         'the bucket-padded cloud as the pipeline does.'))
+  return rows
+
+
+def bench_vit(sizes: Sizes, repeats: int) -> list[Row]:
+  model = vit.VisionTransformer(**sizes.vit)
+  size = model.img_size
+  images = jnp.asarray(np.random.default_rng(0).standard_normal((1, size, size, 3), dtype=np.float32))
+  params = random_params(model.init, images)
+  apply = jax.jit(lambda p, x: model.apply(p, x)[0])
+  first, ours = _timed(_jax_call(apply, params, images), repeats)
+  ref_model = torch_reference.dino_vit(size, model.patch_size, model.dim, model.depth, model.num_heads)
+  timages = torch.from_numpy(np.asarray(images).transpose(0, 3, 1, 2).copy())
+  _, ref = _timed(_no_grad(lambda x: ref_model(pixel_values=x).last_hidden_state, timages), repeats)
+  name = 'ViT-B/8' if not sizes.vit else f'ViT dim {model.dim} depth {model.depth}'
+  return [Row('vit', f'{name} forward at {size}², batch 1, random weights', ours, ref, first - ours,
+              f'transformers `ViTModel` (DINO config, attention "{ref_model.config._attn_implementation}")',
+              gflop=vit_flops(**dataclasses.asdict(model)) / 1e9,
+              note='timm (the reference\'s builder) cannot be imported here: it imports torchvision, which cannot '
+                   'load beside the CPU-only torch wheel; HF ViTModel is the same architecture.')]
+
+
+def bench_point_mae(sizes: Sizes, repeats: int) -> list[Row]:
+  g, k = sizes.point_mae_group
+  cloud = organised_cloud(sizes.cloud_side, sizes.cloud_radius)
+  points, valid = (jnp.asarray(x[None]) for x in buckets.pad_points(cloud))
+  neighborhood, centers = knn.group(points, valid, g, k)
+  model = point_mae.PointMAE(**sizes.point_mae)
+  variables = random_params(model.init, neighborhood, centers)
+  apply = jax.jit(lambda v, n, c: model.apply(v, n, c)[0])
+  first, ours = _timed(_jax_call(apply, variables, neighborhood, centers), repeats)
+  ref_model = torch_point_mae.PointMAEEncoder(model.dim, model.depth, model.num_heads,
+                                              tuple(model.out_blocks)).train()  # batch-stat BN (SPEC §2.3)
+  tn, tc = torch.from_numpy(np.array(neighborhood[0])), torch.from_numpy(np.array(centers[0]))
+  _, ref = _timed(_no_grad(ref_model, tn, tc), repeats)
+  return [Row('point_mae', f'PointMAE encoder forward, {g}×{k} groups, batch 1, random weights', ours, ref,
+              first - ours, 'tests/references PyTorch PointMAE encoder (train-mode BN)',
+              gflop=point_mae_flops(g, k, model.dim, model.depth) / 1e9,
+              note='Grouping excluded (see the FPS + kNN rows). BatchNorm uses per-cloud batch statistics, '
+                   'DropPath off, on both sides.')]
+
+
+def bench_coreset(sizes: Sizes, repeats: int) -> list[Row]:
+  n = sizes.coreset_rows
+  c = mb.projection_dim(n, 0.9)
+  k = mb.coreset_size(n, 0.1)
+  rng = np.random.default_rng(0)
+  z = rng.standard_normal((n, c), dtype=np.float32)
+  dist0 = np.sqrt(np.sum(np.square(z - z[0]), axis=1))
+  rows = []
+  for fp16 in (True, False):
+    dt = np.float16 if fp16 else np.float32
+    zj, dj = jnp.asarray(z.astype(dt)), jnp.asarray(dist0)
+    start = time.perf_counter()
+    compiled = mb.greedy_k_center.lower(zj, dj, k=sizes.coreset_iters_jax + 1, fp16=fp16).compile()
+    compile_s = time.perf_counter() - start
+    _, ours = _timed(_jax_call(compiled, zj, dj), repeats)
+    zt, dt0 = torch.from_numpy(z).to(torch.float16 if fp16 else torch.float32), torch.from_numpy(dist0)
+    _, ref = _timed(_no_grad(torch_reference.greedy_coreset, zt, dt0, sizes.coreset_iters_torch, fp16), repeats)
+    ours_it, ref_it = ours / sizes.coreset_iters_jax, ref / sizes.coreset_iters_torch
+    precision = 'fp16' if fp16 else 'fp32'
+    rows.append(Row('coreset', f'greedy coreset {precision}, {n:,}×{c} projected bank, k = {k:,} '
+                    '(extrapolated)', ours_it * (k - 1), ref_it * (k - 1), compile_s,
+                    f'the reference\'s torch greedy loop in {precision} on CPU',
+                    note=f'EXTRAPOLATED: timed {sizes.coreset_iters_jax} (ours) / {sizes.coreset_iters_torch} '
+                         f'(reference) iterations, ×(k−1) = {k - 1:,}. Per iteration: ours {ours_it * 1e3:.2f} ms, '
+                         f'reference {ref_it * 1e3:.2f} ms. The one-pass sparse projection is excluded on both '
+                         'sides; the bank is random.'))
+  return rows
+
+
+def bench_knn(sizes: Sizes, repeats: int) -> list[Row]:
+  m, d = sizes.knn_bank
+  rng = np.random.default_rng(0)
+  bank = rng.standard_normal((m, d), dtype=np.float32)
+  queries = rng.standard_normal((sizes.knn_queries, d), dtype=np.float32)
+  start = time.perf_counter()
+  placed = jax.block_until_ready(mb.place_bank(bank))
+  place_s = time.perf_counter() - start
+  first, ours = _timed(lambda: mb.knn_search(queries, placed, sizes.knn_k), repeats)
+  tb, tq = torch.from_numpy(bank), torch.from_numpy(queries)
+  _, ref = _timed(_no_grad(torch_reference.nearest_neighbours, tq, tb, sizes.knn_k), repeats)
+  return [Row('knn', f'{sizes.knn_k}-NN of {sizes.knn_queries:,} queries in a {m:,}×{d} bank', ours, ref,
+              first - ours, '`torch.cdist` + `topk(largest=False)`', gflop=2 * sizes.knn_queries * m * d / 1e9,
+              note=f'Placing the bank on the device once per class: {place_s:.2f} s (not in the median). Ours also '
+                   f're-ranks the best {sizes.knn_k}+8 candidates with exact float32 differences.')]
+
+
+def bench_aupro(sizes: Sizes, repeats: int) -> list[Row]:
+  masks, maps = aupro_speed.make_class(0, sizes.aupro_images, sizes.aupro_size)
+  limits = metrics.DEFAULT_LIMITS
+  _, ours = _timed(lambda: metrics.aupro(masks, maps, limits, 100), repeats)
+  _, ref = _timed(lambda: aupro_speed.loop_aupro(masks, maps, limits, 100), repeats)
+  s = sizes.aupro_size
+  return [Row('aupro', f'AUPRO, 100 thresholds, {sizes.aupro_images} images of {s}×{s}', ours, ref, math.nan,
+              'per-threshold loop (benchmarks/aupro_speed.py)',
+              note='Both sides are NumPy (ours: `metrics.aupro`, vectorised over thresholds); no JAX involved.')]
+
+
+def bench_lspn(sizes: Sizes, repeats: int) -> list[Row]:
+  config = get_base_config()
+  c = config.g2sf
+  c.hidden, c.emb_dim, c.batch_size = sizes.lspn_hidden, sizes.lspn_emb, sizes.lspn_batch
+  b, (dr, dp), (kr, kp) = sizes.lspn_batch, sizes.lspn_dims, sizes.lspn_coreset_rows
+  cols = fusion_train.NUM_ANCHOR_COLUMNS
+  rng = np.random.default_rng(0)
+  coresets = (rng.standard_normal((kr, dr), dtype=np.float32), rng.standard_normal((kp, dp), dtype=np.float32))
+  anchor_idx = np.concatenate([rng.integers(0, kr, (b, cols)), rng.integers(0, kp, (b, cols))], 1).astype(np.int32)
+  normal = rng.random(b) < 0.5
+  feature = np.concatenate([coresets[0][anchor_idx[:, 0]], coresets[1][anchor_idx[:, cols]]], 1)
+  feature += np.where(normal, 0.3, 0.6)[:, None].astype(np.float32) * rng.standard_normal(feature.shape,
+                                                                                       dtype=np.float32)
+  dist = np.stack([np.linalg.norm(feature[:, :dr] - coresets[0][anchor_idx[:, 0]], axis=1),
+                   np.linalg.norm(feature[:, dr:] - coresets[1][anchor_idx[:, cols]], axis=1)], 1)
+  mu = dist[normal].mean(0).astype(np.float32)
+  margin = float(2 * (dist[~normal] / mu).max())
+
+  mesh = sharding.make_mesh()
+  rep, rows_sh = sharding.replicated(mesh), sharding.row_sharded(mesh)
+  train_step, _, tx = fusion_train.make_steps(c, mesh)
+  params = random_params(lambda k: fusion_train.init_params(config, k, dr + dp))
+  state = list(jax.device_put((params, jax.jit(tx.init)(params)), rep))
+  batch = jax.device_put({'feature': feature, 'anchor_idx': anchor_idx, 'normal': normal}, rows_sh)
+  dev = jax.device_put((tuple(jnp.asarray(x) for x in coresets), jnp.asarray(mu), jnp.float32(margin)), rep)
+  key = jax.random.key(1)
+
+  def ours_step():
+    p, o, terms = train_step(state[0], state[1], batch, *dev, key)  # params and optimiser state are donated
+    jax.block_until_ready(terms['loss'])
+    state[:] = [p, o]
+
+  first, ours = _timed(ours_step, repeats)
+  trainer = torch_reference.LspnTrainer(tuple(torch.from_numpy(x) for x in coresets), torch.from_numpy(mu),
+                                        margin, c.hidden, c.emb_dim, c.anchor)
+  targs = (torch.from_numpy(feature), torch.from_numpy(anchor_idx.astype(np.int64)), torch.from_numpy(normal))
+  _, ref = _timed(lambda: trainer.step(*targs), repeats)
+  return [Row('lspn', f'LSPN training step, batch {b:,} (12 LSPN forwards + 6 losses + backward + Adam)', ours, ref,
+              first - ours, 'torch step from tests/references GateNet + losses, two `torch.optim.Adam`',
+              gflop=lspn_step_flops(b, dr + dp, c.hidden, c.emb_dim) / 1e9,
+              note=f'Coresets {kr:,}×{dr} and {kp:,}×{dp} (random); batch already on the device. L_cns in the '
+                   f'reference B×B form on both sides ({c.anchor} tensors of {b:,}²). FLOPs ≈ 3× the forward '
+                   'matmuls.')]
+
+
+def bench_peak(sizes: Sizes, repeats: int) -> list[Limit]:
+  n = sizes.matmul_n
+  rng = np.random.default_rng(0)
+  a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+  dot = jax.jit(lambda x, y: jnp.dot(x, y, precision=_HIGHEST))
+  _, t_jax = _timed(_jax_call(dot, jnp.asarray(a), jnp.asarray(b)), max(repeats, 3))
+  _, t_torch = _timed(_no_grad(torch.mm, torch.from_numpy(a), torch.from_numpy(b)), max(repeats, 3))
+  flop = 2 * n ** 3
+  return [Limit('peak', f'float32 matmul peak ({n}×{n} @ {n}×{n})', flop / t_jax / 1e9, flop / t_torch / 1e9,
+                'GFLOP/s', note=f'median of {max(repeats, 3)}; `jnp.dot` (HIGHEST) and `torch.mm`')]
+
+
+def bench_bank_rss(sizes: Sizes, repeats: int) -> list[Limit]:
+  cmd = [sys.executable, '-m', 'benchmarks.bank_memory', *sizes.bank_args]
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True).stdout
+  rss = [float(x) for x in re.findall(r'peak RSS\s+([\d.]+) GiB', out)]
+  bank = re.search(r'bank (\d+) x (\d+)', out)
+  per_iter = re.search(r'greedy ([\d.]+) ms/iteration', out)
+  full = re.search(r'extrapolated full greedy loop .*: ([\d.]+) h', out)
+  phases = {name.strip(): float(t) for name, t in re.findall(r'^\s*([^:\n]+):\s+([\d.]+) s\s+peak RSS', out, re.M)}
+  note = (f'`{shlex.join(["python", *cmd[1:]])}` (subprocess, JAX only). Phases: '
+          + ', '.join(f'{k} {v:.1f} s' for k, v in phases.items()))
+  if per_iter:
+    note += f'; greedy fp16 {per_iter.group(1)} ms/iteration'
+  if full:
+    note += f', full loop EXTRAPOLATED to {full.group(1)} h'
+  return [Limit('bank_rss', f'peak RSS building a {int(bank.group(1)):,}×{int(bank.group(2))} bank (fill, '
+                'normaliser, projection, greedy, gather)', rss[-1], math.nan, 'GiB', note=note)]
+
+
+BENCHES = {'peak': bench_peak, 'group': bench_group, 'vit': bench_vit, 'point_mae': bench_point_mae,
+           'coreset': bench_coreset, 'knn': bench_knn, 'aupro': bench_aupro, 'lspn': bench_lspn,
+           'bank_rss': bench_bank_rss}
+
+
+def run(only: Sequence[str] = STAGES, quick: bool = False, repeats: int = 3,
+        log: Callable[[str], None] = print) -> tuple[list[Row], list[Limit]]:
+  """Runs the chosen stages in STAGES order → (stage rows, machine-limit rows)."""
+  unknown = set(only) - set(STAGES)
+  if unknown:
+    raise ValueError(f'--only: unknown stage(s) {sorted(unknown)}; choose from {", ".join(STAGES)}')
+  sizes = QUICK if quick else FULL
+  rows, limits = [], []
+  for stage in STAGES:
+    if stage not in only:
+      continue
+    start = time.perf_counter()
+    out = BENCHES[stage](sizes, repeats)
+    (limits if stage in ('peak', 'bank_rss') else rows).extend(out)
+    log(f'[{stage}] done in {time.perf_counter() - start:.1f} s')
+  return rows, limits
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def machine_info() -> dict[str, str]:
+  cpu = 'unknown'
+  with open('/proc/cpuinfo') as f:
+    for line in f:
+      if line.startswith('model name'):
+        cpu = line.split(':', 1)[1].strip()
+        break
+  ram = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2 ** 30
+  return {'nproc': str(os.cpu_count()), 'cpu': cpu, 'ram': f'{ram:.1f} GiB', 'python': platform.python_version(),
+          'jax': jax.__version__, 'flax': flax.__version__, 'torch': torch.__version__, 'numpy': np.__version__,
+          'torch_threads': str(torch.get_num_threads()), 'jax_devices': ', '.join(map(str, jax.devices())),
+          'niceness': str(os.nice(0))}
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+  if not math.isfinite(x):
+    return '–'
+  if x >= 100:
+    return f'{x:,.0f}'
+  return f'{x:.{digits}g}'
+
+
+def _percent(gflop: float, seconds: float, peak: float | None) -> str:
+  if not peak or not math.isfinite(gflop):
+    return '–'
+  return f'{100 * gflop / seconds / peak:.0f}%'
+
+
+def table(rows: Sequence[Row], limits: Sequence[Limit]) -> str:
+  """The markdown tables (stage times, then machine limits) with numbered notes."""
+  peak = {l.stage: l for l in limits}.get('peak')
+  lines = ['| # | stage | ours (s) | ours compile ≈ (s) | reference (s) | ratio ref/ours | ours % of peak | '
+           'ref % of peak | reference |', '|---|---|---:|---:|---:|---:|---:|---:|---|']
+  for i, r in enumerate(rows, 1):
+    verdict = '' if r.ratio >= 1 else ' (ours slower)'
+    lines.append(f'| {i} | {r.what} | {_fmt(r.ours_s)} | {_fmt(r.compile_s, 2)} | {_fmt(r.ref_s)} | '
+                 f'**{r.ratio:.2f}×**{verdict} | {_percent(r.gflop, r.ours_s, peak and peak.jax_value)} | '
+                 f'{_percent(r.gflop, r.ref_s, peak and peak.torch_value)} | {r.reference} |')
+  lines += ['', 'Notes:', '']
+  lines += [f'{i}. {r.note}' + (f' Analytic work: {r.gflop:,.1f} GFLOP.' if math.isfinite(r.gflop) else '')
+            for i, r in enumerate(rows, 1) if r.note or math.isfinite(r.gflop)]
+  if limits:
+    lines += ['', '| measurement | JAX | torch | unit | note |', '|---|---:|---:|---|---|']
+    lines += [f'| {l.what} | {_fmt(l.jax_value)} | {_fmt(l.torch_value)} | {l.unit} | {l.note} |' for l in limits]
+  return '\n'.join(lines)
+
+
+def markdown(rows: Sequence[Row], limits: Sequence[Limit], info: dict[str, str], command: str,
+             load: tuple[tuple[float, ...], tuple[float, ...]], repeats: int, quick: bool) -> str:
+  loaded = max(load[0][0], load[1][0]) > 2.5
+  header = [
+      '# Benchmarks: g2sf-jax against PyTorch CPU references', '',
+      f'Generated by `{command}` on {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}'
+      + (' (**--quick sizes, not representative**)' if quick else '') + '.', '',
+      f'* Machine: {info["nproc"]} CPUs ({info["cpu"]}), {info["ram"]} RAM; JAX devices: {info["jax_devices"]}; '
+      f'torch intra-op threads: {info["torch_threads"]}; niceness {info["niceness"]}.',
+      f'* Versions: Python {info["python"]}, jax {info["jax"]}, flax {info["flax"]}, torch {info["torch"]}, '
+      f'numpy {info["numpy"]}. Thread pools and BLAS variables at their defaults.',
+      f'* Load average (1/5/15 min) at start {"/".join(f"{x:.2f}" for x in load[0])}, at end '
+      f'{"/".join(f"{x:.2f}" for x in load[1])}'
+      + ('. **The machine was shared with other running jobs, so absolute times are noisy and both columns are '
+         'slowed.**' if loaded else '.'),
+      f'* Each stage: one warm-up call (JAX compiles there; "compile ≈" = first call − median), then the median of '
+      f'{repeats} calls. Ratio = reference / ours, so > 1 means ours (JAX) is faster. "% of peak" = analytic '
+      'FLOPs / time / the float32 matmul peak measured below for the same framework.', '']
+  return '\n'.join(header) + '\n' + table(rows, limits) + '\n'
+
+
+def write_markdown(path: Path, text: str) -> None:
+  """Writes `text` atomically, keeping whatever follows KEEP_MARKER in an existing file."""
+  kept = ''
+  if path.exists():
+    old = path.read_text()
+    if KEEP_MARKER in old:
+      kept = old[old.index(KEEP_MARKER) + len(KEEP_MARKER):]
+  with io.atomic_write(path, 'w') as f:
+    f.write(text + '\n' + KEEP_MARKER + (kept or '\n'))
+
+
+def main(argv: Sequence[str] | None = None) -> tuple[list[Row], list[Limit]]:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--quick', action='store_true', help='tiny sizes and 1 repetition (smoke run)')
+  parser.add_argument('--only', default=','.join(STAGES), help=f'comma-separated subset of {",".join(STAGES)}')
+  parser.add_argument('--repeats', type=int, default=None, help='timed calls per stage after the warm-up '
+                      '(default 3; 1 with --quick)')
+  parser.add_argument('--out', type=Path, default=None, help='also write the markdown report here')
+  args = parser.parse_args(argv)
+  repeats = args.repeats or (1 if args.quick else 3)
+  if repeats < 1:
+    parser.error('--repeats must be >= 1')
+  only = [s.strip() for s in args.only.split(',') if s.strip()]
+  info = machine_info()
+  load_start = os.getloadavg()
+  rows, limits = run(only, args.quick, repeats, log=lambda s: print(s, file=sys.stderr, flush=True))
+  load = (load_start, os.getloadavg())
+  argv_used = sys.argv[1:] if argv is None else list(argv)
+  nice = f'nice -n {info["niceness"]} ' if info['niceness'] != '0' else ''
+  command = f'{nice}python -m experiments.benchmark {shlex.join(argv_used)}'.strip()
+  text = markdown(rows, limits, info, command, load, repeats, args.quick)
+  print(text)
+  if args.out:
+    write_markdown(args.out, text)
+  return rows, limits
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,47 @@
+"""`experiments.benchmark` in its --quick mode: every stage gives a row with positive finite times (no timing limits)."""
+import math
+
+import pytest
+
+from experiments import benchmark
+
+
+def test_quick_run_has_every_row_and_writes_markdown(tmp_path):
+  out = tmp_path / 'BENCHMARKS.md'
+  out.write_text('old generated table\n' + benchmark.KEEP_MARKER + '\nhand-written analysis\n')
+  rows, limits = benchmark.main(['--quick', '--out', str(out)])
+
+  counts = {}
+  for r in rows:
+    counts[r.stage] = counts.get(r.stage, 0) + 1
+    for value in (r.ours_s, r.ref_s, r.ratio):
+      assert math.isfinite(value) and value > 0, (r.what, value)
+    assert math.isnan(r.compile_s) or math.isfinite(r.compile_s), r.what
+  assert counts == {'group': 2, 'vit': 1, 'point_mae': 1, 'coreset': 2, 'knn': 1, 'aupro': 1, 'lspn': 1}
+  assert all(math.isfinite(r.gflop) and r.gflop > 0 for r in rows if r.stage in ('vit', 'point_mae', 'knn', 'lspn'))
+
+  by_stage = {l.stage: l for l in limits}
+  assert set(by_stage) == {'peak', 'bank_rss'}
+  assert by_stage['peak'].jax_value > 0 and by_stage['peak'].torch_value > 0
+  assert math.isfinite(by_stage['bank_rss'].jax_value) and by_stage['bank_rss'].jax_value > 0
+
+  text = out.read_text()
+  for r in rows + limits:
+    assert r.what in text
+  assert 'old generated table' not in text and text.rstrip().endswith('hand-written analysis')
+  assert 'python -m experiments.benchmark --quick --out' in text
+
+
+def test_flop_counts_match_hand_counts():
+  # One block of ViT-B/8: 24·T·D² + 4·T²·D with T = 785, D = 768; patch embedding 2·784·192·768.
+  block = 24 * 785 * 768 ** 2 + 4 * 785 ** 2 * 768
+  assert benchmark.vit_flops() == 12 * block + 2 * 784 * 192 * 768
+  # PointMAE 512×128: per point 2·(3·128 + 128·256 + 512·512 + 512·384); then the 12 blocks over 512 tokens.
+  per_point = 2 * (384 + 32_768 + 262_144 + 196_608)
+  blocks = 12 * (24 * 512 * 384 ** 2 + 4 * 512 ** 2 * 384)
+  assert benchmark.point_mae_flops(512, 128) == 512 * 128 * per_point + 2 * 512 * (3 * 128 + 128 * 384) + blocks
+
+
+def test_unknown_stage_is_named():
+  with pytest.raises(ValueError, match='nope'):
+    benchmark.run(['vit', 'nope'], quick=True)
