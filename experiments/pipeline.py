@@ -101,7 +101,8 @@ class Runner:
     if stage == 'fusion_data':
       return stage_key('fusion_data', self._key('features', name), c.synthesis.to_dict(), c.seed, self.classes)
     if stage == 'train':
-      return stage_key('train', self._key('fusion_data', name), c.g2sf.to_dict(), c.seed)
+      training = {k: v for k, v in c.g2sf.to_dict().items() if k != 'scoring_mode'}  # inference-only
+      return stage_key('train', self._key('fusion_data', name), training, c.seed)
     if stage == 'evaluate':
       upstream = self._key('train', name) if 'FUS' in self.rows else self._key('features', name)
       return stage_key('evaluate', upstream, c.scoring.to_dict(), c.metrics.to_dict(), c.g2sf.scoring_mode)
@@ -167,11 +168,12 @@ class Runner:
     return feats
 
   def features(self, name: str) -> None:
-    key = self._key('features', name)
-    if self.cache.is_done('features', name, key):
+    if self.cache.is_done('features', name, self._key('features', name)):
       log.info('features %s: up to date', name)
       return
     self._require('prepare', name)
+    self.backbones()  # may first convert shipped weights, whose checkpoint meta is part of the key
+    key = self._key('features', name)
     c = self.config
     train = data.load_split(c.dataset, self.workdir / 'data', name, 'train')
     feats = self._features(name, 'train', train)

@@ -1,0 +1,123 @@
+"""The whole runner on a tiny synthetic set: every stage, caching and resumption, the report, and predict.
+
+One module-scoped run (about a minute here) feeds every test.
+"""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments import pipeline, predict
+from experiments.configs import synthetic
+from g2sf_jax import data, io
+
+STAGE_FILES = ('prepare', 'features', 'fusion_data', 'train', 'evaluate')
+
+
+def tiny_config(workdir):
+  c = synthetic.get_config()
+  c.workdir = str(workdir)
+  c.checkpoints.efficientnet_lite0 = str(workdir / 'checkpoints' / 'efficientnet_lite0')
+  c.synthetic.classes = 'cube'
+  c.synthetic.size = 200
+  c.synthetic.n_train = 6
+  c.synthetic.n_test = 8
+  c.synthesis.num_anomalies = 8
+  c.g2sf.epochs = 2
+  c.batch_size = 4
+  return c
+
+
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('run')
+  config = tiny_config(workdir)
+  return config, pipeline.run(config)
+
+
+def _markers(workdir):
+  return {s: os.stat(workdir / 'cube' / f'{s}.done.json').st_mtime_ns for s in STAGE_FILES}
+
+
+def test_every_stage_ran_and_reported(finished):
+  config, table = finished
+  workdir = config.workdir
+  assert table['rows'] == ['IMG', 'PCD', 'FUS']
+  for row in table['rows']:
+    values = table['classes']['cube'][row]
+    assert set(values) == {'I-AUROC', 'P-AUROC', 'AUPRO@30%', 'AUPRO@10%', 'AUPRO@5%', 'AUPRO@1%'}
+    assert all(0 <= v <= 1 for v in values.values())
+  on_disk = json.loads(open(f'{workdir}/report/results.json').read())
+  assert on_disk['classes'] == table['classes']
+  html = open(f'{workdir}/report/report.html').read()
+  assert 'cube/roc.png' in html and 'overlays/' in html
+  assert os.path.getsize(f'{workdir}/run.log') > 0
+  assert json.loads(open(f'{workdir}/config.json').read())['dataset'] == 'synthetic'
+
+
+def test_rerun_skips_finished_stages(finished):
+  config, table = finished
+  before = _markers(Path(config.workdir))
+  again = pipeline.run(config)
+  assert _markers(Path(config.workdir)) == before
+  assert again['classes'] == table['classes']
+
+
+def test_changed_scoring_field_reruns_only_evaluation(finished):
+  config, _ = finished
+  workdir = Path(config.workdir)
+  before = _markers(workdir)
+  changed = tiny_config(workdir)
+  changed.g2sf.scoring_mode = 'max'
+  changed.stages = 'evaluate'
+  pipeline.run(changed)
+  after = _markers(workdir)
+  assert after['evaluate'] != before['evaluate']
+  assert {s: after[s] for s in STAGE_FILES[:-1]} == {s: before[s] for s in STAGE_FILES[:-1]}
+  pipeline.run(tiny_config(workdir))  # back to the module's configuration for the other tests
+
+
+def test_missing_upstream_names_the_command(tmp_path):
+  config = tiny_config(tmp_path)
+  config.stages = 'features'
+  with pytest.raises(FileNotFoundError, match='--config.stages=prepare'):
+    pipeline.run(config)
+
+
+def test_predict_gives_the_evaluation_score(finished, tmp_path):
+  config, _ = finished
+  workdir = Path(config.workdir)
+  sample = data.load_split_full('synthetic', workdir / 'data', 'cube', 'test')[-1]
+  io.write_png(tmp_path / 'a.png', sample['rgb'])
+  io.write_xyz_tiff(tmp_path / 'a.tiff', sample['xyz'])
+  result = predict.main(['--workdir', str(workdir), '--rgb', str(tmp_path / 'a.png'), '--xyz',
+                         str(tmp_path / 'a.tiff'), '--out', str(tmp_path / 'map.png'), '--size', 'original',
+                         '--overlay', str(tmp_path / 'overlay.png')])
+  with np.load(workdir / 'cube' / 'evaluation.npz') as z:
+    names = list(z['names'])
+    expected = {row: float(z[f'score_{row}'][names.index(sample['name'])]) for row in ('IMG', 'PCD', 'FUS')}
+  for row, score in expected.items():
+    assert result['image_scores'][row] == pytest.approx(score, rel=1e-4)
+  written = io.read_mask_png(tmp_path / 'map.png')
+  assert written.shape == sample['rgb'].shape[:2] and written.max() > 0
+  assert io.read_rgb_png(tmp_path / 'overlay.png').shape == sample['rgb'].shape
+
+
+def test_predict_rejects_bad_scans(finished, tmp_path):
+  config, _ = finished
+  rgb = np.zeros((200, 200, 3), np.uint8)
+  io.write_png(tmp_path / 'a.png', rgb)
+  io.write_xyz_tiff(tmp_path / 'empty.tiff', np.zeros((200, 200, 3), np.float32))
+  io.write_xyz_tiff(tmp_path / 'small.tiff', np.ones((100, 100, 3), np.float32))
+  base = ['--workdir', config.workdir, '--rgb', str(tmp_path / 'a.png'), '--out', str(tmp_path / 'm.png')]
+  with pytest.raises(SystemExit, match='empty'):
+    predict.main(base + ['--xyz', str(tmp_path / 'empty.tiff')])
+  with pytest.raises(SystemExit, match='differ in size'):
+    predict.main(base + ['--xyz', str(tmp_path / 'small.tiff')])
+  with pytest.raises(SystemExit, match='needs an organised point cloud'):
+    predict.main(base)
+  with pytest.raises(SystemExit, match='missing.tiff'):
+    predict.main(base + ['--xyz', str(tmp_path / 'missing.tiff')])
+  assert not (tmp_path / 'm.png').exists()
