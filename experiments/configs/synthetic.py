@@ -13,7 +13,7 @@ def get_config():
   c.workdir = 'runs/synthetic'
   c.rgb_backbone = 'efficientnet_lite0'
   c.point_backbone = 'fpfh'
-  c.synthesis.num_anomalies = 60
-  c.g2sf.epochs = 20
+  c.synthesis.num_anomalies = 32
+  c.g2sf.epochs = 8
   c.g2sf.batch_size = 2048
   return c

@@ -16,7 +16,7 @@ def test_unknown_config_lists_known_ones():
     run.resolve_config_argv(['run', '--config', 'mvtek'])
 
 
-@pytest.mark.parametrize('name', ['synthetic', 'mvtec', 'eyecandies'])
+@pytest.mark.parametrize('name', ['synthetic', 'mvtec', 'eyecandies', 'btf'])
 def test_configs_load_with_docstrings(name):
   import importlib
   module = importlib.import_module(f'experiments.configs.{name}')
