@@ -29,6 +29,7 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 DATASETS_DIR = Path(__file__).resolve().parent.parent / 'datasets'
 VERSION = '1.0.0'
+MODALITIES = ('rgb', 'xyz')
 
 
 # SPEC §1.4 transforms.
@@ -75,7 +76,8 @@ def valid_mask(xyz: Any) -> Any:
 def tfds_features():
   """The stored schema shared by every builder: full-resolution arrays, zlib-compressed, no TensorFlow needed.
 
-  `xyz_orig` is [0, 0, 3] where it is not stored (test splits, Eyecandies).
+  `xyz_orig` is [0, 0, 3] where it is not stored (test splits, Eyecandies, classes without point clouds); so are
+  `rgb` / `xyz` in a class without images / point clouds (`available_modalities`).
   """
   import tensorflow_datasets as tfds  # Heavy; only preparation and loading need it.
 
@@ -143,7 +145,8 @@ def prepare(dataset: str, raw_dir: str | Path, data_dir: str | Path,
   """Builds the TFDS array_record data of each class from the user's raw download (read only).
 
   `classes`: None = every class of the dataset (synthetic: every class found in `raw_dir`).
-  Returns `{class: {'path', 'built', 'num_examples': {split: n}, 'problems': [str]}}`; `built` is False when the
+  Returns `{class: {'path', 'built', 'num_examples': {split: n}, 'modalities': (str, ...), 'problems': [str]}}`;
+  `modalities` is what the raw class holds (`available_modalities`); `built` is False when the
   class was already prepared (preparation is idempotent and resumable class by class; delete
   `<data_dir>/<dataset>/<class>` to rebuild one). `problems` lists the
   samples that preparation worked around (`preprocessing.Problem`), as `'<sample name>: <kind>: <detail>'`.
@@ -171,6 +174,7 @@ def prepare(dataset: str, raw_dir: str | Path, data_dir: str | Path,
     info = builder.info
     report[name] = dict(path=str(prepared_dir(dataset, data_dir, name)), built=built,
                         num_examples={s: info.splits[s].num_examples for s in info.splits},
+                        modalities=available_modalities(dataset, data_dir, name),
                         problems=list(_read_metadata(dataset, data_dir, name).get('problems', [])))
   return report
 
@@ -178,6 +182,29 @@ def prepare(dataset: str, raw_dir: str | Path, data_dir: str | Path,
 def _read_metadata(dataset: str, data_dir: str | Path, class_name: str) -> dict:
   path = prepared_dir(dataset, data_dir, class_name) / 'metadata.json'
   return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _check_prepared(dataset: str, data_dir: str | Path, class_name: str) -> None:
+  resolve_classes(dataset, [class_name])
+  if not is_prepared(dataset, data_dir, class_name):
+    raise FileNotFoundError(
+        f'{prepared_dir(dataset, data_dir, class_name)}: {dataset}/{class_name} is not prepared; create it with '
+        f'g2sf_jax.data.prepare({dataset!r}, raw_dir, {str(data_dir)!r}, [{class_name!r}]) '
+        '(the `prepare` stage of experiments.run)')
+
+
+def available_modalities(dataset: str, data_dir: str | Path, class_name: str) -> tuple[str, ...]:
+  """('rgb', 'xyz'), ('rgb',) or ('xyz',): what a prepared class holds (MVTec layout: what its raw folders had).
+
+  Eyecandies always has both (xyz comes from depth), and so does a class prepared before single-modality classes
+  existed (its metadata has no `modalities`; the builder then required both).
+  """
+  _check_prepared(dataset, data_dir, class_name)
+  stored = _read_metadata(dataset, data_dir, class_name).get('modalities') or MODALITIES
+  if not set(stored) <= set(MODALITIES):
+    path = prepared_dir(dataset, data_dir, class_name) / 'metadata.json'
+    raise DataError(f'{path}: modalities {stored} are not a subset of {MODALITIES}')
+  return tuple(m for m in MODALITIES if m in stored)
 
 
 # Loading.
@@ -206,11 +233,7 @@ def _source(dataset: str, data_dir: str | Path, class_name: str, split: str):
   resolve_classes(dataset, [class_name])
   if split not in SPLITS:
     raise DataError(f'unknown split {split!r}; expected one of {", ".join(SPLITS)}')
-  if not is_prepared(dataset, data_dir, class_name):
-    raise FileNotFoundError(
-        f'{prepared_dir(dataset, data_dir, class_name)}: {dataset}/{class_name} is not prepared; create it with '
-        f'g2sf_jax.data.prepare({dataset!r}, raw_dir, {str(data_dir)!r}, [{class_name!r}]) '
-        '(the `prepare` stage of experiments.run)')
+  _check_prepared(dataset, data_dir, class_name)
   return tfds.data_source(f'{dataset}/{class_name}:{VERSION}', split=split, data_dir=str(data_dir))
 
 
@@ -218,33 +241,42 @@ def _text(value) -> str:
   return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _full(example: dict, eyecandies: bool) -> dict:
-  xyz_orig = example['xyz_orig']
-  if eyecandies:
-    xyz_orig = example['xyz']
-  elif xyz_orig.size == 0:
-    xyz_orig = None
-  return dict(rgb=example['rgb'], xyz=example['xyz'], xyz_orig=xyz_orig, mask=example['mask'],
-              label=int(example['label']), defect=_text(example['defect']), name=_text(example['name']),
-              problems=tuple(_text(p) for p in example['problems']))
+def _full(example: dict, eyecandies: bool, modalities: tuple[str, ...]) -> dict:
+  sample = {m: example[m] for m in modalities}
+  if 'xyz' in modalities:
+    xyz_orig = example['xyz'] if eyecandies else example['xyz_orig']
+    sample['xyz_orig'] = xyz_orig if xyz_orig.size else None
+  return dict(sample, mask=example['mask'], label=int(example['label']), defect=_text(example['defect']),
+              name=_text(example['name']), problems=tuple(_text(p) for p in example['problems']))
 
 
-def _model_input(example: dict, eyecandies: bool) -> dict:
-  rgb, xyz = example['rgb'], example['xyz']
-  if eyecandies:  # SPEC §1.4: Eyecandies zeroes RGB at invalid points before resizing.
-    rgb = np.where(valid_mask(xyz)[..., None], rgb, 0).astype(np.uint8)
-  return dict(rgb=resize_rgb(rgb), xyz=resize_xyz(xyz), mask=resize_mask(example['mask']),
-              label=int(example['label']), defect=_text(example['defect']), name=_text(example['name']))
+def _model_input(example: dict, eyecandies: bool, modalities: tuple[str, ...]) -> dict:
+  sample = {}
+  if 'rgb' in modalities:
+    rgb = example['rgb']
+    if eyecandies:  # SPEC §1.4: Eyecandies zeroes RGB at invalid points before resizing.
+      rgb = np.where(valid_mask(example['xyz'])[..., None], rgb, 0).astype(np.uint8)
+    sample['rgb'] = resize_rgb(rgb)
+  if 'xyz' in modalities:
+    sample['xyz'] = resize_xyz(example['xyz'])
+  return dict(sample, mask=resize_mask(example['mask']), label=int(example['label']),
+              defect=_text(example['defect']), name=_text(example['name']))
+
+
+def _samples(dataset: str, data_dir: str | Path, class_name: str, split: str, transform) -> Sequence[dict]:
+  source = _source(dataset, data_dir, class_name, split)
+  return _Samples(source, functools.partial(transform, eyecandies=dataset == 'eyecandies',
+                                            modalities=available_modalities(dataset, data_dir, class_name)))
 
 
 def load_split(dataset: str, data_dir: str | Path, class_name: str, split: str) -> Sequence[dict]:
   """Model-ready samples in SPEC §1.1 order (test: defect folders sorted, then files sorted).
 
   Each sample: `rgb` float32 [224,224,3] (ImageNet-normalised), `xyz` float32 [224,224,3], `mask` bool [224,224],
-  `label` int, `defect` str, `name` str (e.g. 'test/crack/003').
+  `label` int, `defect` str, `name` str (e.g. 'test/crack/003'). A class without images has no `rgb` key, one
+  without point clouds no `xyz` key (`available_modalities`): a caller that needs it fails with a KeyError.
   """
-  source = _source(dataset, data_dir, class_name, split)
-  return _Samples(source, functools.partial(_model_input, eyecandies=dataset == 'eyecandies'))
+  return _samples(dataset, data_dir, class_name, split, _model_input)
 
 
 def load_split_full(dataset: str, data_dir: str | Path, class_name: str, split: str) -> Sequence[dict]:
@@ -252,7 +284,7 @@ def load_split_full(dataset: str, data_dir: str | Path, class_name: str, split: 
 
   Each sample: `rgb` uint8 [S,S,3], `xyz` float32 [S,S,3] (preprocessed), `xyz_orig` float32 [S,S,3] (input cloud,
   padded only; = `xyz` for Eyecandies; None for MVTec/synthetic test samples, which do not store it), `mask` uint8
-  [S,S], `label`, `defect`, `name`, `problems` (tuple of str).
+  [S,S], `label`, `defect`, `name`, `problems` (tuple of str). Without images: no `rgb`; without point clouds: no
+  `xyz` and no `xyz_orig`.
   """
-  source = _source(dataset, data_dir, class_name, split)
-  return _Samples(source, functools.partial(_full, eyecandies=dataset == 'eyecandies'))
+  return _samples(dataset, data_dir, class_name, split, _full)

@@ -38,7 +38,7 @@ class Problem:
 class MvtecSample:
   """One preprocessed MVTec-layout sample (SPEC §1.2), all [S, S, ...] after square padding."""
   xyz: np.ndarray        # float32 [S, S, 3], plane removed, largest cluster only
-  rgb: np.ndarray        # uint8 [S, S, 3], zero wherever xyz was zeroed
+  rgb: np.ndarray | None  # uint8 [S, S, 3], zero wherever xyz was zeroed; None for a point-cloud-only sample
   mask: np.ndarray       # uint8 [S, S], padded ground truth
   xyz_orig: np.ndarray   # float32 [S, S, 3], the input cloud with only the padding (SPEC §4.2 step 1)
   problems: tuple[Problem, ...]
@@ -74,8 +74,14 @@ def fit_plane(points: np.ndarray, seed: int) -> np.ndarray:
   return np.asarray(model, np.float64)
 
 
-def remove_plane(xyz: np.ndarray, rgb: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
-  """Zeroes xyz and rgb within 0.005 of the plane fitted to the border points (SPEC §1.2 step 1)."""
+def _zero_where(array: np.ndarray | None, drop: np.ndarray) -> np.ndarray | None:
+  """`array` [H, W, C] with the pixels of `drop` [H, W] zeroed; None stays None (a missing RGB image)."""
+  return None if array is None else np.where(drop[..., None], 0, array).astype(array.dtype)
+
+
+def remove_plane(xyz: np.ndarray, rgb: np.ndarray | None,
+                 seed: int) -> tuple[np.ndarray, np.ndarray | None, list[Problem]]:
+  """Zeroes xyz and rgb (if given) within 0.005 of the plane fitted to the border points (SPEC §1.2 step 1)."""
   edges = border_points(xyz)
   if len(edges) < PLANE_RANSAC_N:
     return xyz, rgb, [Problem('few_border_points', f'{len(edges)} valid border points < ransac_n={PLANE_RANSAC_N}; '
@@ -83,8 +89,7 @@ def remove_plane(xyz: np.ndarray, rgb: np.ndarray, seed: int) -> tuple[np.ndarra
   plane = fit_plane(edges, seed)
   distance = np.abs(xyz.astype(np.float64) @ plane[:3] + plane[3])
   on_plane = distance < PLANE_REMOVE_DISTANCE
-  return (np.where(on_plane[..., None], 0, xyz).astype(xyz.dtype),
-          np.where(on_plane[..., None], 0, rgb).astype(rgb.dtype), [])
+  return _zero_where(xyz, on_plane), _zero_where(rgb, on_plane), []
 
 
 def pad_square(array: np.ndarray) -> np.ndarray:
@@ -96,8 +101,8 @@ def pad_square(array: np.ndarray) -> np.ndarray:
   return np.pad(array, pad, mode='constant')
 
 
-def largest_cluster(xyz: np.ndarray, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
-  """Keeps only the most populous DBSCAN label among the valid points (SPEC §1.2 step 3).
+def largest_cluster(xyz: np.ndarray, rgb: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, list[Problem]]:
+  """Keeps only the most populous DBSCAN label among the valid points (SPEC §1.2 step 3); rgb may be None.
 
   Reference quirk, kept: the noise label -1 takes part in the vote, so if noise outnumbers every cluster, the noise
   points are what is kept.
@@ -110,23 +115,27 @@ def largest_cluster(xyz: np.ndarray, rgb: np.ndarray) -> tuple[np.ndarray, np.nd
   ids, counts = np.unique(labels, return_counts=True)
   drop = np.zeros(valid.shape, bool)
   drop[valid] = labels != ids[np.argmax(counts)]
-  return (np.where(drop[..., None], 0, xyz).astype(xyz.dtype),
-          np.where(drop[..., None], 0, rgb).astype(rgb.dtype), [])
+  return _zero_where(xyz, drop), _zero_where(rgb, drop), []
 
 
-def preprocess_mvtec(xyz: np.ndarray, rgb: np.ndarray, mask: np.ndarray, seed: int = 0) -> MvtecSample:
+def _pad_optional(array: np.ndarray | None) -> np.ndarray | None:
+  return None if array is None else pad_square(array)
+
+
+def preprocess_mvtec(xyz: np.ndarray, rgb: np.ndarray | None, mask: np.ndarray, seed: int = 0) -> MvtecSample:
   """SPEC §1.2 on one sample: plane removal, square padding, largest-cluster cleaning.
 
-  xyz float32 [H, W, 3], rgb uint8 [H, W, 3], mask uint8 [H, W]. `seed` seeds Open3D's RANSAC.
+  xyz float32 [H, W, 3], rgb uint8 [H, W, 3] or None (a point-cloud-only dataset: only the RGB masking is
+  skipped), mask uint8 [H, W]. `seed` seeds Open3D's RANSAC.
   """
   xyz, problems = sanitize(xyz)
   xyz_orig = pad_square(xyz)
   if not valid_points(xyz).any():
     problems.append(Problem('empty_cloud', 'the point cloud has no valid point'))
-    return MvtecSample(xyz_orig, pad_square(rgb), pad_square(mask), xyz_orig, tuple(problems))
+    return MvtecSample(xyz_orig, _pad_optional(rgb), pad_square(mask), xyz_orig, tuple(problems))
   xyz, rgb, found = remove_plane(xyz, rgb, seed)
   problems += found
-  xyz, rgb, found = largest_cluster(pad_square(xyz), pad_square(rgb))
+  xyz, rgb, found = largest_cluster(pad_square(xyz), _pad_optional(rgb))
   problems += found
   return MvtecSample(xyz, rgb, pad_square(mask), xyz_orig, tuple(problems))
 

@@ -30,6 +30,7 @@ DEFECT_KINDS = {
     'stain': 'colour',
 }
 DEFECTS = tuple(sorted(DEFECT_KINDS))
+MODALITIES = ('rgb', 'xyz')
 
 _FOV = 0.32          # metres spanned by the image at the plane distance
 _DISTANCE = 0.5      # camera to plane, metres
@@ -255,7 +256,8 @@ def _test_counts(n_test: int) -> dict[str, int]:
   return {f: base + (i < extra) for i, f in enumerate(folders)}
 
 
-def _write_class(root: Path, shape: str, n_train: int, n_test: int, size: int, seed: int) -> None:
+def _write_class(root: Path, shape: str, n_train: int, n_test: int, size: int, seed: int,
+                 modalities: tuple[str, ...]) -> None:
   shape_id = SHAPES.index(shape)
   plan = [('train', 'good', n_train), ('validation', 'good', max(1, n_train // 4))]
   plan += [('test', folder, n) for folder, n in _test_counts(n_test).items()]
@@ -264,18 +266,38 @@ def _write_class(root: Path, shape: str, n_train: int, n_test: int, size: int, s
     for i in range(count):
       rgb, xyz, gt = render_sample(shape, folder, size, (seed, shape_id, split_id, folder_id, i))
       base = root / split / folder
-      io.write_png(base / 'rgb' / f'{i:03d}.png', rgb)
-      io.write_xyz_tiff(base / 'xyz' / f'{i:03d}.tiff', xyz)
+      if 'rgb' in modalities:
+        io.write_png(base / 'rgb' / f'{i:03d}.png', rgb)
+      if 'xyz' in modalities:
+        io.write_xyz_tiff(base / 'xyz' / f'{i:03d}.tiff', xyz)
       if split == 'test':
         io.write_png(base / 'gt' / f'{i:03d}.png', gt)
 
 
+def _stored_params(meta: Path) -> dict:
+  """A class's `synthetic.json`; those written before `modalities` existed hold both modalities."""
+  return dict({'modalities': list(MODALITIES)}, **json.loads(meta.read_text()))
+
+
+def _check_modalities(modalities: str | Sequence[str]) -> tuple[str, ...]:
+  """('rgb', 'xyz'), ('rgb',) or ('xyz',) from a sequence or a string such as 'rgb+xyz' / 'rgb,xyz' / 'xyz'."""
+  if isinstance(modalities, str):
+    modalities = modalities.replace('+', ',').split(',')
+  names = {m.strip() for m in modalities if m.strip()}
+  if not names or not names <= set(MODALITIES):
+    raise ValueError(f'modalities must be a non-empty subset of {MODALITIES}, got {modalities!r}')
+  return tuple(m for m in MODALITIES if m in names)
+
+
 def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: int, n_test: int, size: int,
-             seed: int) -> Path:
+             seed: int, modalities: str | Sequence[str] = MODALITIES) -> Path:
   """Writes `<out_dir>/<class>/{train,validation}/good/{rgb,xyz}` and `<class>/test/<folder>/{rgb,xyz,gt}`.
 
   `n_test` is the test total per class, split evenly over `good` and `DEFECTS`; validation gets `n_train // 4`
-  (at least 1). Each class is written to a temporary folder and renamed into place, with its parameters in
+  (at least 1). `modalities` ('rgb', 'xyz' or both) chooses which of the rgb/ and xyz/ folders are written: the
+  samples are rendered the same either way, so a single-modality class holds exactly the files of the two-modality
+  one (its ground truth too, even for defects the missing modality alone shows).
+  Each class is written to a temporary folder and renamed into place, with its parameters in
   `<class>/synthetic.json`: a class already generated with the same parameters is kept (resumable, idempotent);
   one generated with other parameters is an error rather than silently mixed.
   """
@@ -285,20 +307,22 @@ def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: 
     _check_shape(shape)
   if n_train < 1 or n_test < 1 or size < 64:
     raise ValueError(f'need n_train >= 1, n_test >= 1, size >= 64; got {n_train}, {n_test}, {size}')
+  modalities = _check_modalities(modalities)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   for shape in classes:
-    params = dict(shape=shape, n_train=n_train, n_test=n_test, size=size, seed=seed, version=_FORMAT_VERSION)
+    params = dict(shape=shape, n_train=n_train, n_test=n_test, size=size, seed=seed, version=_FORMAT_VERSION,
+                  modalities=list(modalities))
     final = out_dir / shape
     meta = final / 'synthetic.json'
     if final.exists():
-      if meta.is_file() and json.loads(meta.read_text()) == params:
+      if meta.is_file() and _stored_params(meta) == params:
         continue
       raise ValueError(f'{final} exists but was not generated with {params} (see {meta}); '
                        'remove it or choose another output folder')
     tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f'.{shape}.'))
     try:
-      _write_class(tmp, shape, n_train, n_test, size, seed)
+      _write_class(tmp, shape, n_train, n_test, size, seed, modalities)
       (tmp / 'synthetic.json').write_text(json.dumps(params, indent=1, sort_keys=True))
       os.replace(tmp, final)
     finally:

@@ -1,5 +1,6 @@
 """SPEC §1.4 transforms against torch / PIL / hand-computed indices; prepare + load round trips; bad inputs."""
 import hashlib
+import json
 import re
 import shutil
 from fractions import Fraction
@@ -12,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from g2sf_jax import data, io, preprocessing, synthetic_data
+from g2sf_jax import data, features, io, preprocessing, synthetic_data
 from g2sf_jax.io import DataError
 
 SIZE = 200  # synthetic pixel pitch 1.6 mm: DBSCAN (eps 6 mm, 30 points) still finds the object
@@ -171,6 +172,88 @@ def test_load_errors(synthetic):
     data.load_split('synthetic', data_dir, 'cube', 'validation')
 
 
+# Classes with one modality only (RGB-only inspection sets, 3D-only scans).
+
+@pytest.fixture(scope='module')
+def single(tmp_path_factory, synthetic):
+  """{modality: (raw_dir, data_dir, report)}: the raw files of `synthetic` with only that modality's folders."""
+  root = tmp_path_factory.mktemp('single')
+  out = {}
+  for modality in ('rgb', 'xyz'):
+    raw = synthetic_data.generate(root / f'raw_{modality}', ['cube'], n_train=2, n_test=7, size=SIZE, seed=0,
+                                  modalities=[modality])
+    out[modality] = raw, root / f'data_{modality}', data.prepare('synthetic', raw, root / f'data_{modality}')
+  return out
+
+
+@pytest.mark.parametrize('modality', ['rgb', 'xyz'])
+def test_single_modality_prepare_and_load(synthetic, single, modality):
+  both_raw, both_data, _, _ = synthetic
+  raw, data_dir, report = single[modality]
+  missing = {'rgb': 'xyz', 'xyz': 'rgb'}[modality]
+  assert report['cube']['built'] and report['cube']['modalities'] == (modality,)
+  assert report['cube']['num_examples'] == {'train': 2, 'test': 7} and report['cube']['problems'] == []
+  assert data.available_modalities('synthetic', data_dir, 'cube') == (modality,)
+  assert data.available_modalities('synthetic', both_data, 'cube') == ('rgb', 'xyz')
+  meta = json.loads((data.prepared_dir('synthetic', data_dir, 'cube') / 'metadata.json').read_text())
+  assert meta['modalities'] == [modality]
+
+  for split in data.SPLITS:
+    model, full = data.load_split('synthetic', data_dir, 'cube', split), data.load_split_full(
+        'synthetic', data_dir, 'cube', split)
+    ref_model, ref_full = data.load_split('synthetic', both_data, 'cube', split), data.load_split_full(
+        'synthetic', both_data, 'cube', split)
+    assert [s['name'] for s in full] == [s['name'] for s in ref_full] and len(model) == len(ref_model)
+    for m, f, rm, rf in zip(model, full, ref_model, ref_full):
+      assert set(m) == {modality, 'mask', 'label', 'defect', 'name'}
+      extra = {'xyz_orig'} if modality == 'xyz' else set()
+      assert set(f) == {modality, 'mask', 'label', 'defect', 'name', 'problems'} | extra
+      with pytest.raises(KeyError, match=repr(missing)):
+        features._stack([m], missing, 1)  # a caller that needs the missing modality fails, naming it
+      assert (m['label'], m['defect'], m['name']) == (rm['label'], rm['defect'], rm['name'])
+      assert m['label'] == int(m['defect'] != 'good') and m['mask'].any() == bool(m['label'])
+      assert np.array_equal(m['mask'], rm['mask']) and np.array_equal(f['mask'], rf['mask'])
+      folder = raw / 'cube' / f['name'].rsplit('/', 1)[0]
+      stem = f['name'].rsplit('/', 1)[1]
+      if modality == 'xyz':  # SPEC §1.2 on the cloud alone: the same cloud as with the image, plane removed
+        orig = io.read_xyz_tiff(folder / 'xyz' / f'{stem}.tiff')
+        assert np.array_equal(f['xyz'], rf['xyz']) and np.array_equal(m['xyz'], rm['xyz'])
+        assert data.valid_mask(f['xyz']).sum() < 0.5 * data.valid_mask(orig).sum()
+        if split == 'train':
+          assert np.array_equal(f['xyz_orig'], preprocessing.pad_square(orig))
+        else:
+          assert f['xyz_orig'] is None
+      else:  # image as stored in the raw folder: no plane to remove, background kept
+        rgb = io.read_rgb_png(folder / 'rgb' / f'{stem}.png')
+        assert np.array_equal(f['rgb'], rgb) and np.array_equal(m['rgb'], data.resize_rgb(rgb))
+        assert not np.array_equal(f['rgb'], rf['rgb'])  # the two-modality image has a black background
+
+
+def test_single_modality_prepare_is_idempotent(single):
+  raw, data_dir, _ = single['xyz']
+  prepared = _tree(data_dir)
+  again = data.prepare('synthetic', raw, data_dir, 'cube')['cube']
+  assert not again['built'] and again['modalities'] == ('xyz',)
+  assert _tree(data_dir) == prepared
+
+
+def test_available_modalities_of_older_preparations_and_errors(synthetic, tmp_path):
+  _, data_dir, _, _ = synthetic
+  old = tmp_path / 'old'
+  shutil.copytree(data_dir, old)
+  meta = data.prepared_dir('synthetic', old, 'cube') / 'metadata.json'
+  stored = json.loads(meta.read_text())
+  del stored['modalities']  # prepared before single-modality classes existed: both
+  meta.write_text(json.dumps(stored))
+  assert data.available_modalities('synthetic', old, 'cube') == ('rgb', 'xyz')
+  assert set(data.load_split('synthetic', old, 'cube', 'train')[0]) >= {'rgb', 'xyz'}
+  meta.write_text(json.dumps(dict(stored, modalities=['depth'])))
+  with pytest.raises(DataError, match=re.escape(f'{meta}: modalities')):
+    data.available_modalities('synthetic', old, 'cube')
+  with pytest.raises(FileNotFoundError, match='not prepared'):
+    data.available_modalities('synthetic', old, 'torus')
+
+
 # Bad MVTec inputs: each names the offending file or folder, and leaves nothing half-prepared.
 
 @pytest.fixture(scope='module')
@@ -211,6 +294,15 @@ def _break(raw, tmp_path, how):
     path = bagel / 'test/crack'
     shutil.rmtree(path)
     (path / 'rgb').mkdir(parents=True)
+  elif how == 'mixed folder':  # test/crack without point clouds while every other folder has them
+    path = bagel / 'test/crack/xyz'
+    shutil.rmtree(path)
+  elif how == 'image-only train':  # the first folder decides: the first test folder with clouds is named
+    shutil.rmtree(bagel / 'train/good/xyz')
+    path = bagel / 'test/crack/xyz'
+  elif how == 'mixed sample':  # one image without its point cloud
+    shutil.copy(bagel / 'train/good/rgb/000.png', bagel / 'train/good/rgb/001.png')
+    path = bagel / 'train/good/xyz/001.tiff'
   elif how == 'missing class':
     path = bagel
     shutil.rmtree(path)
@@ -226,6 +318,9 @@ def _break(raw, tmp_path, how):
     ('missing gt', 'missing ground truth for the defect sample'),
     ('empty folder', 'no samples'),
     ('missing class', 'class folder not found'),
+    ('mixed folder', 'this folder has no xyz/*.tiff but'),
+    ('image-only train', 'this folder has xyz/*.tiff but'),
+    ('mixed sample', 'missing point cloud (the sample exists as'),
 ])
 def test_bad_mvtec_inputs_name_the_file(mvtec_raw, tmp_path, how, what):
   bad, path = _break(mvtec_raw, tmp_path, how)

@@ -116,6 +116,25 @@ def test_preprocess_mvtec_on_known_plane_with_outliers():
   assert np.array_equal(again.xyz, out.xyz)
 
 
+def test_preprocess_mvtec_without_rgb():
+  # A point-cloud-only dataset: the same cleaning of xyz (plane and flying pixels gone), no image to mask.
+  xyz, _, box = _plane_scene(size=150, seed=2)
+  xyz[5, 70:73] += np.float32([0, 0, -0.03])
+  mask = np.zeros(xyz.shape[:2], np.uint8)
+  mask[60:70, 60:70] = 255
+  out = pp.preprocess_mvtec(xyz, None, mask, seed=0)
+  assert out.rgb is None and out.problems == ()
+  assert np.array_equal(pp.valid_points(out.xyz)[25:175, 25:175], box)
+  assert np.array_equal(out.xyz_orig, pp.pad_square(xyz)) and np.array_equal(out.mask, pp.pad_square(mask))
+  with_rgb = pp.preprocess_mvtec(xyz, np.full(xyz.shape, 128, np.uint8), mask, seed=0)
+  assert np.array_equal(out.xyz, with_rgb.xyz)
+  _, no_rgb, _ = pp.remove_plane(xyz, None, seed=0)
+  _, no_rgb_cluster, _ = pp.largest_cluster(out.xyz, None)
+  assert no_rgb is None and no_rgb_cluster is None
+  empty = pp.preprocess_mvtec(np.zeros((100, 100, 3), np.float32), None, np.zeros((100, 100), np.uint8))
+  assert empty.rgb is None and [p.kind for p in empty.problems] == ['empty_cloud']
+
+
 def test_problems_are_recorded_not_raised():
   rgb = np.zeros((100, 100, 3), np.uint8)
   mask = np.zeros((100, 100), np.uint8)

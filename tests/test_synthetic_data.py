@@ -54,6 +54,40 @@ def test_deterministic_and_idempotent(tmp_path):
   assert not [p for p in (tmp_path / 'a').iterdir() if p.name.startswith('.')]  # no temporary folder left
 
 
+def test_single_modality_writes_the_same_files_minus_one_folder(tmp_path):
+  both = _tree(sd.generate(tmp_path / 'both', ['sphere'], 2, 7, SIZE, seed=2))
+  for modalities, kept, dropped in [(('rgb',), 'rgb', 'xyz'), ('xyz', 'xyz', 'rgb'), ('xyz+rgb', None, None)]:
+    out = tmp_path / f'only_{kept}'
+    tree = _tree(sd.generate(out, ['sphere'], 2, 7, SIZE, seed=2, modalities=modalities))
+    files = {k: v for k, v in tree.items() if not k.endswith('synthetic.json')}
+    expected = {k: v for k, v in both.items() if not k.endswith('synthetic.json')
+                and (dropped is None or f'/{dropped}/' not in k)}
+    assert files == expected, modalities  # identical bytes, one folder kind fewer
+    if dropped:
+      assert not list(out.rglob(dropped)) and list(out.rglob(f'{kept}/000.*'))
+      assert len(list(out.rglob('gt/*.png'))) == 7  # ground truth as usual
+    params = json.loads((out / 'sphere' / 'synthetic.json').read_text())
+    assert params['modalities'] == ([kept] if kept else ['rgb', 'xyz'])
+  with pytest.raises(ValueError, match='not generated with'):  # same folder, other modalities: refused
+    sd.generate(tmp_path / 'only_rgb', ['sphere'], 2, 7, SIZE, seed=2, modalities=['xyz'])
+  for bad in ('depth', (), 'rgb,normals'):
+    with pytest.raises(ValueError, match='modalities must be a non-empty subset'):
+      sd.generate(tmp_path / 'bad', ['sphere'], 2, 7, SIZE, seed=2, modalities=bad)
+
+
+def test_folder_generated_before_modalities_option_is_kept(tmp_path):
+  root = sd.generate(tmp_path, ['cube'], 1, 1, 64, seed=0)
+  meta = root / 'cube' / 'synthetic.json'
+  params = json.loads(meta.read_text())
+  del params['modalities']  # as written before the option existed
+  meta.write_text(json.dumps(params))
+  before = _tree(root)
+  sd.generate(tmp_path, ['cube'], 1, 1, 64, seed=0)
+  assert _tree(root) == before
+  with pytest.raises(ValueError, match='not generated with'):
+    sd.generate(tmp_path, ['cube'], 1, 1, 64, seed=0, modalities='rgb')
+
+
 def test_unknown_class_lists_supported(tmp_path):
   with pytest.raises(ValueError, match='unknown synthetic class .pyramid.*cube, cylinder, torus, sphere'):
     sd.generate(tmp_path, 'cube,pyramid', 1, 1, SIZE, 0)
