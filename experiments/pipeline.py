@@ -137,7 +137,8 @@ class Runner:
       if not self.cache.is_done('generate', DATASET_SCOPE, key):
         log.info('prepare: generating the synthetic dataset in %s', raw_dir)
         synthetic_data.generate(raw_dir, classes=c.synthetic.classes.split(','), n_train=c.synthetic.n_train,
-                                n_test=c.synthetic.n_test, size=c.synthetic.size, seed=c.seed)
+                                n_test=c.synthetic.n_test, size=c.synthetic.size, seed=c.seed,
+                                modalities=c.synthetic.modalities)
         self.cache.mark_done('generate', DATASET_SCOPE, key)
     elif raw_dir is None:
       raise ValueError(f'config.raw_dir is empty: set it to your extracted {c.dataset} download, e.g. '
@@ -152,6 +153,16 @@ class Runner:
       for problem in result['problems']:
         log.warning('prepare %s: %s', name, problem)
       self.cache.mark_done('prepare', name, key, result)
+    for name in self.classes:
+      self._check_modalities(name)
+
+  def _check_modalities(self, name: str) -> None:
+    """The config's modalities must be in the prepared data (an RGB-only set cannot run rgb+xyz)."""
+    have = data.available_modalities(self.config.dataset, self.workdir / 'data', name)
+    missing = [m for m in detector.modalities(self.config) if m not in have]
+    if missing:
+      raise ValueError(f'config.modalities={self.config.modalities!r}, but class {name!r} has no {missing[0]} files '
+                       f'in {self.workdir / "data"}; run with --config.modalities={"+".join(have)}')
 
   def backbones(self):
     if self._backbones is None:
@@ -302,7 +313,7 @@ class Runner:
             for row in self.rows}
     map_row = self.rows[-1]
     full = data.load_split_full(c.dataset, self.workdir / 'data', name, 'test')
-    images = [report.ImageRecord(str(arrays['names'][i]), _rgb224(full[i]['rgb']), arrays[f'map_{map_row}'][i],
+    images = [report.ImageRecord(str(arrays['names'][i]), _picture224(full[i]), arrays[f'map_{map_row}'][i],
                                  arrays['masks'][i], int(arrays['labels'][i]), float(arrays[f'score_{map_row}'][i]))
               for i in range(len(arrays['labels']))]
     return report.ClassResult(name, rows, images, map_row=map_row)
@@ -334,9 +345,18 @@ def _slice(x: np.ndarray | None, start: int, stop: int) -> np.ndarray | None:
   return None if x is None else x[start:stop]
 
 
-def _rgb224(rgb: np.ndarray) -> np.ndarray:
-  """uint8 RGB at the model's 224 (PIL bicubic, SPEC §1.4) for the overlays."""
-  return np.asarray(Image.fromarray(rgb).resize((224, 224), Image.BICUBIC))
+def _picture224(sample: dict) -> np.ndarray:
+  """uint8 [224, 224, 3] to draw the overlays on: the RGB (PIL bicubic, SPEC §1.4), or for 3D-only data the depth
+  (z of the valid points, nearer = brighter)."""
+  if 'rgb' in sample:
+    return np.asarray(Image.fromarray(sample['rgb']).resize((224, 224), Image.BICUBIC))
+  xyz = data.resize_xyz(sample['xyz'])
+  valid = data.valid_mask(xyz)
+  grey = np.zeros(valid.shape, np.uint8)
+  if valid.any():
+    z = xyz[..., 2][valid]
+    grey[valid] = np.round(255 * (z.max() - z) / max(float(z.max() - z.min()), 1e-12)).astype(np.uint8)
+  return np.repeat(grey[..., None], 3, axis=-1)
 
 
 def _selected_stages(stages: str) -> tuple[str, ...]:

@@ -75,4 +75,5 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.synthetic.n_train = 24
   c.synthetic.n_test = 24
   c.synthetic.size = 400
+  c.synthetic.modalities = 'rgb+xyz'    # which files to generate: rgb+xyz | rgb | xyz
   return c

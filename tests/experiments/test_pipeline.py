@@ -121,3 +121,26 @@ def test_predict_rejects_bad_scans(finished, tmp_path):
   with pytest.raises(SystemExit, match='missing.tiff'):
     predict.main(base + ['--xyz', str(tmp_path / 'missing.tiff')])
   assert not (tmp_path / 'm.png').exists()
+
+
+@pytest.mark.parametrize('method, modalities, rows', [('btf', 'rgb+xyz', ['BTF']), ('g2sf', 'rgb', ['IMG']),
+                                                      ('g2sf', 'xyz', ['PCD'])])
+def test_baseline_and_single_modality_runs(tmp_path, method, modalities, rows):
+  """BTF on both modalities; RGB-only and 3D-only runs on data that has only those files."""
+  config = tiny_config(tmp_path)
+  config.synthetic.n_train = 4
+  config.method = method
+  config.modalities = config.synthetic.modalities = modalities
+  table = pipeline.run(config)
+  assert table['rows'] == rows
+  assert all(0 <= v <= 1 for v in table['classes']['cube'][rows[0]].values())
+  assert not (tmp_path / 'cube' / 'fusion_data').exists()  # no fusion stages without both modalities / for BTF
+
+
+def test_modalities_missing_from_the_data_are_named(tmp_path):
+  config = tiny_config(tmp_path)
+  config.synthetic.n_train = 4
+  config.synthetic.modalities = 'rgb'
+  config.stages = 'prepare'
+  with pytest.raises(ValueError, match="no xyz files.*--config.modalities=rgb"):
+    pipeline.run(config)
