@@ -92,7 +92,7 @@ class Runner:
   def _key(self, stage: str, name: str) -> str:
     c = self.config
     if stage == 'prepare':
-      raw = c.synthetic.to_dict() if c.dataset == 'synthetic' else c.raw_dir
+      raw = (c.synthetic.to_dict(), c.seed) if c.dataset == 'synthetic' else c.raw_dir
       return stage_key('prepare', c.dataset, raw, data.VERSION, name)
     if stage == 'features':
       return stage_key('features', self._key('prepare', name), c.method, c.modalities, c.rgb_backbone,
@@ -122,9 +122,8 @@ class Runner:
   def _require(self, stage: str, name: str) -> None:
     if not self.cache.is_done(stage, name, self._key(stage, name)):
       raise FileNotFoundError(
-          f'{self.workdir / name}: the {stage!r} stage has no up-to-date output for class {name!r}; run it with: '
-          f'python -m experiments.run --config {self.workdir / "config.json"} --config.classes={name} '
-          f'--config.stages={stage}')
+          f'{self.workdir / name}: the {stage!r} stage has no up-to-date output for class {name!r}; run it first: '
+          f'your experiments.run command with --config.classes={name} --config.stages={stage}')
 
   # Stages.
 

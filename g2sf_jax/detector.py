@@ -102,7 +102,7 @@ class Detector:
       raise FileNotFoundError(f'{config_path} not found: {workdir} is not a work directory of experiments.run')
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
     banks, meta = memory_bank.load(workdir / class_name / 'banks',
-                                   how_to_make=f'python -m experiments.run --config {config_path} '
+                                   how_to_make=f'the experiments.run command of {workdir} with '
                                                f'--config.classes={class_name} --config.stages=features')
     fuser = None
     if 'FUS' in rows_of(config):
