@@ -1,4 +1,4 @@
-"""`experiments.benchmark` in its --quick mode: every stage gives a row with positive finite times (no timing limits)."""
+"""`experiments.benchmark --quick`: every stage gives a row with positive finite times (no timing limits)."""
 import math
 
 import pytest
