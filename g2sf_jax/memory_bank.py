@@ -23,6 +23,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # Extra candidates per shard ranked by the fast ‖q‖²−2q·b+‖b‖² distances before the exact re-ranking; the fast
 # formula is only off by ~1e-7·(‖q‖²+‖b‖²), far below typical neighbour gaps, so 8 is ample.
 _CANDIDATE_MARGIN = 8
+QUERY_CHUNK = 784  # a quarter of the 56×56 grid: a batch of samples splits into whole chunks, no padding
 
 
 def _row_chunks(num_rows: int, chunk_rows: int) -> Iterator[slice]:
@@ -235,7 +236,7 @@ def _knn_chunk(queries, rows, sq_norms, *, k, num_candidates, num_rows, mesh):
 
 
 def knn_search(queries: np.ndarray, bank: np.ndarray | ShardedBank, k: int, mesh: Mesh | None = None,
-               query_chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+               query_chunk: int = QUERY_CHUNK) -> tuple[np.ndarray, np.ndarray]:
   """The `k` nearest bank rows of each query: `(dist [q, k] float32, idx [q, k] int32)`, ascending.
 
   The bank is split along its rows over `mesh`; each shard ranks its rows by `‖q‖²−2q·b+‖b‖²` (HIGHEST
@@ -332,7 +333,7 @@ def _reweighted_score(feats: np.ndarray, rows_of, bank: ShardedBank, min_dist: n
 
 def unimodal_scores_batch(feats: np.ndarray, coreset_rows: np.ndarray | ShardedBank, mesh: Mesh | None = None,
                           blur: str = 'pil_uint8', num_anchors: int = 20, map_size: int = 224,
-                          query_chunk: int = 1024) -> list[UnimodalResult]:
+                          query_chunk: int = QUERY_CHUNK) -> list[UnimodalResult]:
   """`feats [B, P, D]` (normalised) against a coreset → one `UnimodalResult` per sample (SPEC §3.3).
 
   All B·P patches go through one sharded search; place the coreset once per class with `place_bank`.
@@ -356,7 +357,7 @@ def unimodal_scores_batch(feats: np.ndarray, coreset_rows: np.ndarray | ShardedB
 
 def unimodal_scores(feats: np.ndarray, coreset_rows: np.ndarray | ShardedBank, mesh: Mesh | None = None,
                     blur: str = 'pil_uint8', num_anchors: int = 20, map_size: int = 224,
-                    query_chunk: int = 1024) -> UnimodalResult:
+                    query_chunk: int = QUERY_CHUNK) -> UnimodalResult:
   """`feats [P, D]` (normalised, P = 3136) against `coreset_rows [m, D]` → `UnimodalResult` (SPEC §3.3)."""
   return unimodal_scores_batch(np.asarray(feats)[None], coreset_rows, mesh, blur, num_anchors, map_size,
                                query_chunk)[0]

@@ -37,7 +37,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.memory_bank.coreset_eps = 0.9
   c.memory_bank.coreset_fp16 = True      # the reference's fp16 greedy distances (SPEC §3.2)
   c.memory_bank.num_anchors = 20
-  c.memory_bank.query_chunk = 1024
 
   c.scoring = ml_collections.ConfigDict()
   c.scoring.blur = 'pil_uint8'           # pil_uint8 (reference, SPEC §3.3) | float
