@@ -107,7 +107,7 @@ def write_xyz_tiff(path: str | os.PathLike, xyz: np.ndarray) -> Path:
   if xyz.ndim != 3 or xyz.shape[-1] != 3 or xyz.dtype != np.float32:
     raise ValueError(f'{path}: expected float32 [H, W, 3], got {xyz.dtype} {xyz.shape}')
   with atomic_write(path) as f:
-    tifffile.imwrite(f, xyz)
+    tifffile.imwrite(f, xyz, photometric='rgb')  # one page, 3 contiguous samples per pixel, like MVTec's files
   return Path(path)
 
 
