@@ -119,6 +119,12 @@ class Runner:
         out[name] = json.loads(meta.read_text())
     return out
 
+  def _up_to_date(self, stage: str, name: str) -> bool:
+    done = self.cache.is_done(stage, name, self._key(stage, name))
+    if done:
+      log.info('%s %s: up to date', stage, name)
+    return done
+
   def _require(self, stage: str, name: str) -> None:
     if not self.cache.is_done(stage, name, self._key(stage, name)):
       raise FileNotFoundError(
@@ -178,8 +184,7 @@ class Runner:
     return feats
 
   def features(self, name: str) -> None:
-    if self.cache.is_done('features', name, self._key('features', name)):
-      log.info('features %s: up to date', name)
+    if self._up_to_date('features', name):
       return
     self._require('prepare', name)
     self.backbones()  # may first convert shipped weights, whose checkpoint meta is part of the key
@@ -204,10 +209,9 @@ class Runner:
     self.cache.mark_done('features', name, key, {m: list(b.coreset.shape) for m, b in banks.items()})
 
   def fusion_data(self, name: str) -> None:
-    key = self._key('fusion_data', name)
-    if self.cache.is_done('fusion_data', name, key):
-      log.info('fusion_data %s: up to date', name)
+    if self._up_to_date('fusion_data', name):
       return
+    key = self._key('fusion_data', name)
     self._require('features', name)
     c = self.config
     banks, _ = memory_bank.load(self.workdir / name / 'banks')
@@ -258,10 +262,9 @@ class Runner:
     return sources, load
 
   def train(self, name: str) -> None:
-    key = self._key('train', name)
-    if self.cache.is_done('train', name, key):
-      log.info('train %s: up to date', name)
+    if self._up_to_date('train', name):
       return
+    key = self._key('train', name)
     self._require('fusion_data', name)
     banks, _ = memory_bank.load(self.workdir / name / 'banks')
     fused = fusion_dataset.load(self.workdir / name / 'fusion_data')
