@@ -9,11 +9,14 @@ import hashlib
 import os
 import pickle
 import re
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from g2sf_jax import checkpoints
 
 # SHA-256 of official releases we know. The FB DINO ViT-B/8 file's hash is not known here, so it is reported as
 # "not a known official file" (informational, not an error).
@@ -184,3 +187,18 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
   parser.add_argument('src', help='the PyTorch .pth file (read only)')
   parser.add_argument('out_dir', help='the converted checkpoint directory to write')
   return parser.parse_args(argv)
+
+
+def save_converted(out_dir: str | os.PathLike, tree: Any, meta: dict, num_tensors: int) -> Path:
+  """Writes the converted tree atomically (nothing on failure) and says what was written from what."""
+  out = checkpoints.save(out_dir, tree, meta)
+  print(f'wrote {out} ({num_tensors} tensors; source sha256 {meta["sha256"]}: {meta["known_file"]})')
+  return out
+
+
+def run_cli(main: Callable[[], int]) -> None:
+  """`python -m ports.X`: conversion errors become one `error: …` line and exit status 1."""
+  try:
+    sys.exit(main())
+  except (CheckpointError, FileNotFoundError) as e:
+    sys.exit(f'error: {e}')

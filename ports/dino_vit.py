@@ -7,13 +7,11 @@ checkpoint (the `teacher` backbone is used, `backbone.`/`module.` prefixes strip
 ignored). Nothing is written unless every key and shape checks out.
 """
 import dataclasses
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from g2sf_jax import checkpoints
 from ports import common
 
 COMMAND = 'python -m ports.dino_vit SRC.pth OUT_DIR'
@@ -96,13 +94,9 @@ def main(argv: list[str] | None = None) -> int:
   tree = convert_state(state, args.src)
   meta = {'converter': 'ports.dino_vit', 'model': 'dino_vit_b8', 'arch': dataclasses.asdict(VIT_B8),
           **common.describe_source(args.src)}
-  out = checkpoints.save(args.out_dir, tree, meta)
-  print(f'wrote {out} ({len(table())} tensors; source sha256 {meta["sha256"]}: {meta["known_file"]})')
+  common.save_converted(args.out_dir, tree, meta, len(table()))
   return 0
 
 
 if __name__ == '__main__':
-  try:
-    sys.exit(main())
-  except (common.CheckpointError, FileNotFoundError) as e:
-    sys.exit(f'error: {e}')
+  common.run_cli(main)

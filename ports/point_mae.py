@@ -7,13 +7,11 @@ Loading follows `PointTransformer.load_model_from_ckpt`: take `ckpt['base_model'
 `increase_dim` entries. BatchNorm running statistics go to the `batch_stats` collection (used only with
 `point_mae.batchnorm='running_stats'`, SPEC §2.3). Nothing is written unless every key and shape checks out.
 """
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from g2sf_jax import checkpoints
 from ports import common
 
 COMMAND = 'python -m ports.point_mae SRC.pth OUT_DIR'
@@ -82,13 +80,9 @@ def main(argv: list[str] | None = None) -> int:
   state = unwrap(common.load_torch(args.src), args.src)
   tree = convert_state(state, args.src)
   meta = {'converter': 'ports.point_mae', 'model': 'point_mae', **common.describe_source(args.src)}
-  out = checkpoints.save(args.out_dir, tree, meta)
-  print(f'wrote {out} ({len(table())} tensors; source sha256 {meta["sha256"]}: {meta["known_file"]})')
+  common.save_converted(args.out_dir, tree, meta, len(table()))
   return 0
 
 
 if __name__ == '__main__':
-  try:
-    sys.exit(main())
-  except (common.CheckpointError, FileNotFoundError) as e:
-    sys.exit(f'error: {e}')
+  common.run_cli(main)
