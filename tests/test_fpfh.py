@@ -37,7 +37,7 @@ def _direct_open3d(points: np.ndarray, p: fpfh.FpfhParams) -> np.ndarray:
   cloud.orient_normals_towards_camera_location(camera_location=np.array([0.0, 0.0, 0.0]))
   feats = o3d.pipelines.registration.compute_fpfh_feature(
       cloud, search_param=o3d.geometry.KDTreeSearchParamHybrid(p.feature_radius * spacing, p.feature_max_nn))
-  return np.asarray(feats.data).T
+  return np.asarray(feats.data).T * p.scale
 
 
 def test_shape_zeros_and_equality_with_open3d():
@@ -51,8 +51,9 @@ def test_shape_zeros_and_equality_with_open3d():
     # Reference: the valid points in raster order (row-major loop), straight through Open3D.
     rows, cols = np.nonzero(valid)
     ref = _direct_open3d(xyz[b][rows, cols], fpfh.FpfhParams())
-    np.testing.assert_allclose(out[b][rows, cols], ref, atol=1e-4)
-    np.testing.assert_allclose(out[b][rows, cols].sum(-1), 600.0, rtol=1e-5)  # three histograms of 200
+    np.testing.assert_allclose(out[b][rows, cols], ref, atol=1e-5)
+    # Open3D's three sub-histograms of 200 each, rescaled to a mean bin of 1.
+    np.testing.assert_allclose(out[b][rows, cols].sum(-1), 33.0, rtol=1e-5)
 
 
 def test_invalid_pixel_contents_do_not_matter():
@@ -77,13 +78,13 @@ def test_rotation_about_camera_nearly_invariant():
   rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
   f0 = fpfh.fpfh_points(pts)
   f1 = fpfh.fpfh_points(pts @ (rx @ rz).T)
-  l1 = np.abs(f0 - f1).sum(-1) / 600.0
+  l1 = np.abs(f0 - f1).sum(-1) / 33.0
   assert np.median(l1) < 1e-3 and np.mean(l1 < 0.05) > 0.97, (np.median(l1), np.mean(l1 < 0.05))
   # Radii are in point spacings, so the unit does not matter: the same scene in millimetres gives the same features.
-  np.testing.assert_allclose(fpfh.fpfh_points(pts * 1000.0), f0, atol=1e-3)
+  np.testing.assert_allclose(fpfh.fpfh_points(pts * 1000.0), f0, atol=1e-3 * fpfh.FpfhParams().scale)
   # The same measure does see a change of shape: depth stretched by 20% moves the median by ~4%.
   f2 = fpfh.fpfh_points(pts * np.array([1, 1, 1.2]))
-  assert np.median(np.abs(f0 - f2).sum(-1) / 600.0) > 0.02
+  assert np.median(np.abs(f0 - f2).sum(-1) / 33.0) > 0.02
 
 
 def test_degenerate_clouds():
@@ -120,6 +121,8 @@ def test_bad_input_and_config():
     fpfh.FpfhParams(normal_radius=0.0)
   with pytest.raises(ValueError, match='positive'):
     fpfh.FpfhParams(spacing=-1.0)
+  with pytest.raises(ValueError, match='positive'):
+    fpfh.FpfhParams(scale=0.0)
 
 
 def test_fixed_spacing_equals_measured():
@@ -127,4 +130,4 @@ def test_fixed_spacing_equals_measured():
   pts = xyz[np.all(xyz != 0, axis=-1)].astype(np.float64)
   dist, _ = scipy.spatial.cKDTree(pts).query(pts, k=2)
   np.testing.assert_allclose(fpfh.fpfh_points(pts, fpfh.FpfhParams(spacing=float(np.median(dist[:, 1])))),
-                             fpfh.fpfh_points(pts), atol=1e-4)
+                             fpfh.fpfh_points(pts), atol=1e-4 * fpfh.FpfhParams().scale)
