@@ -73,17 +73,28 @@ def test_greedy_on_integer_grid_matches_numpy(fp16):
 @pytest.mark.parametrize('fp16', [False, True])
 def test_coreset_matches_numpy_given_projection(fp16):
   rng = np.random.default_rng(3)
-  bank = rng.standard_normal((1500, 24)).astype(np.float32) * 2 + 0.3
+  bank = rng.standard_normal((1500, 200)).astype(np.float32) * 2 + 0.3
   norm = mb.Normaliser.fit(bank)
   key = jax.random.key(7)
   idx = mb.coreset(bank, 0.1, 0.9, key, fp16=fp16, normaliser=norm, chunk_rows=256)
-  matrix = mb.sparse_projection_matrix(key, 24, mb.projection_dim(1500, 0.9))
+  assert mb.projection_dim(1500, 0.9) == 180
+  matrix = mb.sparse_projection_matrix(key, 200, 180)
   z32 = (norm(bank).astype(np.float64) @ matrix.astype(np.float64)).astype(np.float32)
   z, dist0 = mb.project(bank, matrix, norm, chunk_rows=256)
   np.testing.assert_allclose(z, z32, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(dist0, np.sqrt(np.sum(np.square(z - z[0]), axis=1)), rtol=1e-6)
   assert idx.shape == (150,) and idx.dtype == np.int32
   np.testing.assert_array_equal(idx, _numpy_greedy(z, 150, fp16))
+
+
+def test_coreset_of_low_dimensional_bank_uses_the_rows_themselves():
+  # 24 dims < the JL dimension (180 for 1500 rows): no projection up, the greedy sees the normalised rows exactly.
+  bank = np.random.default_rng(5).standard_normal((1500, 24)).astype(np.float32) * 2 + 0.3
+  norm = mb.Normaliser.fit(bank)
+  idx = mb.coreset(bank, 0.1, 0.9, jax.random.key(7), fp16=False, normaliser=norm, chunk_rows=256)
+  np.testing.assert_array_equal(idx, _numpy_greedy(norm(bank), 150, fp16=False))
+  other_key = mb.coreset(bank, 0.1, 0.9, jax.random.key(8), fp16=False, normaliser=norm, chunk_rows=256)
+  np.testing.assert_array_equal(other_key, idx)  # nothing random is left
 
 
 # ---------------------------------------------------------------------------------------------- kNN search
