@@ -32,6 +32,12 @@ log = logging.getLogger('g2sf')
 DATASET_SCOPE = '_dataset'
 
 
+# Raised when a stage's code starts computing something else from the same inputs, so that work directories made
+# by older code redo the stage instead of mixing old and new results. features 2: FPFH rescaled, coreset without a
+# projection up.
+STAGE_VERSIONS = {'features': 2, 'fusion_data': 1}
+
+
 def run(config: ml_collections.ConfigDict) -> dict:
   """Runs the selected stages; returns the results table (`report.results_dict`) when `evaluate` ran."""
   runner = Runner(config)
@@ -87,7 +93,7 @@ class Runner:
     log.info('report: %s', out)
     return report.results_dict(results)
 
-  # Keys: each stage's inputs, upstream keys included.
+  # Keys: each stage's inputs, upstream keys included, and the stage's code version (STAGE_VERSIONS).
 
   def _key(self, stage: str, name: str) -> str:
     c = self.config
@@ -95,11 +101,13 @@ class Runner:
       raw = (c.synthetic.to_dict(), c.seed) if c.dataset == 'synthetic' else c.raw_dir
       return stage_key('prepare', c.dataset, raw, data.VERSION, name)
     if stage == 'features':
-      return stage_key('features', self._key('prepare', name), c.method, c.modalities, c.rgb_backbone,
-                       c.point_backbone, c.point_mae.to_dict(), c.memory_bank.to_dict(), c.seed,
-                       self._checkpoint_meta())
+      rgb, point = self.backbones()
+      return stage_key('features', STAGE_VERSIONS['features'], self._key('prepare', name), c.method, c.modalities,
+                       features.describe_backbone(rgb), features.describe_backbone(point), c.point_mae.to_dict(),
+                       c.memory_bank.to_dict(), c.seed, self._checkpoint_meta())
     if stage == 'fusion_data':
-      return stage_key('fusion_data', self._key('features', name), c.synthesis.to_dict(), c.seed, self.classes)
+      return stage_key('fusion_data', STAGE_VERSIONS['fusion_data'], self._key('features', name),
+                       c.synthesis.to_dict(), c.seed, self.classes)
     if stage == 'train':
       training = {k: v for k, v in c.g2sf.to_dict().items() if k != 'scoring_mode'}  # inference-only
       return stage_key('train', self._key('fusion_data', name), training, c.seed)

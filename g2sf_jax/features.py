@@ -74,17 +74,23 @@ def extract(rgb_backbone: Backbone | None, point_backbone: Backbone | None, samp
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 
+def describe_backbone(backbone: Backbone | None) -> dict | None:
+  """What a backbone's features depend on: name, dim and `.meta` (weights' hash, layers, parameters) if any."""
+  if backbone is None:
+    return None
+  return {'name': getattr(backbone, 'name', type(backbone).__name__), 'dim': getattr(backbone, 'dim', None),
+          'meta': getattr(backbone, 'meta', None)}
+
+
 def cache_key(rgb_backbone: Backbone | None, point_backbone: Backbone | None, samples: Sequence[dict],
               batch_size: int, extra: dict | None = None) -> dict:
   """What the cached features depend on: backbones (name, dim, `.meta` if any), sample names, chunking, `extra`.
 
   `extra` is for what the backbones cannot tell (checkpoint meta, config switches such as drop_path).
   """
-  describe = lambda b: None if b is None else {'name': getattr(b, 'name', type(b).__name__),
-                                                 'dim': getattr(b, 'dim', None), 'meta': getattr(b, 'meta', None)}
   names = [str(s.get('name', i)) for i, s in enumerate(samples)]
   return json.loads(json.dumps({
-      'rgb': describe(rgb_backbone), 'point': describe(point_backbone), 'num_samples': len(names),
+      'rgb': describe_backbone(rgb_backbone), 'point': describe_backbone(point_backbone), 'num_samples': len(names),
       'names_sha256': hashlib.sha256('\n'.join(names).encode()).hexdigest(), 'chunk_size': batch_size,
       'extra': extra or {}}, sort_keys=True, default=str))
 

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -77,6 +78,19 @@ def test_changed_scoring_field_reruns_only_evaluation(finished):
   assert after['evaluate'] != before['evaluate']
   assert {s: after[s] for s in STAGE_FILES[:-1]} == {s: before[s] for s in STAGE_FILES[:-1]}
   pipeline.run(tiny_config(workdir))  # back to the module's configuration for the other tests
+
+
+def test_stage_keys_follow_backbone_parameters_and_code_versions(tmp_path, monkeypatch):
+  base = pipeline.Runner(tiny_config(tmp_path))
+  keys = {s: base._key(s, 'cube') for s in STAGE_FILES}
+  changed = tiny_config(tmp_path)
+  changed.fpfh = ml_collections.ConfigDict({'feature_max_nn': 90})  # only the point backbone's meta differs
+  other = pipeline.Runner(changed)
+  assert other._key('prepare', 'cube') == keys['prepare']
+  assert all(other._key(s, 'cube') != keys[s] for s in STAGE_FILES[1:])
+  monkeypatch.setitem(pipeline.STAGE_VERSIONS, 'fusion_data', pipeline.STAGE_VERSIONS['fusion_data'] + 1)
+  assert base._key('features', 'cube') == keys['features']
+  assert all(base._key(s, 'cube') != keys[s] for s in STAGE_FILES[2:])
 
 
 def test_missing_upstream_names_the_command(tmp_path):
