@@ -72,7 +72,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.synthetic = ml_collections.ConfigDict()
   c.synthetic.classes = 'cube,cylinder,torus'
   c.synthetic.n_train = 16
-  c.synthetic.n_test = 24
+  c.synthetic.n_test = 42
   c.synthetic.size = 320
   c.synthetic.modalities = 'rgb+xyz'    # which files to generate: rgb+xyz | rgb | xyz
   return c
