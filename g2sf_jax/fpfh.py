@@ -23,7 +23,7 @@ Scale: Open3D normalises each of the three 11-bin sub-histograms to a sum of 200
 with rows of norm ~200. The output is multiplied by `FpfhParams.scale` = 11/200, which makes the mean bin 1 (each
 sub-histogram sums to 11, a row to 33), the magnitude of a deep point embedding. PatchCore distances and their
 rankings only scale, but G²SF's LSPN takes the raw prototype as input (SPEC §4.4). At Open3D's scale its tanh
-saturates: on the synthetic default the trained LSPN gave w = (e, 1/e) on every test patch and L_cma stayed at 1.07;
+saturates: on the synthetic default the trained LSPN gave w ≈ (e, 1/e) on most test patches and L_cma stayed at 1.07;
 rescaled, L_cma falls to 0.002 within 8 epochs.
 """
 import dataclasses
