@@ -101,7 +101,7 @@ class Runner:
       raw = (c.synthetic.to_dict(), c.seed) if c.dataset == 'synthetic' else c.raw_dir
       return stage_key('prepare', c.dataset, raw, data.VERSION, name)
     if stage == 'features':
-      rgb, point = self.backbones()
+      rgb, point = self.backbones()  # first, as it may convert shipped weights whose checkpoint meta is keyed below
       return stage_key('features', STAGE_VERSIONS['features'], self._key('prepare', name), c.method, c.modalities,
                        features.describe_backbone(rgb), features.describe_backbone(point), c.point_mae.to_dict(),
                        c.memory_bank.to_dict(), c.seed, self._checkpoint_meta())
@@ -195,7 +195,6 @@ class Runner:
     if self._up_to_date('features', name):
       return
     self._require('prepare', name)
-    self.backbones()  # may first convert shipped weights, whose checkpoint meta is part of the key
     key = self._key('features', name)
     c = self.config
     train = data.load_split(c.dataset, self.workdir / 'data', name, 'train')

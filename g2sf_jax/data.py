@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from g2sf_jax import preprocessing, synthetic_data
+from g2sf_jax import io, preprocessing, synthetic_data
 from g2sf_jax.io import DataError
 
 CLASSES = {
@@ -29,7 +29,6 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 DATASETS_DIR = Path(__file__).resolve().parent.parent / 'datasets'
 VERSION = '1.0.0'
-MODALITIES = ('rgb', 'xyz')
 
 
 # SPEC §1.4 transforms.
@@ -200,11 +199,11 @@ def available_modalities(dataset: str, data_dir: str | Path, class_name: str) ->
   existed (its metadata has no `modalities`; the builder then required both).
   """
   _check_prepared(dataset, data_dir, class_name)
-  stored = _read_metadata(dataset, data_dir, class_name).get('modalities') or MODALITIES
-  if not set(stored) <= set(MODALITIES):
+  stored = _read_metadata(dataset, data_dir, class_name).get('modalities') or io.MODALITIES
+  if not set(stored) <= set(io.MODALITIES):
     path = prepared_dir(dataset, data_dir, class_name) / 'metadata.json'
-    raise DataError(f'{path}: modalities {stored} are not a subset of {MODALITIES}')
-  return tuple(m for m in MODALITIES if m in stored)
+    raise DataError(f'{path}: modalities {stored} are not a subset of {io.MODALITIES}')
+  return tuple(m for m in io.MODALITIES if m in stored)
 
 
 # Loading.

@@ -14,6 +14,9 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+# A sample's two modalities, in this order everywhere: the RGB image (PNG) and the organised cloud (xyz TIFF).
+MODALITIES = ('rgb', 'xyz')
+
 
 class DataError(ValueError):
   """A data file or folder is missing or not what the pipeline expects."""

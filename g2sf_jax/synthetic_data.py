@@ -30,7 +30,6 @@ DEFECT_KINDS = {
     'stain': 'colour',
 }
 DEFECTS = tuple(sorted(DEFECT_KINDS))
-MODALITIES = ('rgb', 'xyz')
 
 _FOV = 0.32          # metres spanned by the image at the plane distance
 _DISTANCE = 0.5      # camera to plane, metres
@@ -276,7 +275,7 @@ def _write_class(root: Path, shape: str, n_train: int, n_test: int, size: int, s
 
 def _stored_params(meta: Path) -> dict:
   """A class's `synthetic.json`; those written before `modalities` existed hold both modalities."""
-  return dict({'modalities': list(MODALITIES)}, **json.loads(meta.read_text()))
+  return dict({'modalities': list(io.MODALITIES)}, **json.loads(meta.read_text()))
 
 
 def _check_modalities(modalities: str | Sequence[str]) -> tuple[str, ...]:
@@ -284,13 +283,13 @@ def _check_modalities(modalities: str | Sequence[str]) -> tuple[str, ...]:
   if isinstance(modalities, str):
     modalities = modalities.replace('+', ',').split(',')
   names = {m.strip() for m in modalities if m.strip()}
-  if not names or not names <= set(MODALITIES):
-    raise ValueError(f'modalities must be a non-empty subset of {MODALITIES}, got {modalities!r}')
-  return tuple(m for m in MODALITIES if m in names)
+  if not names or not names <= set(io.MODALITIES):
+    raise ValueError(f'modalities must be a non-empty subset of {io.MODALITIES}, got {modalities!r}')
+  return tuple(m for m in io.MODALITIES if m in names)
 
 
 def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: int, n_test: int, size: int,
-             seed: int, modalities: str | Sequence[str] = MODALITIES) -> Path:
+             seed: int, modalities: str | Sequence[str] = io.MODALITIES) -> Path:
   """Writes `<out_dir>/<class>/{train,validation}/good/{rgb,xyz}` and `<class>/test/<folder>/{rgb,xyz,gt}`.
 
   `n_test` is the test total per class, split evenly over `good` and `DEFECTS`; validation gets `n_train // 4`

@@ -18,7 +18,6 @@ from g2sf_jax import data, io, preprocessing
 from g2sf_jax.io import DataError
 
 RANSAC_SEED = 0  # The reference leaves Open3D's RANSAC unseeded; one fixed seed makes preparation reproducible.
-MODALITIES = ('rgb', 'xyz')
 _SUBFOLDERS = {'rgb': ('rgb', '.png', 'image'), 'xyz': ('xyz', '.tiff', 'point cloud')}
 
 
@@ -42,7 +41,7 @@ def _describe(modalities: tuple[str, ...]) -> str:
 def _list_folder(folder: Path, split: str) -> tuple[tuple[str, ...], list[Entry]]:
   """The modalities one defect folder holds (those with files) and its samples; stems must match across them."""
   files = {m: _files(folder / sub, suffix) for m, (sub, suffix, _) in _SUBFOLDERS.items()}
-  modalities = tuple(m for m in MODALITIES if files[m])
+  modalities = tuple(m for m in io.MODALITIES if files[m])
   if not modalities:
     raise DataError(f'{folder}: no samples (expected rgb/*.png and/or xyz/*.tiff)')
   gt = _files(folder / 'gt', '.png') if folder.name != 'good' else None
@@ -54,7 +53,7 @@ def _list_folder(folder: Path, split: str) -> tuple[tuple[str, ...], list[Entry]
         other = next(files[o][stem] for o in modalities if stem in files[o])
         raise DataError(f'{folder / sub / (stem + suffix)}: missing {what} (the sample exists as {other}; every '
                         'sample of a folder needs the same modalities)')
-    paths = {m: files[m].get(stem) for m in MODALITIES}
+    paths = {m: files[m].get(stem) for m in io.MODALITIES}
     if gt is not None and stem not in gt:
       raise DataError(f'{folder / "gt" / (stem + ".png")}: missing ground truth for the defect sample '
                       f'{paths[modalities[0]]}')
@@ -85,7 +84,7 @@ def list_class(class_dir: Path) -> tuple[tuple[str, ...], dict[str, list[Entry]]
       if first is None:
         first, found = folder, modalities
       elif modalities != found:
-        odd = next(m for m in MODALITIES if (m in modalities) != (m in found))
+        odd = next(m for m in io.MODALITIES if (m in modalities) != (m in found))
         has = 'has no' if odd in found else 'has'
         raise DataError(f'{folder / odd}: this folder {has} {_describe((odd,))} but {first} holds '
                         f'{_describe(found)}; a class must hold the same modalities in every folder (both, only '
