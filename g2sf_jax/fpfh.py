@@ -31,6 +31,8 @@ import dataclasses
 import numpy as np
 import open3d as o3d
 
+from g2sf_jax.data import transforms
+
 DIM = 33
 
 
@@ -48,11 +50,6 @@ class FpfhParams:
     if not (0 < self.normal_radius and 0 < self.feature_radius and self.normal_max_nn > 0
             and self.feature_max_nn > 0 and (self.spacing is None or self.spacing > 0) and self.scale > 0):
       raise ValueError(f'FPFH search parameters must be positive: {self}')
-
-
-def valid_mask(xyz: np.ndarray) -> np.ndarray:
-  """[..., 3] -> bool [...]: all three coordinates non-zero (SPEC §1.4) and finite."""
-  return np.all(xyz != 0, axis=-1) & np.all(np.isfinite(xyz), axis=-1)
 
 
 def fpfh_points(points: np.ndarray, params: FpfhParams = FpfhParams()) -> np.ndarray:
@@ -74,8 +71,8 @@ def fpfh_points(points: np.ndarray, params: FpfhParams = FpfhParams()) -> np.nda
 
 
 def fpfh_image(xyz: np.ndarray, params: FpfhParams = FpfhParams()) -> np.ndarray:
-  """[H,W,3] organised cloud -> [H,W,33] float32, FPFH at valid pixels, zeros at invalid ones."""
-  valid = valid_mask(xyz)
+  """[H,W,3] finite organised cloud -> [H,W,33] float32, FPFH at valid pixels, zeros at invalid ones."""
+  valid = transforms.valid_mask(xyz)
   out = np.zeros((*xyz.shape[:2], DIM), np.float32)
   out[valid] = fpfh_points(xyz[valid], params)  # Boolean indexing keeps raster order.
   return out

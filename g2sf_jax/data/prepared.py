@@ -1,73 +1,26 @@
-"""Datasets in, model-ready samples out: class lists, preparation (TFDS builders) and the SPEC §1.4 transforms.
+"""Prepared data: `prepare` runs the TFDS builders of `datasets/` once per class, `load_split` reads them back.
 
-`prepare` runs the TFDS builders in `datasets/<name>/` once per class (array_record files, no TensorFlow needed);
-`load_split` / `load_split_full` read them back with random access. The builders are loaded by file path because
-`datasets/` is deliberately not an importable package (it would shadow Hugging Face's `datasets`).
+The builders write array_record files (no TensorFlow needed) with the kind's preprocessing applied once
+(`g2sf_jax/data/builder.py`); `load_split` / `load_split_full` read them with random access and apply the SPEC §1.4
+transforms (`transforms.model_input`). The builders are loaded by file path because `datasets/` is deliberately
+not an importable package (it would shadow Hugging Face's `datasets`).
 """
 import functools
 import importlib.util
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image
 
-from g2sf_jax import io, preprocessing, synthetic_data
+from g2sf_jax import data as kinds
+from g2sf_jax import io
+from g2sf_jax.data import kind, transforms
 from g2sf_jax.io import DataError
 
-CLASSES = {
-    'mvtec3d': ('bagel', 'cable_gland', 'carrot', 'cookie', 'dowel', 'foam', 'peach', 'potato', 'rope', 'tire'),
-    'eyecandies': ('CandyCane', 'ChocolateCookie', 'ChocolatePraline', 'Confetto', 'GummyBear', 'HazelnutTruffle',
-                   'LicoriceSandwich', 'Lollipop', 'Marshmallow', 'PeppermintCandy'),
-    'synthetic': synthetic_data.SHAPES,
-}
-SPLITS = ('train', 'test')
-SIZE = 224
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-DATASETS_DIR = Path(__file__).resolve().parent.parent / 'datasets'
+DATASETS_DIR = Path(__file__).resolve().parents[2] / 'datasets'
 VERSION = '1.0.0'
-
-
-# SPEC §1.4 transforms.
-
-def resize_rgb(rgb: np.ndarray, size: int = SIZE) -> np.ndarray:
-  """uint8 [H, W, 3] -> float32 [size, size, 3]: PIL bicubic (antialiased), /255, ImageNet normalisation."""
-  image = Image.fromarray(np.asarray(rgb, np.uint8)).convert('RGB').resize((size, size), Image.BICUBIC)
-  return (np.asarray(image, np.float32) / np.float32(255) - IMAGENET_MEAN) / IMAGENET_STD
-
-
-def nearest_indices_torch(in_size: int, out_size: int) -> np.ndarray:
-  """PyTorch's legacy `interpolate(mode='nearest')` source index: floor(dst * in/out) in float32."""
-  if in_size == out_size:
-    return np.arange(out_size)
-  scale = np.float32(in_size) / np.float32(out_size)
-  return np.minimum(np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64), in_size - 1)
-
-
-def resize_xyz(xyz: np.ndarray, size: int = SIZE) -> np.ndarray:
-  """[H, W, 3] -> float32 [size, size, 3] with the torch-legacy nearest rule (differs from PIL's, SPEC §1.4)."""
-  xyz = np.asarray(xyz, np.float32)
-  rows = nearest_indices_torch(xyz.shape[0], size)
-  cols = nearest_indices_torch(xyz.shape[1], size)
-  return xyz[rows[:, None], cols[None, :]]
-
-
-def resize_mask(mask: np.ndarray, size: int = SIZE) -> np.ndarray:
-  """uint8 [H, W] -> bool [size, size]: PIL nearest (pixel centres), /255, > 0.5 (SPEC §1.4).
-
-  PIL itself, not the formula floor((dst + 0.5) * in/out): PIL's fixed-point sampling is one pixel lower where that
-  product is an exact integer (e.g. 25 of 224 columns for Eyecandies' 512 -> 224).
-  """
-  image = Image.fromarray(np.asarray(mask, np.uint8)).convert('L').resize((size, size), Image.NEAREST)
-  return np.asarray(image, np.float32) / np.float32(255) > 0.5
-
-
-def valid_mask(xyz: Any) -> Any:
-  """bool [...]: a point is valid iff all three coordinates are non-zero (NumPy or JAX input)."""
-  return preprocessing.valid_points(xyz)
 
 
 # Preparation.
@@ -96,24 +49,9 @@ def tfds_features():
   })
 
 
-def resolve_classes(dataset: str, classes: str | Sequence[str] | None = None) -> tuple[str, ...]:
-  """Validated class names: None/'' = all; a comma-separated string or a sequence = that subset."""
-  if dataset not in CLASSES:
-    raise DataError(f'unknown dataset {dataset!r}; expected one of {", ".join(CLASSES)}')
-  if not classes:
-    return CLASSES[dataset]
-  if isinstance(classes, str):
-    classes = [c.strip() for c in classes.split(',') if c.strip()]
-  for name in classes:
-    if name not in CLASSES[dataset]:
-      raise DataError(f'unknown {dataset} class {name!r}; expected one of {", ".join(CLASSES[dataset])}')
-  return tuple(classes)
-
-
 def builder_module(dataset: str):
   """Imports `datasets/<dataset>/<dataset>_dataset_builder.py` by path, once per process."""
-  if dataset not in CLASSES:
-    raise DataError(f'unknown dataset {dataset!r}; expected one of {", ".join(CLASSES)}')
+  kinds.get(dataset)
   module_name = f'g2sf_tfds_builder_{dataset}'  # No dot: TFDS resolves dotted modules as packages.
   if module_name not in sys.modules:
     path = DATASETS_DIR / dataset / f'{dataset}_dataset_builder.py'
@@ -155,10 +93,10 @@ def prepare(dataset: str, raw_dir: str | Path, data_dir: str | Path,
   raw_dir = Path(raw_dir)
   if not raw_dir.is_dir():
     raise DataError(f'{raw_dir}: raw {dataset} folder not found (expected the extracted download with one '
-                    f'folder per class: {", ".join(resolve_classes(dataset))})')
+                    f'folder per class: {", ".join(kinds.resolve_classes(dataset))})')
   if dataset == 'synthetic' and not classes:  # The generated folder holds only the classes asked for.
-    classes = [c for c in CLASSES[dataset] if (raw_dir / c).is_dir()]
-  classes = resolve_classes(dataset, classes)
+    classes = [c for c in kinds.get(dataset).classes if (raw_dir / c).is_dir()]
+  classes = kinds.resolve_classes(dataset, classes)
   module = builder_module(dataset)
   config = tfds.download.DownloadConfig(manual_dir=str(raw_dir.absolute()),
                                         compute_stats=tfds.download.ComputeStatsMode.SKIP)
@@ -184,7 +122,7 @@ def _read_metadata(dataset: str, data_dir: str | Path, class_name: str) -> dict:
 
 
 def _check_prepared(dataset: str, data_dir: str | Path, class_name: str) -> None:
-  resolve_classes(dataset, [class_name])
+  kinds.resolve_classes(dataset, [class_name])
   if not is_prepared(dataset, data_dir, class_name):
     raise FileNotFoundError(
         f'{prepared_dir(dataset, data_dir, class_name)}: {dataset}/{class_name} is not prepared; create it with '
@@ -229,9 +167,9 @@ class _Samples(Sequence):
 def _source(dataset: str, data_dir: str | Path, class_name: str, split: str):
   import tensorflow_datasets as tfds
 
-  resolve_classes(dataset, [class_name])
-  if split not in SPLITS:
-    raise DataError(f'unknown split {split!r}; expected one of {", ".join(SPLITS)}')
+  kinds.resolve_classes(dataset, [class_name])
+  if split not in kind.SPLITS:
+    raise DataError(f'unknown split {split!r}; expected one of {", ".join(kind.SPLITS)}')
   _check_prepared(dataset, data_dir, class_name)
   return tfds.data_source(f'{dataset}/{class_name}:{VERSION}', split=split, data_dir=str(data_dir))
 
@@ -240,31 +178,24 @@ def _text(value) -> str:
   return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _full(example: dict, eyecandies: bool, modalities: tuple[str, ...]) -> dict:
+def _full(example: dict, dataset_kind: kind.DatasetKind, modalities: tuple[str, ...]) -> dict:
   sample = {m: example[m] for m in modalities}
   if 'xyz' in modalities:
-    xyz_orig = example['xyz'] if eyecandies else example['xyz_orig']
+    xyz_orig = example['xyz'] if dataset_kind.synthesis == 'eyecandies' else example['xyz_orig']  # SPEC §4.2.1 E
     sample['xyz_orig'] = xyz_orig if xyz_orig.size else None
   return dict(sample, mask=example['mask'], label=int(example['label']), defect=_text(example['defect']),
               name=_text(example['name']), problems=tuple(_text(p) for p in example['problems']))
 
 
-def _model_input(example: dict, eyecandies: bool, modalities: tuple[str, ...]) -> dict:
-  sample = {}
-  if 'rgb' in modalities:
-    rgb = example['rgb']
-    if eyecandies:  # SPEC §1.4: Eyecandies zeroes RGB at invalid points before resizing.
-      rgb = np.where(valid_mask(example['xyz'])[..., None], rgb, 0).astype(np.uint8)
-    sample['rgb'] = resize_rgb(rgb)
-  if 'xyz' in modalities:
-    sample['xyz'] = resize_xyz(example['xyz'])
-  return dict(sample, mask=resize_mask(example['mask']), label=int(example['label']),
-              defect=_text(example['defect']), name=_text(example['name']))
+def _model_input(example: dict, dataset_kind: kind.DatasetKind, modalities: tuple[str, ...]) -> dict:
+  stored = {m: example[m] for m in modalities}
+  return dict(transforms.model_input(dict(stored, mask=example['mask']), dataset_kind.mask_rgb_by_xyz),
+              label=int(example['label']), defect=_text(example['defect']), name=_text(example['name']))
 
 
 def _samples(dataset: str, data_dir: str | Path, class_name: str, split: str, transform) -> Sequence[dict]:
   source = _source(dataset, data_dir, class_name, split)
-  return _Samples(source, functools.partial(transform, eyecandies=dataset == 'eyecandies',
+  return _Samples(source, functools.partial(transform, dataset_kind=kinds.get(dataset),
                                             modalities=available_modalities(dataset, data_dir, class_name)))
 
 

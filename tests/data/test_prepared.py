@@ -1,19 +1,18 @@
-"""SPEC §1.4 transforms against torch / PIL / hand-computed indices; prepare + load round trips; bad inputs."""
+"""prepare + load round trips on synthetic, MVTec-layout and Eyecandies data; bad inputs name the file."""
 import hashlib
 import json
 import re
 import shutil
-from fractions import Fraction
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import tifffile
-import torch
 import yaml
 from PIL import Image
 
-from g2sf_jax import data, features, io, preprocessing, synthetic_data
+from g2sf_jax import data, features, io
+from g2sf_jax.data import preprocessing, prepared, transforms
+from g2sf_jax.data import synthetic as synthetic_data
 from g2sf_jax.io import DataError
 
 SIZE = 200  # synthetic pixel pitch 1.6 mm: DBSCAN (eps 6 mm, 30 points) still finds the object
@@ -24,76 +23,6 @@ def _tree(root):
           for p in sorted(root.rglob('*')) if p.is_file()}
 
 
-# Transforms.
-
-def test_torch_nearest_hand_computed():
-  # src = floor(dst * in / out)
-  assert data.nearest_indices_torch(800, 224)[:5].tolist() == [0, 3, 7, 10, 14]
-  assert data.nearest_indices_torch(800, 224)[-1] == 796
-  assert data.nearest_indices_torch(5, 3).tolist() == [0, 1, 3]
-  assert data.nearest_indices_torch(3, 7).tolist() == [0, 0, 0, 1, 1, 2, 2]
-
-
-@pytest.mark.parametrize('h, w, out', [(800, 800, 224), (400, 401, 224), (512, 512, 224), (224, 224, 224),
-                                       (5, 4, 3), (3, 2, 7), (112, 100, 224), (300, 700, 224)])
-def test_resize_xyz_matches_torch(h, w, out):
-  xyz = np.random.default_rng(h * w).random((h, w, 3), dtype=np.float32)
-  ref = torch.nn.functional.interpolate(torch.from_numpy(xyz).permute(2, 0, 1)[None], size=(out, out),
-                                        mode='nearest')[0].permute(1, 2, 0).numpy()
-  got = data.resize_xyz(xyz, out)
-  assert got.dtype == np.float32 and np.array_equal(got, ref)
-
-
-def _pil_nearest_hand(n_in, n_out):
-  """PIL NEAREST samples pixel centres: floor((dst + 0.5) * in / out), in exact arithmetic."""
-  return [int((Fraction(2 * d + 1, 2) * Fraction(n_in, n_out)).__floor__()) for d in range(n_out)]
-
-
-@pytest.mark.parametrize('h, w, out', [(800, 800, 224), (5, 5, 3), (400, 300, 224), (3, 3, 7), (600, 800, 224)])
-def test_resize_mask_pil_nearest(h, w, out):
-  assert _pil_nearest_hand(800, 224)[:4] == [1, 5, 8, 12] and _pil_nearest_hand(5, 3) == [0, 2, 4]
-  mask = (np.random.default_rng(h).random((h, w)) > 0.5).astype(np.uint8) * 255
-  mask[0, 0] = 128  # > 0.5 after /255
-  mask[-1, -1] = 127
-  rows, cols = _pil_nearest_hand(h, out), _pil_nearest_hand(w, out)
-  got = data.resize_mask(mask, out)
-  assert got.dtype == bool and np.array_equal(got, mask[np.ix_(rows, cols)] >= 128)
-
-
-def test_resize_mask_512_follows_pil_fixed_point():
-  # Where (dst + 0.5) * 512/224 is an exact integer, PIL's fixed-point affine sampling lands one pixel lower than
-  # the exact formula (25 of 224 positions). We call PIL itself, so Eyecandies masks match the reference.
-  mask = np.zeros((512, 512), np.uint8)
-  mask[:, 8] = 255  # hand formula: output column 3 samples column 8; PIL samples column 7
-  got = data.resize_mask(mask)
-  assert _pil_nearest_hand(512, 224)[3] == 8
-  assert not got[:, 3].any() and got[:, 4:].sum() == 0 and got[:, :3].sum() == 0
-  mask[:, 7] = 255
-  assert data.resize_mask(mask)[:, 3].all()
-
-
-def test_xyz_and_mask_rules_differ_everywhere_for_800():
-  torch_idx = data.nearest_indices_torch(800, 224)
-  assert (torch_idx != np.array(_pil_nearest_hand(800, 224))).all()  # SPEC §1.4 warning
-
-
-def test_resize_rgb_is_pil_bicubic_then_imagenet():
-  rgb = np.random.default_rng(0).integers(0, 256, (300, 257, 3), dtype=np.uint8)
-  resized = np.asarray(Image.fromarray(rgb).resize((224, 224), Image.Resampling.BICUBIC), np.float64)
-  ref = (resized / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
-  got = data.resize_rgb(rgb)
-  assert got.shape == (224, 224, 3) and got.dtype == np.float32
-  np.testing.assert_allclose(got, ref, atol=2e-6)
-
-
-def test_valid_mask_all_three_coordinates():
-  xyz = np.array([[1, 2, 3], [0, 1, 1], [1, 0, 1], [1, 1, 0], [0, 0, 0], [0, -0.3, 0.2]], np.float32)
-  expected = [True, False, False, False, False, False]
-  assert data.valid_mask(xyz).tolist() == expected
-  assert data.valid_mask(jnp.asarray(xyz)).tolist() == expected  # works on JAX arrays too
-  assert data.valid_mask(xyz.reshape(2, 3, 3)).shape == (2, 3)
-
-
 # Synthetic / MVTec-layout preparation.
 
 @pytest.fixture(scope='module')
@@ -102,7 +31,7 @@ def synthetic(tmp_path_factory):
   root = tmp_path_factory.mktemp('synthetic')
   raw = synthetic_data.generate(root / 'raw', ['cube'], n_train=2, n_test=7, size=SIZE, seed=0)
   before = _tree(raw)
-  report = data.prepare('synthetic', raw, root / 'data')
+  report = prepared.prepare('synthetic', raw, root / 'data')
   return raw, root / 'data', before, report
 
 
@@ -116,16 +45,16 @@ def test_prepare_report_and_raw_untouched(synthetic):
 
 def test_prepare_is_idempotent(synthetic):
   raw, data_dir, before, _ = synthetic
-  prepared = _tree(data_dir)
-  again = data.prepare('synthetic', raw, data_dir, 'cube')
+  tree = _tree(data_dir)
+  again = prepared.prepare('synthetic', raw, data_dir, 'cube')
   assert not again['cube']['built'] and again['cube']['num_examples'] == {'train': 2, 'test': 7}
-  assert _tree(data_dir) == prepared and _tree(raw) == before
+  assert _tree(data_dir) == tree and _tree(raw) == before
 
 
 def test_load_split_order_and_transforms(synthetic):
   raw, data_dir, _, _ = synthetic
-  test = data.load_split('synthetic', data_dir, 'cube', 'test')
-  full = data.load_split_full('synthetic', data_dir, 'cube', 'test')
+  test = prepared.load_split('synthetic', data_dir, 'cube', 'test')
+  full = prepared.load_split_full('synthetic', data_dir, 'cube', 'test')
   # SPEC §1.1: defect folders sorted, files sorted.
   expected = [f'test/{d.name}/{f.stem}' for d in sorted((raw / 'cube' / 'test').iterdir())
               for f in sorted((d / 'rgb').iterdir())]
@@ -137,9 +66,9 @@ def test_load_split_order_and_transforms(synthetic):
     assert s['label'] == f['label'] == int(defect != 'good')
     assert f['xyz_orig'] is None  # not stored for test
     assert f['rgb'].shape == (SIZE, SIZE, 3) and f['mask'].shape == (SIZE, SIZE)  # 200 is already square
-    assert np.array_equal(s['xyz'], data.resize_xyz(f['xyz'])) and s['xyz'].shape == (224, 224, 3)
-    assert np.array_equal(s['mask'], data.resize_mask(f['mask'])) and s['mask'].any() == (defect != 'good')
-    np.testing.assert_array_equal(s['rgb'], data.resize_rgb(f['rgb']))
+    assert np.array_equal(s['xyz'], transforms.resize_xyz(f['xyz'])) and s['xyz'].shape == (224, 224, 3)
+    assert np.array_equal(s['mask'], transforms.resize_mask(f['mask'])) and s['mask'].any() == (defect != 'good')
+    np.testing.assert_array_equal(s['rgb'], transforms.resize_rgb(f['rgb']))
   # Independent recomputation of one defect sample straight from the raw files.
   i = expected.index('test/crack/000')
   folder = raw / 'cube' / 'test' / 'crack'
@@ -153,23 +82,23 @@ def test_load_split_order_and_transforms(synthetic):
 
 def test_load_split_full_train_keeps_original_cloud(synthetic):
   raw, data_dir, _, _ = synthetic
-  train = data.load_split_full('synthetic', data_dir, 'cube', 'train')
+  train = prepared.load_split_full('synthetic', data_dir, 'cube', 'train')
   assert [s['name'] for s in train] == ['train/good/000', 'train/good/001']
   for s in train:
     orig = io.read_xyz_tiff(raw / 'cube' / 'train' / 'good' / 'xyz' / f'{s["name"][-3:]}.tiff')
     assert np.array_equal(s['xyz_orig'], preprocessing.pad_square(orig))  # un-preprocessed, padded
-    assert preprocessing.valid_points(s['xyz']).sum() < 0.5 * preprocessing.valid_points(orig).sum()
+    assert transforms.valid_mask(s['xyz']).sum() < 0.5 * transforms.valid_mask(orig).sum()
     assert s['label'] == 0 and not s['mask'].any() and s['problems'] == ()
 
 
 def test_load_errors(synthetic):
   _, data_dir, _, _ = synthetic
   with pytest.raises(FileNotFoundError, match=r'synthetic/torus/1\.0\.0.*not prepared.*prepare'):
-    data.load_split('synthetic', data_dir, 'torus', 'train')
+    prepared.load_split('synthetic', data_dir, 'torus', 'train')
   with pytest.raises(DataError, match=r"unknown synthetic class 'cone'.*cube, cylinder, torus, sphere"):
-    data.load_split('synthetic', data_dir, 'cone', 'train')
+    prepared.load_split('synthetic', data_dir, 'cone', 'train')
   with pytest.raises(DataError, match=r"unknown split 'validation'"):
-    data.load_split('synthetic', data_dir, 'cube', 'validation')
+    prepared.load_split('synthetic', data_dir, 'cube', 'validation')
 
 
 # Classes with one modality only (RGB-only inspection sets, 3D-only scans).
@@ -182,7 +111,7 @@ def single(tmp_path_factory, synthetic):
   for modality in ('rgb', 'xyz'):
     raw = synthetic_data.generate(root / f'raw_{modality}', ['cube'], n_train=2, n_test=7, size=SIZE, seed=0,
                                   modalities=[modality])
-    out[modality] = raw, root / f'data_{modality}', data.prepare('synthetic', raw, root / f'data_{modality}')
+    out[modality] = raw, root / f'data_{modality}', prepared.prepare('synthetic', raw, root / f'data_{modality}')
   return out
 
 
@@ -193,15 +122,15 @@ def test_single_modality_prepare_and_load(synthetic, single, modality):
   missing = {'rgb': 'xyz', 'xyz': 'rgb'}[modality]
   assert report['cube']['built'] and report['cube']['modalities'] == (modality,)
   assert report['cube']['num_examples'] == {'train': 2, 'test': 7} and report['cube']['problems'] == []
-  assert data.available_modalities('synthetic', data_dir, 'cube') == (modality,)
-  assert data.available_modalities('synthetic', both_data, 'cube') == ('rgb', 'xyz')
-  meta = json.loads((data.prepared_dir('synthetic', data_dir, 'cube') / 'metadata.json').read_text())
+  assert prepared.available_modalities('synthetic', data_dir, 'cube') == (modality,)
+  assert prepared.available_modalities('synthetic', both_data, 'cube') == ('rgb', 'xyz')
+  meta = json.loads((prepared.prepared_dir('synthetic', data_dir, 'cube') / 'metadata.json').read_text())
   assert meta['modalities'] == [modality]
 
-  for split in data.SPLITS:
-    model, full = data.load_split('synthetic', data_dir, 'cube', split), data.load_split_full(
+  for split in data.kind.SPLITS:
+    model, full = prepared.load_split('synthetic', data_dir, 'cube', split), prepared.load_split_full(
         'synthetic', data_dir, 'cube', split)
-    ref_model, ref_full = data.load_split('synthetic', both_data, 'cube', split), data.load_split_full(
+    ref_model, ref_full = prepared.load_split('synthetic', both_data, 'cube', split), prepared.load_split_full(
         'synthetic', both_data, 'cube', split)
     assert [s['name'] for s in full] == [s['name'] for s in ref_full] and len(model) == len(ref_model)
     for m, f, rm, rf in zip(model, full, ref_model, ref_full):
@@ -218,40 +147,40 @@ def test_single_modality_prepare_and_load(synthetic, single, modality):
       if modality == 'xyz':  # SPEC §1.2 on the cloud alone: the same cloud as with the image, plane removed
         orig = io.read_xyz_tiff(folder / 'xyz' / f'{stem}.tiff')
         assert np.array_equal(f['xyz'], rf['xyz']) and np.array_equal(m['xyz'], rm['xyz'])
-        assert data.valid_mask(f['xyz']).sum() < 0.5 * data.valid_mask(orig).sum()
+        assert transforms.valid_mask(f['xyz']).sum() < 0.5 * transforms.valid_mask(orig).sum()
         if split == 'train':
           assert np.array_equal(f['xyz_orig'], preprocessing.pad_square(orig))
         else:
           assert f['xyz_orig'] is None
       else:  # image as stored in the raw folder: no plane to remove, background kept
         rgb = io.read_rgb_png(folder / 'rgb' / f'{stem}.png')
-        assert np.array_equal(f['rgb'], rgb) and np.array_equal(m['rgb'], data.resize_rgb(rgb))
+        assert np.array_equal(f['rgb'], rgb) and np.array_equal(m['rgb'], transforms.resize_rgb(rgb))
         assert not np.array_equal(f['rgb'], rf['rgb'])  # the two-modality image has a black background
 
 
 def test_single_modality_prepare_is_idempotent(single):
   raw, data_dir, _ = single['xyz']
-  prepared = _tree(data_dir)
-  again = data.prepare('synthetic', raw, data_dir, 'cube')['cube']
+  tree = _tree(data_dir)
+  again = prepared.prepare('synthetic', raw, data_dir, 'cube')['cube']
   assert not again['built'] and again['modalities'] == ('xyz',)
-  assert _tree(data_dir) == prepared
+  assert _tree(data_dir) == tree
 
 
 def test_available_modalities_of_older_preparations_and_errors(synthetic, tmp_path):
   _, data_dir, _, _ = synthetic
   old = tmp_path / 'old'
   shutil.copytree(data_dir, old)
-  meta = data.prepared_dir('synthetic', old, 'cube') / 'metadata.json'
+  meta = prepared.prepared_dir('synthetic', old, 'cube') / 'metadata.json'
   stored = json.loads(meta.read_text())
   del stored['modalities']  # prepared before single-modality classes existed: both
   meta.write_text(json.dumps(stored))
-  assert data.available_modalities('synthetic', old, 'cube') == ('rgb', 'xyz')
-  assert set(data.load_split('synthetic', old, 'cube', 'train')[0]) >= {'rgb', 'xyz'}
+  assert prepared.available_modalities('synthetic', old, 'cube') == ('rgb', 'xyz')
+  assert set(prepared.load_split('synthetic', old, 'cube', 'train')[0]) >= {'rgb', 'xyz'}
   meta.write_text(json.dumps(dict(stored, modalities=['depth'])))
   with pytest.raises(DataError, match=re.escape(f'{meta}: modalities')):
-    data.available_modalities('synthetic', old, 'cube')
+    prepared.available_modalities('synthetic', old, 'cube')
   with pytest.raises(FileNotFoundError, match='not prepared'):
-    data.available_modalities('synthetic', old, 'torus')
+    prepared.available_modalities('synthetic', old, 'torus')
 
 
 # Bad MVTec inputs: each names the offending file or folder, and leaves nothing half-prepared.
@@ -326,19 +255,19 @@ def test_bad_mvtec_inputs_name_the_file(mvtec_raw, tmp_path, how, what):
   bad, path = _break(mvtec_raw, tmp_path, how)
   before = _tree(bad)
   with pytest.raises(DataError, match=re.escape(what)) as e:
-    data.prepare('mvtec3d', bad, tmp_path / 'data', ['bagel'])
+    prepared.prepare('mvtec3d', bad, tmp_path / 'data', ['bagel'])
   assert str(path) in str(e.value)
-  assert not data.is_prepared('mvtec3d', tmp_path / 'data', 'bagel')
+  assert not prepared.is_prepared('mvtec3d', tmp_path / 'data', 'bagel')
   assert _tree(bad) == before
 
 
 def test_unknown_dataset_and_class(tmp_path):
   with pytest.raises(DataError, match=r"unknown mvtec3d class 'bagle'.*bagel, cable_gland"):
-    data.prepare('mvtec3d', tmp_path, tmp_path / 'data', ['bagle'])
+    prepared.prepare('mvtec3d', tmp_path, tmp_path / 'data', ['bagle'])
   with pytest.raises(DataError, match=r"unknown dataset 'mvtec'.*mvtec3d, eyecandies, synthetic"):
-    data.prepare('mvtec', tmp_path, tmp_path / 'data')
+    prepared.prepare('mvtec', tmp_path, tmp_path / 'data')
   with pytest.raises(DataError, match=re.escape(f'{tmp_path / "nothing"}: raw eyecandies folder not found')):
-    data.prepare('eyecandies', tmp_path / 'nothing', tmp_path / 'data')
+    prepared.prepare('eyecandies', tmp_path / 'nothing', tmp_path / 'data')
 
 
 # Eyecandies in its raw layout.
@@ -390,25 +319,25 @@ def test_eyecandies_prepare_and_load(tmp_path):
   assert len(list((cls / 'train' / 'data').iterdir())) == 2 * 17
   before = _tree(raw)
 
-  report = data.prepare('eyecandies', raw, tmp_path / 'data', 'CandyCane')['CandyCane']
+  report = prepared.prepare('eyecandies', raw, tmp_path / 'data', 'CandyCane')['CandyCane']
   assert report['num_examples'] == {'train': 2, 'test': 3}
   assert len(report['problems']) == 1 and report['problems'][0].startswith('test/?/003: missing_mask')
   assert _tree(raw) == before
 
-  test = data.load_split_full('eyecandies', tmp_path / 'data', 'CandyCane', 'test')
+  test = prepared.load_split_full('eyecandies', tmp_path / 'data', 'CandyCane', 'test')
   assert [s['name'] for s in test] == ['test/bad/000', 'test/bad/002', 'test/good/001']  # bad before good
   assert [s['label'] for s in test] == [1, 1, 0]
-  model = data.load_split('eyecandies', tmp_path / 'data', 'CandyCane', 'test')
+  model = prepared.load_split('eyecandies', tmp_path / 'data', 'CandyCane', 'test')
   for s, m in zip(test, model):
     ref = preprocessing.remove_point_cloud_background(
         preprocessing.eyecandies_depth_to_xyz(depths[s['name']], 0.5, 2.0, _POSE)).reshape(512, 512, 3)
     assert np.array_equal(s['xyz'], ref.astype(np.float32)) and s['xyz'].shape == (512, 512, 3)
     assert s['xyz_orig'] is s['xyz'] or np.array_equal(s['xyz_orig'], s['xyz'])
-    valid = preprocessing.valid_points(s['xyz'])
+    valid = transforms.valid_mask(s['xyz'])
     assert valid[180:330, 190:320].all() and valid.sum() == 150 * 130  # box kept, table removed
     assert (s['xyz'][~valid][:, 0] == 0).all()
     sid = s['name'][-2:]
     raw_rgb = io.read_rgb_png(cls / 'test_public' / 'data' / f'{sid}_image_4.png')
     assert np.array_equal(s['rgb'], raw_rgb)  # stored as is
-    np.testing.assert_array_equal(m['rgb'], data.resize_rgb(np.where(valid[..., None], raw_rgb, 0).astype(np.uint8)))
+    np.testing.assert_array_equal(m['rgb'], transforms.resize_rgb(np.where(valid[..., None], raw_rgb, 0).astype(np.uint8)))
     assert m['mask'].any() == (s['label'] == 1)

@@ -13,8 +13,6 @@ random stream, so a defective sample and the good sample of the same seed differ
 """
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -23,6 +21,7 @@ import cv2
 from scipy import ndimage
 
 from g2sf_jax import io
+from g2sf_jax.data import kind, mvtec3d
 
 SHAPES = ('cube', 'cylinder', 'torus', 'sphere')
 DEFECT_KINDS = {
@@ -278,16 +277,6 @@ def _stored_params(meta: Path) -> dict:
   return dict({'modalities': list(io.MODALITIES)}, **json.loads(meta.read_text()))
 
 
-def _check_modalities(modalities: str | Sequence[str]) -> tuple[str, ...]:
-  """('rgb', 'xyz'), ('rgb',) or ('xyz',) from a sequence or a string such as 'rgb+xyz' / 'rgb,xyz' / 'xyz'."""
-  if isinstance(modalities, str):
-    modalities = modalities.replace('+', ',').split(',')
-  names = {m.strip() for m in modalities if m.strip()}
-  if not names or not names <= set(io.MODALITIES):
-    raise ValueError(f'modalities must be a non-empty subset of {io.MODALITIES}, got {modalities!r}')
-  return tuple(m for m in io.MODALITIES if m in names)
-
-
 def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: int, n_test: int, size: int,
              seed: int, modalities: str | Sequence[str] = io.MODALITIES) -> Path:
   """Writes `<out_dir>/<class>/{train,validation}/good/{rgb,xyz}` and `<class>/test/<folder>/{rgb,xyz,gt}`.
@@ -306,7 +295,7 @@ def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: 
     _check_shape(shape)
   if n_train < 1 or n_test < 1 or size < 64:
     raise ValueError(f'need n_train >= 1, n_test >= 1, size >= 64; got {n_train}, {n_test}, {size}')
-  modalities = _check_modalities(modalities)
+  modalities = kind.parse_modalities(modalities)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   for shape in classes:
@@ -319,12 +308,11 @@ def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: 
         continue
       raise ValueError(f'{final} exists but was not generated with {params} (see {meta}); '
                        'remove it or choose another output folder')
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f'.{shape}.'))
-    try:
+    with io.atomic_dir(final) as tmp:
       _write_class(tmp, shape, n_train, n_test, size, seed, modalities)
       (tmp / 'synthetic.json').write_text(json.dumps(params, indent=1, sort_keys=True))
-      os.replace(tmp, final)
-    finally:
-      if tmp.exists():
-        shutil.rmtree(tmp)
   return out_dir
+
+
+# The generated folders have the MVTec 3D-AD layout, so the MVTec listing and preprocessing apply unchanged.
+KIND = kind.DatasetKind('synthetic', SHAPES, mvtec3d.list_class, mvtec3d.load_entry)

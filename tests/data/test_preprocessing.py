@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from g2sf_jax import preprocessing as pp
+from g2sf_jax.data import preprocessing as pp
+from g2sf_jax.data.transforms import valid_mask
 
 
 def _plane_scene(size=120, seed=0, pitch=0.001):
@@ -58,7 +59,7 @@ def test_remove_plane_known_plane():
   rgb = np.full(xyz.shape, 200, np.uint8)
   out, out_rgb, problems = pp.remove_plane(xyz, rgb, seed=0)
   assert problems == []
-  removed = ~pp.valid_points(out)
+  removed = ~valid_mask(out)
   assert removed[np.abs(height) < 0.0045].all()       # within 0.005 of the plane: gone
   assert not removed[np.abs(height) > 0.0055].any()   # farther: kept (box and the 7 mm rows)
   assert np.array_equal(out_rgb == 0, np.repeat(removed[..., None], 3, -1))
@@ -81,7 +82,7 @@ def test_largest_cluster_keeps_the_biggest():
   xyz[0, :len(points)] = points
   rgb = np.full((1, 600, 3), 9, np.uint8)
   out, out_rgb, problems = pp.largest_cluster(xyz, rgb)
-  keep = pp.valid_points(out)[0]
+  keep = valid_mask(out)[0]
   assert problems == [] and keep[:400].all() and not keep[400:].any()
   assert (out_rgb[0, 400:464] == 0).all() and (out_rgb[0, :400] == 9).all()
 
@@ -93,7 +94,7 @@ def test_largest_cluster_noise_label_quirk():
   noise = np.stack([np.arange(60) * 0.05 + 1.0, rng.random(60) + 0.01, np.full(60, 0.4)], -1)
   xyz = np.concatenate([cluster, noise]).astype(np.float32)[None]
   out, _, _ = pp.largest_cluster(xyz, np.zeros(xyz.shape, np.uint8))
-  keep = pp.valid_points(out)[0]
+  keep = valid_mask(out)[0]
   assert not keep[:35].any() and keep[35:].all()
 
 
@@ -106,11 +107,11 @@ def test_preprocess_mvtec_on_known_plane_with_outliers():
   out = pp.preprocess_mvtec(xyz, rgb, mask, seed=0)
   assert out.xyz.shape == (200, 200, 3) and out.rgb.shape == (200, 200, 3) and out.mask.shape == (200, 200)
   top = left = 25
-  kept = pp.valid_points(out.xyz)[top:top + 150, left:left + 150]
+  kept = valid_mask(out.xyz)[top:top + 150, left:left + 150]
   assert np.array_equal(kept, box)  # exactly the box survives: plane and flying pixels are gone
   assert np.array_equal(out.xyz_orig, pp.pad_square(xyz))
   assert np.array_equal(out.mask, pp.pad_square(mask))
-  assert np.array_equal(out.rgb[..., 0] > 0, pp.valid_points(out.xyz))
+  assert np.array_equal(out.rgb[..., 0] > 0, valid_mask(out.xyz))
   assert out.problems == ()
   again = pp.preprocess_mvtec(xyz, rgb, mask, seed=0)
   assert np.array_equal(again.xyz, out.xyz)
@@ -124,7 +125,7 @@ def test_preprocess_mvtec_without_rgb():
   mask[60:70, 60:70] = 255
   out = pp.preprocess_mvtec(xyz, None, mask, seed=0)
   assert out.rgb is None and out.problems == ()
-  assert np.array_equal(pp.valid_points(out.xyz)[25:175, 25:175], box)
+  assert np.array_equal(valid_mask(out.xyz)[25:175, 25:175], box)
   assert np.array_equal(out.xyz_orig, pp.pad_square(xyz)) and np.array_equal(out.mask, pp.pad_square(mask))
   with_rgb = pp.preprocess_mvtec(xyz, np.full(xyz.shape, 128, np.uint8), mask, seed=0)
   assert np.array_equal(out.xyz, with_rgb.xyz)
@@ -153,7 +154,7 @@ def test_problems_are_recorded_not_raised():
   out = pp.preprocess_mvtec(few, rgb, mask)
   assert [p.kind for p in out.problems] == ['few_border_points']
   assert '20 valid border points' in str(out.problems[0])
-  assert pp.valid_points(out.xyz).sum() > 0  # still clustered and stored
+  assert valid_mask(out.xyz).sum() > 0  # still clustered and stored
 
 
 def _depth_to_xyz_loop(depth16, dmin, dmax, pose, focal=711.11):
@@ -215,5 +216,5 @@ def test_remove_point_cloud_background_matches_loop():
   np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-12)
   background = np.isclose(ref[:, 0], 0) & ~np.isclose(pc[:, 0], 0)
   assert 0 < background.sum() < 1024                         # both kinds occur
-  assert not pp.valid_points(ref[background]).any()          # x = 0 exactly: invalid
+  assert not valid_mask(ref[background]).any()          # x = 0 exactly: invalid
   assert (ref[background][:, 1:] != 0).all()                 # ...but y, z are not zero (SPEC §1.3 note)

@@ -11,6 +11,8 @@ import math
 import numpy as np
 import open3d as o3d
 
+from g2sf_jax.data import transforms
+
 # SPEC §1.2 constants.
 BORDER = 10
 PLANE_RANSAC_THRESHOLD = 0.004
@@ -44,11 +46,6 @@ class MvtecSample:
   problems: tuple[Problem, ...]
 
 
-def valid_points(xyz: np.ndarray) -> np.ndarray:
-  """bool [...]: all three coordinates non-zero (SPEC §1.4, the definition used everywhere); NumPy or JAX."""
-  return (xyz != 0).all(axis=-1)
-
-
 def sanitize(xyz: np.ndarray) -> tuple[np.ndarray, list[Problem]]:
   """Replaces non-finite points by (0, 0, 0): a NaN would poison RANSAC and DBSCAN."""
   bad = ~np.all(np.isfinite(xyz), axis=-1)
@@ -62,7 +59,7 @@ def border_points(xyz: np.ndarray, width: int = BORDER) -> np.ndarray:
   """[M, 3]: the valid points of the top, bottom, left and right strips (corners counted twice, SPEC §1.2)."""
   strips = [xyz[:width], xyz[-width:], xyz[:, :width], xyz[:, -width:]]
   points = np.concatenate([s.reshape(-1, 3) for s in strips])
-  return points[valid_points(points)]
+  return points[transforms.valid_mask(points)]
 
 
 def fit_plane(points: np.ndarray, seed: int) -> np.ndarray:
@@ -107,7 +104,7 @@ def largest_cluster(xyz: np.ndarray, rgb: np.ndarray | None) -> tuple[np.ndarray
   Reference quirk, kept: the noise label -1 takes part in the vote, so if noise outnumbers every cluster, the noise
   points are what is kept.
   """
-  valid = valid_points(xyz)
+  valid = transforms.valid_mask(xyz)
   if not valid.any():
     return xyz, rgb, [Problem('empty_cloud', 'no valid point left after plane removal')]
   cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz[valid].astype(np.float64)))
@@ -130,7 +127,7 @@ def preprocess_mvtec(xyz: np.ndarray, rgb: np.ndarray | None, mask: np.ndarray, 
   """
   xyz, problems = sanitize(xyz)
   xyz_orig = pad_square(xyz)
-  if not valid_points(xyz).any():
+  if not transforms.valid_mask(xyz).any():
     problems.append(Problem('empty_cloud', 'the point cloud has no valid point'))
     return MvtecSample(xyz_orig, _pad_optional(rgb), pad_square(mask), xyz_orig, tuple(problems))
   xyz, rgb, found = remove_plane(xyz, rgb, seed)
@@ -179,6 +176,6 @@ def preprocess_eyecandies(depth16: np.ndarray, depth_min: float, depth_max: floa
   with np.errstate(invalid='ignore', divide='ignore'):
     pc = remove_point_cloud_background(pc)
   xyz, problems = sanitize(pc.reshape(h, w, 3).astype(np.float32))
-  if not valid_points(xyz).any():
+  if not transforms.valid_mask(xyz).any():
     problems.append(Problem('empty_cloud', 'no valid point after background removal'))
   return xyz, tuple(problems)

@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from g2sf_jax import io, preprocessing, synthetic_data as sd
+from g2sf_jax import io
+from g2sf_jax.data import preprocessing, synthetic as sd
+from g2sf_jax.data.transforms import valid_mask
 
 SIZE = 160
 
@@ -71,7 +73,7 @@ def test_single_modality_writes_the_same_files_minus_one_folder(tmp_path):
   with pytest.raises(ValueError, match='not generated with'):  # same folder, other modalities: refused
     sd.generate(tmp_path / 'only_rgb', ['sphere'], 2, 7, SIZE, seed=2, modalities=['xyz'])
   for bad in ('depth', (), 'rgb,normals'):
-    with pytest.raises(ValueError, match='modalities must be a non-empty subset'):
+    with pytest.raises(ValueError, match='modalities must be'):
       sd.generate(tmp_path / 'bad', ['sphere'], 2, 7, SIZE, seed=2, modalities=bad)
 
 
@@ -99,14 +101,14 @@ def test_defects_change_only_their_modality(shape):
   rgb0, xyz0, gt0 = sd.render_sample(shape, 'good', 200, seed=(7, 1))
   assert not gt0.any()
   obj = preprocessing.preprocess_mvtec(xyz0, rgb0, gt0, seed=0)
-  object_area = preprocessing.valid_points(obj.xyz).sum()
+  object_area = valid_mask(obj.xyz).sum()
   for defect, kind in sd.DEFECT_KINDS.items():
     rgb, xyz, gt = sd.render_sample(shape, defect, 200, seed=(7, 1))
     mask = gt > 0
-    valid = preprocessing.valid_points(xyz0)
+    valid = valid_mask(xyz0)
     rgb_changed = (rgb != rgb0).any(-1)
     xyz_changed = (xyz != xyz0).any(-1)
-    assert np.array_equal(valid, preprocessing.valid_points(xyz))  # same sensor holes
+    assert np.array_equal(valid, valid_mask(xyz))  # same sensor holes
     assert not rgb_changed[~mask].any() and not xyz_changed[~mask].any(), defect
     if kind in ('geometry', 'both'):
       assert np.array_equal(xyz_changed, mask & valid), defect  # the gt is exactly the changed region
@@ -126,7 +128,7 @@ def test_preprocessing_keeps_object_and_defect():
   rgb, xyz, gt = sd.render_sample('torus', 'dent', 200, seed=11)
   out = preprocessing.preprocess_mvtec(xyz, rgb, gt, seed=0)
   assert out.problems == ()
-  kept = preprocessing.valid_points(out.xyz)
+  kept = valid_mask(out.xyz)
   mask = gt > 0
-  assert kept[mask & preprocessing.valid_points(xyz)].mean() > 0.95  # the defect lies on the kept object
+  assert kept[mask & valid_mask(xyz)].mean() > 0.95  # the defect lies on the kept object
   assert 0.1 < kept.mean() < 0.5  # the plane (most of the image) is gone, the object is not

@@ -1,0 +1,82 @@
+"""What a dataset kind provides: list a raw class, and turn one raw entry into the arrays `prepare` stores.
+
+A kind (`g2sf_jax/data/{mvtec3d,eyecandies,synthetic}.py`) is plain NumPy code: the TFDS builders in `datasets/`
+wrap it to write array_record files, and `predict` calls the same `load_entry` on a user's raw scan, so both see
+exactly the same preprocessing (SPEC §1.2/§1.3).
+"""
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from g2sf_jax import io
+
+SPLITS = ('train', 'test')
+
+
+def parse_modalities(value: str | Sequence[str]) -> tuple[str, ...]:
+  """('rgb', 'xyz'), ('rgb',) or ('xyz',) from 'rgb+xyz', 'rgb,xyz', 'xyz', … or a sequence of names."""
+  names = value.replace('+', ',').split(',') if isinstance(value, str) else list(value)
+  names = [str(m).strip() for m in names if str(m).strip()]
+  if not names or not set(names) <= set(io.MODALITIES) or len(set(names)) != len(names):
+    raise ValueError(f"modalities must be 'rgb+xyz', 'rgb' or 'xyz', got {value!r}")
+  return tuple(m for m in io.MODALITIES if m in names)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stored:
+  """One preprocessed sample at stored resolution S: what `prepare` writes and `predict` scores.
+
+  rgb uint8 [S,S,3] or None (no images), xyz float32 [S,S,3] or None (no point clouds), xyz_orig float32 [S,S,3]
+  or None (the input cloud with only the square padding, kept for anomaly synthesis, SPEC §4.2), mask uint8 [S,S]
+  (0 = good), problems: what preparation worked around, as 'kind: detail'.
+  """
+  rgb: np.ndarray | None
+  xyz: np.ndarray | None
+  xyz_orig: np.ndarray | None
+  mask: np.ndarray
+  problems: tuple[str, ...] = ()
+
+  def arrays(self) -> dict[str, np.ndarray]:
+    """The stored schema (`prepared.tfds_features`): an absent array is [0, 0, 3]."""
+    empty = {'rgb': np.zeros((0, 0, 3), np.uint8), 'xyz': np.zeros((0, 0, 3), np.float32)}
+    pick = lambda x, kind: empty[kind] if x is None else x
+    return dict(rgb=pick(self.rgb, 'rgb'), xyz=pick(self.xyz, 'xyz'), xyz_orig=pick(self.xyz_orig, 'xyz'),
+                mask=self.mask)
+
+  def sample(self) -> dict[str, np.ndarray]:
+    """`{rgb, xyz, mask}` with only the modalities present: the input of `transforms.model_input`."""
+    out = {'mask': self.mask}
+    if self.rgb is not None:
+      out['rgb'] = self.rgb
+    if self.xyz is not None:
+      out['xyz'] = self.xyz
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+  """A raw class: its modalities, its entries per split in SPEC §1.1 order, and problems found while listing.
+
+  Each entry has `.name` ('<split>/<defect>/<id>') and `.defect`; what else it holds is the kind's business.
+  """
+  modalities: tuple[str, ...]
+  splits: dict[str, list[Any]]
+  problems: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetKind:
+  """One dataset kind.
+
+  list_class(class_dir) → Listing; load_entry(entry, keep_orig) → Stored (reads the raw files and applies the
+  kind's preprocessing; `keep_orig` keeps `xyz_orig`); mask_rgb_by_xyz: SPEC §1.4's Eyecandies RGB masking;
+  synthesis: which anomaly-synthesis rules apply (SPEC §4.2: 'mvtec', or 'eyecandies' for the rules marked E).
+  """
+  name: str
+  classes: tuple[str, ...]
+  list_class: Callable[[Path], Listing]
+  load_entry: Callable[[Any, bool], Stored]
+  mask_rgb_by_xyz: bool = False
+  synthesis: str = 'mvtec'
