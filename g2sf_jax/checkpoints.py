@@ -1,43 +1,37 @@
 """Orbax save/restore of array pytrees: converted weights, memory banks, fusion models.
 
-Orbax writes into a temporary folder and renames it on success, so a checkpoint directory either holds a complete
-tree or does not exist; an interrupted save never leaves a half-written checkpoint behind.
+Each checkpoint is written into a uniquely named temporary folder that is renamed into place on success
+(`io.atomic_dir`), so a checkpoint directory either holds a complete tree or does not exist; an interrupted save
+never leaves a half-written checkpoint behind, and only a folder that is itself a checkpoint is ever replaced.
 """
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orbax.checkpoint as ocp
 
+from g2sf_jax import io
+
 _META = 'g2sf_meta.json'
 
 
 def save(path: str | os.PathLike, tree: Any, meta: dict | None = None) -> Path:
-  """Saves `tree` (a pytree of arrays) at `path`, replacing an older checkpoint there.
+  """Saves `tree` (a pytree of arrays) at `path` atomically, replacing an older checkpoint there.
 
-  `meta` is a small JSON-able dict (what made the checkpoint, shapes, hashes) stored beside the arrays.
+  `meta` is a small JSON-able dict (what made the checkpoint, shapes, hashes) stored beside the arrays. A folder at
+  `path` that is not a checkpoint of ours (no `g2sf_meta.json` + `tree/`) is never replaced: FileExistsError.
   """
   path = Path(path).absolute()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + '.partial')
-  if tmp.exists():
-    _rmtree(tmp)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(tmp / 'tree', tree)
-  checkpointer.wait_until_finished()
-  (tmp / _META).write_text(json.dumps(meta or {}, indent=1, sort_keys=True))
-  if path.exists():
-    old = path.with_name(path.name + '.old')
-    if old.exists():
-      _rmtree(old)
-    os.replace(path, old)
-    os.replace(tmp, path)
-    _rmtree(old)
-  else:
-    os.replace(tmp, path)
+  if path.exists() and not exists(path):
+    raise FileExistsError(f'{path}: exists and is not a g2sf-jax checkpoint (no {_META} and tree/); it is left '
+                          'untouched: move it away or choose another folder')
+  with io.atomic_dir(path, may_replace=exists) as tmp:
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp / 'tree', tree)
+    checkpointer.wait_until_finished()
+    (tmp / _META).write_text(json.dumps(meta or {}, indent=1, sort_keys=True))
   return path
 
 
@@ -66,6 +60,3 @@ def _to_numpy(tree: Any) -> Any:
     return type(tree)(_to_numpy(v) for v in tree)
   return np.asarray(tree)
 
-
-def _rmtree(path: Path) -> None:
-  shutil.rmtree(path)

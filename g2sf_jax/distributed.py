@@ -1,7 +1,9 @@
-"""The one module that knows about devices: a 1-D data mesh and row-sharded / replicated placements.
+"""The one module that knows about devices and processes: the 1-D data mesh, placements, the primary process.
 
 Memory banks are split along their rows over the mesh axis; queries and small tensors are replicated. Rows are
-padded to a multiple of the device count; callers mask the padding (they know the true row count).
+padded to a multiple of the device count; callers mask the padding (they know the true row count). Every component
+that searches or trains takes the mesh it runs on from its caller (the runner makes one per run); none builds its
+own.
 """
 from typing import Sequence
 
@@ -11,7 +13,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
 def make_mesh(axis_name: str = 'data', devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh over `devices` (default: all local devices)."""
+  """A 1-D mesh over `devices` (default: `jax.devices()`, the devices of every process of a distributed run)."""
   devices = list(jax.devices() if devices is None else devices)
   if not devices:
     raise ValueError('make_mesh: no devices given')
@@ -57,3 +59,8 @@ def shard_rows(x: np.ndarray | jax.Array, mesh: Mesh, value: float = 0) -> jax.A
 
 def replicate(x: np.ndarray | jax.Array, mesh: Mesh) -> jax.Array:
   return jax.device_put(x, replicated(mesh))
+
+
+def is_primary() -> bool:
+  """True in the process that writes shared outputs (markers, reports): process 0, or the only process."""
+  return jax.process_index() == 0

@@ -15,6 +15,7 @@ import numpy as np
 from g2sf_jax import io
 from g2sf_jax.ops import pooling
 
+GRID = 56  # the patch grid every bank, map and fusion row is on (SPEC §2.4–2.5)
 Backbone = Callable[[Any], Any]  # `.name`, `.dim`, `__call__(x [B,224,224,3])` (see g2sf_jax.backbones)
 _INDEX = 'index.json'
 
@@ -22,6 +23,15 @@ _INDEX = 'index.json'
 def upsample_nearest2x(img: np.ndarray) -> np.ndarray:
   """`[..., h, w, C]` → `[..., 2h, 2w, C]`: cell (i, j) takes (⌊i/2⌋, ⌊j/2⌋) (IMG 28→56, SPEC §2.5)."""
   return np.repeat(np.repeat(img, 2, axis=-3), 2, axis=-2)
+
+
+def to_grid(img: np.ndarray) -> np.ndarray:
+  """`[N, h, w, C]` RGB features with h = w = 28 or 56 → `[N, 56, 56, C]` (28 is nearest-upsampled, SPEC §2.5)."""
+  if img.shape[1:3] == (GRID, GRID):
+    return img
+  if img.shape[1:3] != (GRID // 2, GRID // 2):
+    raise ValueError(f'expected RGB features on a {GRID}² or {GRID // 2}² grid, got shape {img.shape}')
+  return upsample_nearest2x(img)
 
 
 def joint_features(img56: np.ndarray, pcd56: np.ndarray) -> np.ndarray:
@@ -99,22 +109,23 @@ def _chunk_path(cache_dir: Path, i: int) -> Path:
   return cache_dir / f'chunk_{i:05d}.npz'
 
 
-def cached_extract(cache_dir: str | os.PathLike, rgb_backbone: Backbone | None, point_backbone: Backbone | None,
-                   samples: Sequence[dict], batch_size: int = 8, extra_key: dict | None = None,
-                   log: Callable[[str], None] = lambda _: None,
-                   progress: Callable[[int], None] = lambda _: None) -> dict[str, np.ndarray]:
-  """`extract` through a per-class cache folder of one atomically written shard per batch of samples.
+def extract_to_cache(cache_dir: str | os.PathLike, rgb_backbone: Backbone | None, point_backbone: Backbone | None,
+                     samples: Sequence[dict], batch_size: int = 8, extra_key: dict | None = None,
+                     log: Callable[[str], None] = lambda _: None,
+                     progress: Callable[[int], None] = lambda _: None) -> Path:
+  """`extract` into a cache folder of one atomically written shard per batch of samples; returns the folder.
 
-  Re-runs read the shards; an interrupted run resumes at the first missing shard. When the key (`cache_key`)
-  differs from the one in `index.json`, the folder's shards are stale and are deleted first. `progress(n)` is
-  called after each shard with its number of samples, for progress bars.
+  Re-runs keep the shards; an interrupted run resumes at the first missing shard, and a shard that does not read
+  back (truncated, corrupt) is named in the log and recomputed. When the key (`cache_key`) differs from the one in
+  `index.json`, the folder's shards are stale and are deleted first. `progress(n)` is called after each shard with
+  its number of samples, for progress bars.
   """
   _check_backbones(rgb_backbone, point_backbone)
   cache_dir = Path(cache_dir)
   cache_dir.mkdir(parents=True, exist_ok=True)
   key = cache_key(rgb_backbone, point_backbone, samples, batch_size, extra_key)
   index = cache_dir / _INDEX
-  if index.exists() and json.loads(index.read_text()) != key:
+  if index.exists() and _read_index(index) != key:
     log(f'{cache_dir}: cached features were made with other inputs; recomputing')
     for stale in cache_dir.glob('chunk_*.npz'):
       stale.unlink()
@@ -122,30 +133,73 @@ def cached_extract(cache_dir: str | os.PathLike, rgb_backbone: Backbone | None, 
   if not index.exists():
     with io.atomic_write(index, 'w') as f:
       json.dump(key, f, indent=1, sort_keys=True)
-  starts = range(0, len(samples), batch_size)
-  for i, start in enumerate(starts):
+  for i, start in enumerate(range(0, len(samples), batch_size)):
     path = _chunk_path(cache_dir, i)
-    if not path.exists():
-      log(f'{cache_dir}: extracting samples {start}..{min(start + batch_size, len(samples)) - 1}')
-      feats = _extract_batch(rgb_backbone, point_backbone, samples[start:start + batch_size], batch_size)
-      with io.atomic_write(path) as f:
-        np.savez(f, **feats)
+    if path.exists() and _readable(path):
+      progress(min(batch_size, len(samples) - start))
+      continue
+    if path.exists():
+      log(f'{path}: cached feature chunk does not read back (truncated or corrupt); recomputing it')
+    log(f'{cache_dir}: extracting samples {start}..{min(start + batch_size, len(samples)) - 1}')
+    feats = _extract_batch(rgb_backbone, point_backbone, samples[start:start + batch_size], batch_size)
+    with io.atomic_write(path) as f:
+      np.savez(f, **feats)
     progress(min(batch_size, len(samples) - start))
-  return _read_chunks(cache_dir, len(starts), len(samples))
+  return cache_dir
 
 
-def _read_chunks(cache_dir: Path, num_chunks: int, num_samples: int) -> dict[str, np.ndarray]:
-  """Concatenates the shards into preallocated arrays (one copy of the features in memory at a time)."""
+def cached_extract(cache_dir: str | os.PathLike, rgb_backbone: Backbone | None, point_backbone: Backbone | None,
+                   samples: Sequence[dict], batch_size: int = 8, extra_key: dict | None = None,
+                   log: Callable[[str], None] = lambda _: None,
+                   progress: Callable[[int], None] = lambda _: None) -> dict[str, np.ndarray]:
+  """`extract_to_cache`, then `load_cached`: the features of `samples`, computed once."""
+  extract_to_cache(cache_dir, rgb_backbone, point_backbone, samples, batch_size, extra_key, log, progress)
+  return load_cached(cache_dir)
+
+
+def _read_index(index: Path) -> dict | None:
+  try:
+    return json.loads(index.read_text())
+  except (OSError, json.JSONDecodeError):
+    return None
+
+
+def _readable(path: Path) -> bool:
+  """Cheap: the zip directory sits at the end of the file, so a truncated chunk fails to open."""
+  try:
+    with np.load(path) as shard:
+      return bool(shard.files)
+  except Exception:  # zipfile, zlib and numpy raise many kinds for a damaged file
+    return False
+
+
+def load_cached(cache_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+  """The features a finished `extract_to_cache` left in `cache_dir`: `{'img': [N, h, w, Cr], 'pcd': [N, 56, 56, Cp]}`.
+
+  Concatenates the shards into preallocated arrays (one copy of the features in memory at a time). A missing or
+  damaged shard is a `FileNotFoundError` / `ValueError` naming it.
+  """
+  cache_dir = Path(cache_dir)
+  index = _read_index(cache_dir / _INDEX)
+  if index is None:
+    raise FileNotFoundError(f'{cache_dir / _INDEX}: no feature cache here (run the extract stage)')
+  num_samples, chunk = index['num_samples'], index['chunk_size']
   out: dict[str, np.ndarray] = {}
   row = 0
-  for i in range(num_chunks):
-    with np.load(_chunk_path(cache_dir, i)) as shard:
-      for name in shard.files:
-        part = shard[name]
-        if name not in out:
-          out[name] = np.empty((num_samples,) + part.shape[1:], part.dtype)
-        out[name][row:row + part.shape[0]] = part
-      row += part.shape[0]
+  for i in range(-(-num_samples // chunk)):
+    path = _chunk_path(cache_dir, i)
+    if not path.is_file():
+      raise FileNotFoundError(f'{path}: feature chunk missing; re-run the extract stage to recompute it')
+    try:
+      with np.load(path) as shard:
+        for name in shard.files:
+          part = shard[name]
+          if name not in out:
+            out[name] = np.empty((num_samples,) + part.shape[1:], part.dtype)
+          out[name][row:row + part.shape[0]] = part
+    except Exception as e:
+      raise ValueError(f'{path}: feature chunk does not read back ({e}); re-run the extract stage') from e
+    row += part.shape[0]
   if row != num_samples:
-    raise ValueError(f'{cache_dir}: shards hold {row} samples, expected {num_samples}; delete the folder')
+    raise ValueError(f'{cache_dir}: shards hold {row} samples, expected {num_samples}; re-run the extract stage')
   return out

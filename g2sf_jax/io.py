@@ -6,9 +6,10 @@ crash leaves either the old file or the new one, never half of one.
 """
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 import numpy as np
 import tifffile
@@ -94,6 +95,34 @@ def atomic_write(path: str | os.PathLike, mode: str = 'wb') -> Iterator[IO]:
   except BaseException:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)
+    raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, may_replace: Callable[[Path], bool] = lambda _: False) -> Iterator[Path]:
+  """Yields a new, uniquely named folder beside `path`; on success it becomes `path` in one rename.
+
+  An existing `path` is replaced only when `may_replace(path)` recognises it as an earlier output of the same kind
+  (e.g. a checkpoint with its marker file); anything else is left alone and FileExistsError is raised before any
+  work. On failure the temporary folder is removed and `path` is untouched.
+  """
+  path = Path(path)
+  if path.exists() and not may_replace(path):
+    raise FileExistsError(f'{path}: exists and is not an output this command replaces; move it away or choose '
+                          'another path')
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp'))
+  try:
+    yield tmp
+    if path.exists():
+      old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.old'))
+      os.replace(path, old)  # onto the empty folder: atomic on POSIX
+      os.replace(tmp, path)
+      shutil.rmtree(old)
+    else:
+      os.replace(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
     raise
 
 

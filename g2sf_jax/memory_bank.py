@@ -2,7 +2,7 @@
 
 SPEC §3. Full-size banks (765k × 1152 float32 for one MVTec PCD class) are only ever touched in row chunks: the
 statistics, the random projection and the coreset rows are streamed, and nothing of size n×n or n×k is built.
-Nearest-neighbour search splits the coreset along its rows over a device mesh (`g2sf_jax.sharding`).
+Nearest-neighbour search splits the coreset along its rows over the caller's device mesh (`g2sf_jax.distributed`).
 """
 import dataclasses
 import functools
@@ -16,7 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from g2sf_jax import checkpoints
-from g2sf_jax import sharding
+from g2sf_jax import distributed
 from g2sf_jax.ops import blur as blur_ops
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -201,22 +201,28 @@ class ShardedBank(NamedTuple):
 
 
 def place_bank(bank: np.ndarray | ShardedBank, mesh: Mesh | None = None) -> ShardedBank:
-  """Puts `bank [m, d]` on `mesh` (default: a 1-device mesh). A `ShardedBank` is returned as is."""
+  """Puts `bank [m, d]` on the caller's `mesh`. A `ShardedBank` is returned as is (`mesh` may then be omitted)."""
   if isinstance(bank, ShardedBank):
     if mesh is not None and mesh != bank.mesh:
       raise ValueError('place_bank: the bank is already placed on a different mesh')
     return bank
+  if mesh is None:
+    raise ValueError('place_bank: pass the mesh to place the bank on (distributed.make_mesh(); the runner has one)')
   bank = np.asarray(bank, np.float32)
   if bank.ndim != 2:
     raise ValueError(f'place_bank: expected a bank [m, d], got shape {bank.shape}')
-  mesh = mesh or sharding.make_mesh(devices=jax.devices()[:1])
   sq = np.einsum('ij,ij->i', bank, bank)  # only ranks candidates; exact distances are recomputed
-  return ShardedBank(sharding.shard_rows(bank, mesh), sharding.shard_rows(sq, mesh), bank.shape[0], mesh)
+  return ShardedBank(distributed.shard_rows(bank, mesh), distributed.shard_rows(sq, mesh), bank.shape[0], mesh)
+
+
+def bank_rows(bank: ShardedBank, idx: np.ndarray) -> np.ndarray:
+  """Rows `idx [...]` of a placed bank → `[..., d]` float32 on the host."""
+  return np.asarray(bank.rows[jnp.asarray(idx)])
 
 
 @functools.partial(jax.jit, static_argnames=('k', 'num_candidates', 'num_rows', 'mesh'))
 def _knn_chunk(queries, rows, sq_norms, *, k, num_candidates, num_rows, mesh):
-  axis = sharding.axis_name(mesh)
+  axis = distributed.axis_name(mesh)
 
   def local(q, b, b_sq):
     shard_rows = b.shape[0]
@@ -264,7 +270,7 @@ def knn_search(queries: np.ndarray, bank: np.ndarray | ShardedBank, k: int, mesh
     valid = q.shape[0]
     if valid < chunk:
       q = np.concatenate([q, np.zeros((chunk - valid, q.shape[1]), np.float32)])
-    d, i = _knn_chunk(sharding.replicate(q, bank.mesh), bank.rows, bank.sq_norms, k=k,
+    d, i = _knn_chunk(distributed.replicate(q, bank.mesh), bank.rows, bank.sq_norms, k=k,
                       num_candidates=num_candidates, num_rows=bank.num_rows, mesh=bank.mesh)
     dist[rows] = np.asarray(d)[:valid]
     idx[rows] = np.asarray(i)[:valid]
@@ -320,14 +326,14 @@ def score_map(min_dist: np.ndarray, blur: str = 'pil_uint8', size: int = 224) ->
   return np.asarray(up)
 
 
-def _reweighted_score(feats: np.ndarray, rows_of, bank: ShardedBank, min_dist: np.ndarray,
+def _reweighted_score(feats: np.ndarray, bank: ShardedBank, min_dist: np.ndarray,
                       min_idx: np.ndarray) -> np.float32:
   """PatchCore re-weighting of the max patch distance with the 2nd and 3rd neighbours of m* (SPEC §3.3 step 2)."""
   p = int(np.argmax(min_dist))
   s_star = min_dist[p]
-  m_star = rows_of(np.array([min_idx[p]]))
+  m_star = bank_rows(bank, np.array([min_idx[p]]))
   _, nn = knn_search(m_star, bank, 3)
-  neighbours = rows_of(nn[0, 1:])
+  neighbours = bank_rows(bank, nn[0, 1:])
   knn_dist = np.sqrt(np.sum(np.square(feats[p][None] - neighbours), axis=1, dtype=np.float32))
   root_d = np.sqrt(np.float32(feats.shape[1]))
   w = 1 - np.exp(s_star / root_d) / (np.sum(np.exp(knn_dist / root_d)) + np.float32(1e-5))
@@ -347,13 +353,12 @@ def unimodal_scores_batch(feats: np.ndarray, coreset_rows: np.ndarray | ShardedB
   k = min(num_anchors, bank.num_rows)
   dist, idx = knn_search(feats.reshape(b * num_patches, dim), bank, k, query_chunk=query_chunk)
   dist, idx = dist.reshape(b, num_patches, k), idx.reshape(b, num_patches, k)
-  rows_of = lambda i: np.asarray(bank.rows[jnp.asarray(i)])
   out = []
   for s in range(b):
     # Column 0 of our ascending search already is the argmin (first index on ties), i.e. the reference's
     # "topk with column 0 overwritten by argmin".
     min_dist, min_idx = dist[s, :, 0], idx[s, :, 0]
-    score = _reweighted_score(feats[s], rows_of, bank, min_dist, min_idx)
+    score = _reweighted_score(feats[s], bank, min_dist, min_idx)
     out.append(UnimodalResult(score, min_dist, min_idx, idx[s], score_map(min_dist, blur, map_size)))
   return out
 

@@ -14,9 +14,18 @@ def test_round_trip_and_replace(tmp_path):
   checkpoints.save(tmp_path / 'ck', {'w': np.zeros(1, np.float32)})
   got, _ = checkpoints.load(tmp_path / 'ck')
   assert set(got) == {'w'}
-  assert not (tmp_path / 'ck.partial').exists() and not (tmp_path / 'ck.old').exists()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['ck']  # no temporary folder left behind
 
 
 def test_missing_names_the_command(tmp_path):
   with pytest.raises(FileNotFoundError, match='python -m ports.dino_vit'):
     checkpoints.load(tmp_path / 'nope', how_to_make='python -m ports.dino_vit SRC.pth OUT')
+
+
+def test_a_folder_that_is_not_a_checkpoint_is_never_replaced(tmp_path):
+  theirs = tmp_path / 'out'
+  theirs.mkdir()
+  (theirs / 'thesis.tex').write_text('years of work')
+  with pytest.raises(FileExistsError, match='not a g2sf-jax checkpoint'):
+    checkpoints.save(theirs, {'w': np.zeros(2, np.float32)})
+  assert [p.name for p in theirs.iterdir()] == ['thesis.tex'] and sorted(p.name for p in tmp_path.iterdir()) == ['out']

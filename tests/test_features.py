@@ -119,3 +119,31 @@ def test_cache_invalidated_when_key_changes(tmp_path):
   point = _Point()
   out = features.cached_extract(tmp_path, None, point, renamed, batch_size=2, extra_key={'ckpt': 'v1'})
   assert point.calls == 2 and set(out) == {'pcd'}
+
+
+def test_truncated_chunk_is_named_and_recomputed(tmp_path):
+  samples = _samples(5, seed=3)
+  want = features.cached_extract(tmp_path, _Rgb(), _Point(), samples, batch_size=2)
+  chunk = tmp_path / 'chunk_00001.npz'
+  chunk.write_bytes(chunk.read_bytes()[:100])  # a copy cut short
+  with pytest.raises(ValueError, match='chunk_00001.npz'):
+    features.load_cached(tmp_path)
+  logged = []
+  rgb, point = _Rgb(), _Point()
+  got = features.cached_extract(tmp_path, rgb, point, samples, batch_size=2, log=logged.append)
+  assert (rgb.calls, point.calls) == (1, 1)  # only the damaged chunk
+  assert any('chunk_00001.npz' in m and 'recomputing' in m for m in logged)
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k])
+  chunk.unlink()
+  with pytest.raises(FileNotFoundError, match='chunk_00001.npz'):
+    features.load_cached(tmp_path)
+
+
+def test_to_grid():
+  img = np.arange(2 * 28 * 28 * 3, dtype=np.float32).reshape(2, 28, 28, 3)
+  np.testing.assert_array_equal(features.to_grid(img), features.upsample_nearest2x(img))
+  up = features.to_grid(img)
+  assert features.to_grid(up) is up
+  with pytest.raises(ValueError, match='56² or 28²'):
+    features.to_grid(np.zeros((1, 14, 14, 3), np.float32))

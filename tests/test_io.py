@@ -106,3 +106,21 @@ def test_save_npz_atomic_exact_path(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ['cache.data']
   with np.load(path) as z:
     assert np.array_equal(z['a'], np.arange(3)) and np.array_equal(z['b'], np.eye(2))
+
+
+def test_atomic_dir_replaces_only_what_it_recognises(tmp_path):
+  target = tmp_path / 'out'
+  with io.atomic_dir(target) as tmp:
+    (tmp / 'a').write_text('1')
+  assert (target / 'a').read_text() == '1'
+  with pytest.raises(FileExistsError, match='not an output this command replaces'):
+    with io.atomic_dir(target) as tmp:
+      raise AssertionError('the body must not run')
+  with pytest.raises(RuntimeError):
+    with io.atomic_dir(target, may_replace=lambda p: True) as tmp:
+      (tmp / 'b').write_text('2')
+      raise RuntimeError('interrupted')
+  assert [p.name for p in target.iterdir()] == ['a']  # the failed replacement left the old folder as it was
+  with io.atomic_dir(target, may_replace=lambda p: (p / 'a').is_file()) as tmp:
+    (tmp / 'b').write_text('2')
+  assert [p.name for p in target.iterdir()] == ['b'] and [p.name for p in tmp_path.iterdir()] == ['out']

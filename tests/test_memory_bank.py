@@ -13,7 +13,9 @@ from PIL import Image, ImageFilter
 from sklearn.random_projection import johnson_lindenstrauss_min_dim
 
 from g2sf_jax import memory_bank as mb
-from g2sf_jax import sharding
+from g2sf_jax import distributed
+
+MESH = distributed.make_mesh()
 
 
 # ---------------------------------------------------------------------------------------------- normalisation
@@ -117,13 +119,13 @@ def _knn_data():
 
 def test_knn_matches_brute_force():
   queries, bank = _knn_data()
-  dist, idx = mb.knn_search(queries, bank, k=7, query_chunk=32)
+  dist, idx = mb.knn_search(queries, bank, k=7, mesh=MESH, query_chunk=32)
   want_d, want_i = _brute_knn(queries, bank, 7)
   np.testing.assert_array_equal(idx, want_i)
   np.testing.assert_allclose(dist, want_d, rtol=1e-6, atol=1e-7)
   assert idx[0, :3].tolist() == [10, 200, 250]
   # k = whole bank: every row comes back exactly once
-  _, idx_all = mb.knn_search(queries[:3], bank, k=301)
+  _, idx_all = mb.knn_search(queries[:3], bank, k=301, mesh=MESH)
   assert all(sorted(r.tolist()) == list(range(301)) for r in idx_all)
 
 
@@ -132,9 +134,9 @@ _EIGHT_DEVICES = textwrap.dedent('''
   os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
   import jax, numpy as np
   assert jax.device_count() == 8, jax.devices()
-  from g2sf_jax import memory_bank as mb, sharding
+  from g2sf_jax import memory_bank as mb, distributed
   d = np.load(sys.argv[1])
-  mesh = sharding.make_mesh()
+  mesh = distributed.make_mesh()
   bank = mb.place_bank(d['bank'], mesh)
   assert bank.rows.shape[0] == 304 and len(bank.rows.sharding.device_set) == 8
   dist, idx = mb.knn_search(d['queries'], bank, k=7, query_chunk=32)
@@ -151,7 +153,7 @@ def test_knn_one_vs_eight_devices(tmp_path):
   subprocess.run([sys.executable, str(tmp_path / 'run.py'), str(tmp_path / 'in.npz'), str(tmp_path / 'out.npz')],
                  check=True, env=env, timeout=300)
   eight = np.load(tmp_path / 'out.npz')
-  dist, idx = mb.knn_search(queries, bank, k=7, mesh=sharding.make_mesh(devices=jax.devices()[:1]))
+  dist, idx = mb.knn_search(queries, bank, k=7, mesh=distributed.make_mesh(devices=jax.devices()[:1]))
   np.testing.assert_array_equal(eight['idx'], idx)
   np.testing.assert_array_equal(eight['dist'], dist)
   np.testing.assert_array_equal(idx, _brute_knn(queries, bank, 7)[1])
@@ -159,7 +161,14 @@ def test_knn_one_vs_eight_devices(tmp_path):
 
 def test_knn_rejects_bad_k():
   with pytest.raises(ValueError, match='k=5'):
-    mb.knn_search(np.zeros((2, 3), np.float32), np.zeros((4, 3), np.float32), k=5)
+    mb.knn_search(np.zeros((2, 3), np.float32), np.zeros((4, 3), np.float32), k=5, mesh=MESH)
+
+
+def test_placing_a_bank_needs_the_callers_mesh():
+  with pytest.raises(ValueError, match='pass the mesh'):
+    mb.knn_search(np.zeros((2, 3), np.float32), np.zeros((4, 3), np.float32), k=1)
+  placed = mb.place_bank(np.zeros((4, 3), np.float32), MESH)
+  assert mb.place_bank(placed) is placed and mb.knn_search(np.zeros((2, 3), np.float32), placed, k=1)[1].shape == (2, 1)
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -184,7 +193,7 @@ def test_unimodal_scores_vs_numpy_transliteration():
   coreset = rng.standard_normal((80, dim)).astype(np.float32)
   feats = (coreset[rng.integers(0, 80, 3136)] + 0.3 * rng.standard_normal((3136, dim))).astype(np.float32)
   feats[1234] += 4.0   # one clearly anomalous patch
-  res = mb.unimodal_scores(feats, coreset, num_anchors=20)
+  res = mb.unimodal_scores(feats, coreset, MESH, num_anchors=20)
 
   # SPEC §3.3 in NumPy (float64 distances)
   dist = np.sqrt(((feats[:, None].astype(np.float64) - coreset[None]) ** 2).sum(-1))
@@ -210,7 +219,7 @@ def test_unimodal_scores_vs_numpy_transliteration():
   np.testing.assert_allclose(res.map224, want_map, rtol=0, atol=float(up.max()) / 255 * 1.0001)
   assert (res.map224 == want_map).mean() > 0.99
   # batched = per-sample
-  batch = mb.unimodal_scores_batch(np.stack([feats, feats[::-1]]), coreset, blur='none')
+  batch = mb.unimodal_scores_batch(np.stack([feats, feats[::-1]]), coreset, MESH, blur='none')
   np.testing.assert_array_equal(batch[0].anchor_idx, res.anchor_idx)
   np.testing.assert_array_equal(batch[1].min_dist, res.min_dist[::-1])
 
