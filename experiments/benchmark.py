@@ -38,8 +38,8 @@ from experiments.configs.common import get_base_config
 from g2sf_jax import io
 from g2sf_jax import memory_bank as mb
 from g2sf_jax import metrics
-from g2sf_jax import sharding
-from g2sf_jax.fusion import train as fusion_train
+from g2sf_jax import distributed
+from g2sf_jax.methods.g2sf import train as fusion_train
 from g2sf_jax.models import point_mae
 from g2sf_jax.models import vit
 from g2sf_jax.ops import buckets
@@ -306,7 +306,7 @@ def bench_knn(sizes: Sizes, repeats: int) -> list[Row]:
   bank = rng.standard_normal((m, d), dtype=np.float32)
   queries = rng.standard_normal((sizes.knn_queries, d), dtype=np.float32)
   start = time.perf_counter()
-  placed = jax.block_until_ready(mb.place_bank(bank))
+  placed = jax.block_until_ready(mb.place_bank(bank, distributed.make_mesh()))
   place_s = time.perf_counter() - start
   first, ours = _timed(lambda: mb.knn_search(queries, placed, sizes.knn_k), repeats)
   tb, tq = torch.from_numpy(bank), torch.from_numpy(queries)
@@ -333,7 +333,7 @@ def bench_lspn(sizes: Sizes, repeats: int) -> list[Row]:
   c = config.g2sf
   c.hidden, c.emb_dim, c.batch_size = sizes.lspn_hidden, sizes.lspn_emb, sizes.lspn_batch
   b, (dr, dp), (kr, kp) = sizes.lspn_batch, sizes.lspn_dims, sizes.lspn_coreset_rows
-  cols = fusion_train.NUM_ANCHOR_COLUMNS
+  cols = config.memory_bank.num_anchors
   rng = np.random.default_rng(0)
   coresets = (rng.standard_normal((kr, dr), dtype=np.float32), rng.standard_normal((kp, dp), dtype=np.float32))
   anchor_idx = np.concatenate([rng.integers(0, kr, (b, cols)), rng.integers(0, kp, (b, cols))], 1).astype(np.int32)
@@ -346,8 +346,8 @@ def bench_lspn(sizes: Sizes, repeats: int) -> list[Row]:
   mu = dist[normal].mean(0).astype(np.float32)
   margin = float(2 * (dist[~normal] / mu).max())
 
-  mesh = sharding.make_mesh()
-  rep, rows_sh = sharding.replicated(mesh), sharding.row_sharded(mesh)
+  mesh = distributed.make_mesh()
+  rep, rows_sh = distributed.replicated(mesh), distributed.row_sharded(mesh)
   train_step, _, tx = fusion_train.make_steps(c, mesh)
   params = random_params(lambda k: fusion_train.init_params(config, k, dr + dp))
   state = list(jax.device_put((params, jax.jit(tx.init)(params)), rep))

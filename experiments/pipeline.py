@@ -1,19 +1,22 @@
-"""The stages of an experiment, for every class of its config, each cached and resumable.
+"""Runs a method's stage graph for every class of a config, each stage cached and resumable.
 
-prepare      raw download (or the generated synthetic set) → TFDS array_record data        (SPEC §1)
-features     train/test patch features → memory banks and coresets                          (SPEC §2–3)
-fusion_data  synthetic anomalies → the fusion dataset (G²SF only)                           (SPEC §4.2–4.3)
-train        LSPN and global scale (G²SF only)                                              (SPEC §4.5)
-evaluate     IMG / PCD / FUS (or BTF) rows → metrics, results.{md,json}, report.html        (SPEC §3.3, §4.6, §5)
+The graph is the same for every method (`g2sf_jax.methods.base`):
+  prepare    raw download (or the generated synthetic set) → TFDS array_record data        (SPEC §1)
+  extract    train and test patch features, shared by every method of the work directory    (SPEC §2)
+  …          the method's own stages (PatchCore banks, G²SF fusion data and training, …)
+  evaluate   the method's scorer on the test features → evaluation.npz; then the report     (SPEC §3.3, §4.6, §5)
 
-A stage's marker (`experiments.stage_cache`) records a hash of everything its outputs depend on, the upstream
-stages' hashes included, so changing a config field re-runs exactly the stages it affects.
+A stage's marker (`g2sf_jax.workdir`) records a hash of the config fields it declares, of what else it depends on
+(backbone weights, raw files) and of its upstream stages' hashes, so changing a field re-runs exactly the stages it
+affects, and two methods in one work directory share what they have in common.
 """
+import dataclasses
 import json
 import logging
 import shutil
 import zlib
 from pathlib import Path
+from typing import Any
 
 import jax
 import ml_collections
@@ -22,313 +25,344 @@ from PIL import Image
 from tqdm import tqdm
 
 from experiments import report
-from experiments.configs.common import STAGES
-from experiments.stage_cache import StageCache, stage_key
-from g2sf_jax import data, detector, features, io, memory_bank, sharding, synthesis, synthetic_data
-from g2sf_jax.fusion import dataset as fusion_dataset
-from g2sf_jax.fusion import train as fusion_train
+from g2sf_jax import backbones, data, distributed, features, io, methods
+from g2sf_jax.data import prepared, synthetic, transforms
+from g2sf_jax.methods import base
+from g2sf_jax.workdir import Workdir, stage_key
 
 log = logging.getLogger('g2sf')
-DATASET_SCOPE = '_dataset'
-
-
-# Raised when a stage's code starts computing something else from the same inputs, so that work directories made
-# by older code redo the stage instead of mixing old and new results. features 2: FPFH rescaled, coreset without a
-# projection up.
-STAGE_VERSIONS = {'features': 2, 'fusion_data': 1}
+ALL = 'all'
 
 
 def run(config: ml_collections.ConfigDict) -> dict:
   """Runs the selected stages; returns the results table (`report.results_dict`) when `evaluate` ran."""
-  runner = Runner(config)
-  return runner.run()
+  return Runner(config).run()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The shared stages.
+
+
+def _prepare_extra(ctx: 'Context') -> Any:
+  c = ctx.config
+  if c.dataset == 'synthetic':
+    return {k: v for k, v in c.synthetic.to_dict().items() if k != 'classes'}, c.seed, prepared.VERSION
+  return str(Path(c.raw_dir).absolute()) if c.raw_dir else '', prepared.VERSION
+
+
+def _raw_dir(ctx: 'Context') -> Path:
+  c = ctx.config
+  if c.raw_dir:
+    return Path(c.raw_dir)
+  if c.dataset == 'synthetic':
+    return ctx.workdir.root / 'raw'
+  raise ValueError(f'config.raw_dir is empty: set it to your extracted {c.dataset} download, e.g. '
+                   f'--config.raw_dir=/data/{c.dataset}')
+
+
+def _prepare(ctx: 'Context') -> dict:
+  c = ctx.config
+  raw_dir = _raw_dir(ctx)
+  if c.dataset == 'synthetic' and not c.raw_dir:
+    ctx.log('prepare: generating synthetic class %s in %s', ctx.class_name, raw_dir)
+    synthetic.generate(raw_dir, classes=[ctx.class_name], n_train=c.synthetic.n_train, n_test=c.synthetic.n_test,
+                       size=c.synthetic.size, seed=c.seed, modalities=c.synthetic.modalities)
+  target = prepared.prepared_dir(c.dataset, ctx.workdir.data_dir, ctx.class_name)
+  if target.exists():  # prepared from other raw inputs (this stage's key changed): ours to rebuild
+    if not (target / 'dataset_info.json').is_file():
+      raise FileExistsError(f'{target}: exists but is not prepared TFDS data; move it away or choose another '
+                            '--config.workdir')
+    shutil.rmtree(target.parent)
+  import tensorflow_datasets as tfds  # Heavy: only this stage needs it directly.
+  tfds.disable_progress_bar()
+  result = prepared.prepare(c.dataset, raw_dir, ctx.workdir.data_dir, [ctx.class_name])[ctx.class_name]
+  for problem in result['problems']:
+    log.warning('prepare %s: %s', ctx.class_name, problem)
+  _check_modalities(ctx)
+  return result
+
+
+def _check_modalities(ctx: 'Context') -> None:
+  """The config's modalities must be in the prepared data (an RGB-only set cannot run rgb+xyz)."""
+  have = prepared.available_modalities(ctx.config.dataset, ctx.workdir.data_dir, ctx.class_name)
+  missing = [m for m in base.modalities(ctx.config) if m not in have]
+  if missing:
+    raise ValueError(f'config.modalities={ctx.config.modalities!r}, but class {ctx.class_name!r} has no '
+                     f'{missing[0]} files in {ctx.workdir.data_dir}; run with --config.modalities={"+".join(have)}')
+
+
+def _checkpoint_meta(config: ml_collections.ConfigDict) -> dict:
+  """What the converted backbone checkpoints were made from, so new weights invalidate the features."""
+  out = {}
+  mods = base.modalities(config)
+  for field, mod in (('rgb_backbone', 'rgb'), ('point_backbone', 'xyz')):
+    name = config[field]
+    meta = Path(config.checkpoints.get(name, '') or '/nonexistent') / 'g2sf_meta.json'
+    if mod in mods and meta.is_file():
+      out[name] = json.loads(meta.read_text())
+  return out
+
+
+def _extract_extra(ctx: 'Context') -> Any:
+  rgb, point = ctx.backbones()  # first: it may convert shipped weights whose checkpoint meta is keyed below
+  return features.describe_backbone(rgb), features.describe_backbone(point), _checkpoint_meta(ctx.config)
+
+
+def _extract(ctx: 'Context') -> dict:
+  c = ctx.config
+  _check_modalities(ctx)
+  rgb, point = ctx.backbones()
+  extra = {'checkpoints': _checkpoint_meta(c), 'point_mae': c.point_mae.to_dict()}
+  counts = {}
+  for split in ('train', 'test'):
+    samples = ctx.samples(split)
+    bar = ctx.progress(len(samples), f'{ctx.class_name} {split} features')
+    features.extract_to_cache(ctx.out_dir / split, rgb, point, samples, c.batch_size, extra_key=extra,
+                              log=log.debug, progress=bar.update)
+    bar.close()
+    counts[split] = len(samples)
+  return counts
+
+
+PREPARE = base.Stage('prepare', _prepare, extra=_prepare_extra, keys=('dataset',),
+                     complete=lambda ctx: prepared.is_prepared(ctx.config.dataset, ctx.workdir.data_dir,
+                                                               ctx.class_name))
+EXTRACT = base.Stage('extract', _extract, deps=('prepare',), keys=('modalities', 'point_mae', 'seed'),
+                     extra=_extract_extra, version=2)
+
+
+def _evaluate(ctx: 'Context') -> dict:
+  """The method's scorer on every test sample → `evaluation.npz` (labels, masks, names, score_/map_ per row)."""
+  c = ctx.config
+  scorer = ctx.method.scorer(ctx)
+  test = ctx.samples('test')
+  feats = ctx.features('test')
+  batches = []
+  for start in tqdm(range(0, len(test), c.batch_size), desc=f'{ctx.class_name} scoring', unit='batch'):
+    batches.append(scorer({k: v[start:start + c.batch_size] for k, v in feats.items()}))
+  scores = base.stack_rows(batches)
+  arrays = {'labels': np.array([s['label'] for s in test]), 'masks': np.stack([s['mask'] for s in test]),
+            'names': np.array([s['name'] for s in test])}
+  for row, (image, maps) in scores.items():
+    arrays[f'score_{row}'] = image
+    arrays[f'map_{row}'] = maps
+  io.save_npz_atomic(ctx.out_dir / 'evaluation.npz', **arrays)
+  return {'rows': list(scores)}
+
+
+def stage_graph(method: base.Method, config: ml_collections.ConfigDict) -> tuple[base.Stage, ...]:
+  """prepare, extract, the method's stages, evaluate; checked for unknown or out-of-order dependencies."""
+  own = method.stages(config)
+  evaluate = base.Stage('evaluate', _evaluate, owner=method.name, deps=('extract',) + tuple(s.id for s in own),
+                        keys=('scoring',) + method.scoring_keys)
+  graph = (PREPARE, EXTRACT) + tuple(own) + (evaluate,)
+  seen = set()
+  for stage in graph:
+    missing = [d for d in stage.deps if d not in seen]
+    if missing:
+      raise ValueError(f'method {method.name!r}: stage {stage.id} depends on {missing}, which no earlier stage is')
+    if stage.id in seen:
+      raise ValueError(f'method {method.name!r}: two stages named {stage.id}')
+    seen.add(stage.id)
+  return graph
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The runner.
+
+
+@dataclasses.dataclass
+class Context:
+  """`base.StageContext` for one stage and class of a run."""
+  runner: 'Runner'
+  stage: base.Stage
+  class_name: str
+
+  @property
+  def config(self) -> ml_collections.ConfigDict:
+    return self.runner.config
+
+  @property
+  def method(self) -> base.Method:
+    return self.runner.method
+
+  @property
+  def workdir(self) -> Workdir:
+    return self.runner.workdir
+
+  @property
+  def mesh(self):
+    return self.runner.mesh
+
+  @property
+  def classes(self) -> tuple[str, ...]:
+    return self.runner.classes
+
+  @property
+  def out_dir(self) -> Path:
+    return self.dir(self.stage.id)
+
+  def dir(self, stage_id: str) -> Path:
+    scope = self.runner.stages[stage_id].scope if stage_id in self.runner.stages else 'class'
+    return self.workdir.stage_dir(stage_id, self.class_name if scope == 'class' else '')
+
+  def key(self, *names: str) -> jax.Array:
+    return _prng_key(self.config, self.class_name, *names)
+
+  def features(self, split: str, class_name: str | None = None) -> dict[str, np.ndarray]:
+    return features.load_cached(self.workdir.stage_dir('extract', class_name or self.class_name) / split)
+
+  def samples(self, split: str, full: bool = False, class_name: str | None = None):
+    load = prepared.load_split_full if full else prepared.load_split
+    return load(self.config.dataset, self.workdir.data_dir, class_name or self.class_name, split)
+
+  def backbones(self):
+    return self.runner.backbones()
+
+  def progress(self, total: int, desc: str, unit: str = 'img'):
+    return tqdm(total=total, desc=desc, unit=unit)
+
+  def log(self, msg: str, *args) -> None:
+    log.info(msg, *args)
 
 
 class Runner:
-  """Holds one run's config, work directory, device mesh and stage markers."""
+  """One run: its config, method, stage graph, work directory and device mesh."""
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
-    self.workdir = Path(config.workdir).absolute()
-    self.workdir.mkdir(parents=True, exist_ok=True)
-    _log_to(self.workdir / 'run.log')
-    self.stages = _selected_stages(config.stages)
-    self.rows = detector.rows_of(config)
+    self.method = methods.get(config.method)
+    base.modalities(config)
+    self.method.check(config)
+    self.graph = stage_graph(self.method, config)
+    self.stages = {s.id: s for s in self.graph}
+    self.selected = _selected_stages(config.stages, self.graph)
     self.classes = data.resolve_classes(config.dataset, config.classes or self._default_classes())
-    self.cache = StageCache(self.workdir)
-    self.mesh = sharding.make_mesh()
+    self.workdir = Workdir(config.workdir)
+    self.workdir.root.mkdir(parents=True, exist_ok=True)
+    _log_to(self.workdir.root / 'run.log')
+    self.mesh = distributed.make_mesh()
     self._backbones = None
-    self._save_config()
+    self._keys: dict[tuple[str, str], str] = {}
 
   def _default_classes(self) -> str:
     return self.config.synthetic.classes if self.config.dataset == 'synthetic' else ''
 
-  def _save_config(self) -> None:
-    """config.json: what `Detector.load` and `experiments.predict` rebuild the run from (absolute paths)."""
-    c = ml_collections.ConfigDict(self.config.to_dict())
-    for name in c.checkpoints:
-      c.checkpoints[name] = str(Path(c.checkpoints[name]).absolute())
-    c.workdir = str(self.workdir)
-    with io.atomic_write(self.workdir / 'config.json', 'w') as f:
-      f.write(c.to_json(indent=1, sort_keys=True))
+  def backbones(self):
+    if self._backbones is None:
+      mods = base.modalities(self.config)
+      self._backbones = (backbones.make_rgb_backbone(self.config) if 'rgb' in mods else None,
+                         backbones.make_point_backbone(self.config) if 'xyz' in mods else None)
+    return self._backbones
+
+  def scopes(self, stage: base.Stage) -> tuple[str, ...]:
+    return self.classes if stage.scope == 'class' else ('',)
+
+  def dep_scopes(self, dep: str, class_name: str) -> tuple[str, ...]:
+    """Whose outputs of stage `dep` a stage of `class_name` reads: that class's, or every class's for a
+    dataset-scope stage (`class_name=''`), or the dataset's for a dataset-scope dependency."""
+    stage = self.stages[dep]
+    return (class_name,) if stage.scope == 'class' and class_name else self.scopes(stage)
+
+  def key(self, stage_id: str, class_name: str) -> str:
+    """The hash of everything the outputs of `stage_id` for `class_name` depend on (memoised per run)."""
+    if (stage_id, class_name) not in self._keys:
+      stage = self.stages[stage_id]
+      ctx = Context(self, stage, class_name)
+      upstream = []
+      for dep in stage.deps:
+        upstream.append([self.key(dep, s) for s in self.dep_scopes(dep, class_name)])
+      extra = stage.extra(ctx) if stage.extra else None
+      self._keys[stage_id, class_name] = stage_key(stage.id, stage.version, class_name,
+                                                   config_fields(self.config, stage.keys, stage.exclude), extra,
+                                                   upstream)
+    return self._keys[stage_id, class_name]
+
+  def is_done(self, stage: base.Stage, class_name: str) -> bool:
+    if not self.workdir.is_done(stage.id, class_name, self.key(stage.id, class_name)):
+      return False
+    return stage.complete is None or stage.complete(Context(self, stage, class_name))
 
   def run(self) -> dict:
     c = self.config
-    log.info('run: dataset %s, classes %s, stages %s, rows %s, workdir %s', c.dataset, ','.join(self.classes),
-             ','.join(self.stages), ','.join(self.rows), self.workdir)
-    if 'prepare' in self.stages:
-      self.prepare()
-    for name in self.classes:
-      if 'features' in self.stages:
-        self.features(name)
-      if 'FUS' in self.rows:
-        if 'fusion_data' in self.stages:
-          self.fusion_data(name)
-        if 'train' in self.stages:
-          self.train(name)
-    if 'evaluate' not in self.stages:
+    log.info('run: method %s, dataset %s, classes %s, stages %s, rows %s, workdir %s', self.method.name, c.dataset,
+             ','.join(self.classes), ','.join(s.id for s in self.graph if s.name in self.selected),
+             ','.join(self.method.rows(c)), self.workdir.root)
+    for stage in self.graph:
+      if stage.name not in self.selected:
+        continue
+      for name in self.scopes(stage):
+        self._run(stage, name)
+    if all(self.is_done(s, n) for s in self.graph for n in self.scopes(s)):
+      self._save_config()
+    if 'evaluate' not in self.selected:
       return {}
-    results = [self.evaluate(name) for name in self.classes]
-    out = report.write_report(self.workdir / 'report', results, title=f'g2sf-jax · {c.dataset} · {c.method}')
+    results = [self._class_result(name) for name in self.classes]
+    out = report.write_report(self.workdir.report_dir(self.method.name), results,
+                              title=f'g2sf-jax · {c.dataset} · {self.method.name}')
     log.info('report: %s', out)
     return report.results_dict(results)
 
-  # Keys: each stage's inputs, upstream keys included, and the stage's code version (STAGE_VERSIONS).
-
-  def _key(self, stage: str, name: str) -> str:
-    c = self.config
-    if stage == 'prepare':
-      raw = (c.synthetic.to_dict(), c.seed) if c.dataset == 'synthetic' else c.raw_dir
-      return stage_key('prepare', c.dataset, raw, data.VERSION, name)
-    if stage == 'features':
-      rgb, point = self.backbones()  # first, as it may convert shipped weights whose checkpoint meta is keyed below
-      return stage_key('features', STAGE_VERSIONS['features'], self._key('prepare', name), c.method, c.modalities,
-                       features.describe_backbone(rgb), features.describe_backbone(point), c.point_mae.to_dict(),
-                       c.memory_bank.to_dict(), c.seed, self._checkpoint_meta())
-    if stage == 'fusion_data':
-      return stage_key('fusion_data', STAGE_VERSIONS['fusion_data'], self._key('features', name),
-                       c.synthesis.to_dict(), c.seed, self.classes)
-    if stage == 'train':
-      training = {k: v for k, v in c.g2sf.to_dict().items() if k != 'scoring_mode'}  # inference-only
-      return stage_key('train', self._key('fusion_data', name), training, c.seed)
-    if stage == 'evaluate':
-      upstream = self._key('train', name) if 'FUS' in self.rows else self._key('features', name)
-      return stage_key('evaluate', upstream, c.scoring.to_dict(), c.metrics.to_dict(), c.g2sf.scoring_mode)
-    raise KeyError(stage)
-
-  def _checkpoint_meta(self) -> dict:
-    """What the converted backbone checkpoints were made from, so new weights invalidate the features."""
-    out = {}
-    mods = detector.modalities(self.config)
-    for field, mod in (('rgb_backbone', 'rgb'), ('point_backbone', 'xyz')):
-      name = self.config[field]
-      meta = Path(self.config.checkpoints.get(name, '') or '/nonexistent') / 'g2sf_meta.json'
-      if mod in mods and meta.is_file():
-        out[name] = json.loads(meta.read_text())
-    return out
-
-  def _up_to_date(self, stage: str, name: str) -> bool:
-    done = self.cache.is_done(stage, name, self._key(stage, name))
-    if done:
-      log.info('%s %s: up to date', stage, name)
-    return done
-
-  def _require(self, stage: str, name: str) -> None:
-    if not self.cache.is_done(stage, name, self._key(stage, name)):
-      raise FileNotFoundError(
-          f'{self.workdir / name}: the {stage!r} stage has no up-to-date output for class {name!r}; run it first: '
-          f'your experiments.run command with --config.classes={name} --config.stages={stage}')
-
-  # Stages.
-
-  def prepare(self) -> None:
-    c = self.config
-    raw_dir = Path(c.raw_dir) if c.raw_dir else None
-    if c.dataset == 'synthetic':
-      raw_dir = raw_dir or self.workdir / 'raw'
-      key = stage_key('generate', c.synthetic.to_dict(), c.seed)
-      if not self.cache.is_done('generate', DATASET_SCOPE, key):
-        log.info('prepare: generating the synthetic dataset in %s', raw_dir)
-        synthetic_data.generate(raw_dir, classes=c.synthetic.classes.split(','), n_train=c.synthetic.n_train,
-                                n_test=c.synthetic.n_test, size=c.synthetic.size, seed=c.seed,
-                                modalities=c.synthetic.modalities)
-        self.cache.mark_done('generate', DATASET_SCOPE, key)
-    elif raw_dir is None:
-      raise ValueError(f'config.raw_dir is empty: set it to your extracted {c.dataset} download, e.g. '
-                       f'--config.raw_dir=/data/{c.dataset}')
-    import tensorflow_datasets as tfds  # Heavy: only this stage needs it directly.
-    tfds.disable_progress_bar()
-    for name in tqdm(self.classes, desc='prepare', unit='class'):
-      key = self._key('prepare', name)
-      if self.cache.is_done('prepare', name, key):
-        continue
-      result = data.prepare(c.dataset, raw_dir, self.workdir / 'data', [name])[name]
-      for problem in result['problems']:
-        log.warning('prepare %s: %s', name, problem)
-      self.cache.mark_done('prepare', name, key, result)
-    for name in self.classes:
-      self._check_modalities(name)
-
-  def _check_modalities(self, name: str) -> None:
-    """The config's modalities must be in the prepared data (an RGB-only set cannot run rgb+xyz)."""
-    have = data.available_modalities(self.config.dataset, self.workdir / 'data', name)
-    missing = [m for m in detector.modalities(self.config) if m not in have]
-    if missing:
-      raise ValueError(f'config.modalities={self.config.modalities!r}, but class {name!r} has no {missing[0]} files '
-                       f'in {self.workdir / "data"}; run with --config.modalities={"+".join(have)}')
-
-  def backbones(self):
-    if self._backbones is None:
-      self._backbones = detector.make_backbones(self.config)
-    return self._backbones
-
-  def _features(self, name: str, split: str, samples) -> dict[str, np.ndarray]:
-    rgb, point = self.backbones()
-    extra = {'checkpoints': self._checkpoint_meta(), 'point_mae': self.config.point_mae.to_dict()}
-    bar = tqdm(total=len(samples), desc=f'{name} {split} features', unit='img')
-    feats = features.cached_extract(self.workdir / name / 'features' / split, rgb, point, samples,
-                                    self.config.batch_size, extra_key=extra, log=log.debug, progress=bar.update)
-    bar.close()
-    return feats
-
-  def features(self, name: str) -> None:
-    if self._up_to_date('features', name):
+  def _run(self, stage: base.Stage, name: str) -> None:
+    where = f'{stage.id} {name}'.strip()
+    if self.is_done(stage, name):
+      log.info('%s: up to date', where)
       return
-    self._require('prepare', name)
-    key = self._key('features', name)
+    for dep in stage.deps:
+      for scope in self.dep_scopes(dep, name):
+        if not self.is_done(self.stages[dep], scope):
+          raise FileNotFoundError(
+              f'{self.workdir.stage_dir(dep, scope)}: the {dep!r} stage has no up-to-date output'
+              f'{f" for class {scope!r}" if scope else ""}; run it first: your experiments.run command with '
+              f'{f"--config.classes={scope} " if scope else ""}--config.stages={self.stages[dep].name}')
+    key = self.key(stage.id, name)
+    self.workdir.fresh_dir(stage.id, name, key)
+    info = stage.run(Context(self, stage, name))
+    self.workdir.mark_done(stage.id, name, key, info)
+
+  def _save_config(self) -> None:
+    """`<method>/config.json`: what `Detector.load` and `experiments.predict` rebuild the run from (absolute
+    paths); written only once every stage of the method is up to date under this config."""
+    c = ml_collections.ConfigDict(self.config.to_dict())
+    for name in c.checkpoints:
+      c.checkpoints[name] = str(Path(c.checkpoints[name]).absolute())
+    c.workdir = str(self.workdir.root)
+    with io.atomic_write(self.workdir.config_path(self.method.name), 'w') as f:
+      f.write(c.to_json(indent=1, sort_keys=True))
+
+  def _class_result(self, name: str) -> report.ClassResult:
     c = self.config
-    train = data.load_split(c.dataset, self.workdir / 'data', name, 'train')
-    feats = self._features(name, 'train', train)
-    stats = None
-    if c.method == 'btf':
-      stats = {m: memory_bank.Normaliser.fit(feats[m].reshape(-1, feats[m].shape[-1])) for m in ('img', 'pcd')}
-      stats = {m: (s.mean, s.std) for m, s in stats.items()}
-    rows = detector.bank_features(c, feats.get('img'), feats.get('pcd'), stats)
-    del feats
-    banks = {}
-    for modality, bank in rows.items():
-      log.info('features %s: %s bank %s → coreset of %.0f%%', name, modality, bank.shape,
-               100 * c.memory_bank.coreset_fraction)
-      banks[modality] = memory_bank.build(bank, normalise=modality == 'img', fraction=c.memory_bank.coreset_fraction,
-                                          eps=c.memory_bank.coreset_eps, key=_key(c, name, 'coreset', modality),
-                                          fp16=c.memory_bank.coreset_fp16)
-    memory_bank.save(self.workdir / name / 'banks', banks, {'btf_stats': stats, 'class': name})
-    self.cache.mark_done('features', name, key, {m: list(b.coreset.shape) for m, b in banks.items()})
-
-  def fusion_data(self, name: str) -> None:
-    if self._up_to_date('fusion_data', name):
-      return
-    key = self._key('fusion_data', name)
-    self._require('features', name)
-    c = self.config
-    banks, _ = memory_bank.load(self.workdir / name / 'banks')
-    train_full = data.load_split_full(c.dataset, self.workdir / 'data', name, 'train')
-    sources, load_source = self._anomaly_sources()
-    rgb, point = self.backbones()
-    bar = tqdm(total=c.synthesis.num_anomalies, desc=f'{name} fusion data', unit='img')
-
-    seed = zlib.crc32(f'{c.seed}/{name}'.encode())
-
-    def make_chunk(indices: np.ndarray) -> dict[str, np.ndarray]:
-      """Synthetic samples (seed, i) → SPEC §4.2.8 resizing → normalised IMG and raw PCD features."""
-      made = [synthesis.synthesize_indexed(train_full, load_source, sources, name, c.dataset, seed, int(i))
-              for i in indices]
-      feats = features.extract(rgb, point, [{'rgb': data.resize_rgb(m['rgb']), 'xyz': data.resize_xyz(m['xyz'])}
-                                            for m in made], c.batch_size)
-      bar.update(len(indices))
-      return {'img': banks['img'].normaliser(feats['img']), 'pcd': feats['pcd'],
-              'mask': np.stack([data.resize_mask(m['mask']) for m in made])}
-
-    fused = fusion_dataset.build(_fresh_dir(self.workdir / name / 'fusion_data', key), c.synthesis.num_anomalies,
-                                 make_chunk,
-                                 (banks['img'].coreset, banks['pcd'].coreset), chunk_size=c.batch_size,
-                                 mesh=self.mesh)
-    bar.close()
-    info = {'rows': int(len(fused.label)), 'anomalous': int(np.sum(fused.label))}
-    log.info('fusion_data %s: %d patches, %d anomalous', name, info['rows'], info['anomalous'])
-    self.cache.mark_done('fusion_data', name, key, info)
-
-  def _anomaly_sources(self):
-    """SPEC §4.2: `num_sources` preprocessed training clouds per class, pooled over the run's classes.
-
-    Returns (source names 'class/split/…', load(i) → xyz [S, S, 3]); the list is saved as anomaly_sources.json.
-    """
-    c = self.config
-    splits = {name: data.load_split_full(c.dataset, self.workdir / 'data', name, 'train') for name in self.classes}
-    names = {name: [f'{name}/{s["name"]}' for s in split] for name, split in splits.items()}
-    count = min([c.synthesis.num_sources] + [len(v) for v in names.values()])
-    sources = synthesis.select_anomaly_sources(names, count, c.seed)
-    with io.atomic_write(self.workdir / 'anomaly_sources.json', 'w') as f:
-      json.dump(sources, f, indent=1)
-    where = {n: (name, i) for name, ns in names.items() for i, n in enumerate(ns)}
-
-    def load(i: int) -> np.ndarray:
-      name, row = where[sources[i]]
-      return splits[name][row]['xyz']
-
-    return sources, load
-
-  def train(self, name: str) -> None:
-    if self._up_to_date('train', name):
-      return
-    key = self._key('train', name)
-    self._require('fusion_data', name)
-    banks, _ = memory_bank.load(self.workdir / name / 'banks')
-    fused = fusion_dataset.load(self.workdir / name / 'fusion_data')
-    out_dir = _fresh_dir(self.workdir / name / 'fuser', key)
-    bar = tqdm(total=self.config.g2sf.epochs, desc=f'{name} LSPN', unit='epoch')
-
-    def on_epoch_end(epoch: int, metrics: dict) -> None:
-      bar.n = epoch + 1
-      bar.set_postfix({k: f'{v:.3g}' for k, v in metrics.items() if k in ('loss', 'val', 'val_auroc')})
-      log.info('train %s epoch %d: %s', name, epoch, json.dumps({k: round(float(v), 5) for k, v in metrics.items()}))
-
-    state = fusion_train.train(self.config, fused, (banks['img'].coreset, banks['pcd'].coreset), out_dir,
-                               _key(self.config, name, 'train'), mesh=self.mesh, on_epoch_end=on_epoch_end)
-    bar.close()
-    self.cache.mark_done('train', name, key, {'best_epoch': state.epoch, 'best_val': state.best_val,
-                                               'mu': np.asarray(state.mu).tolist()})
-
-  def evaluate(self, name: str) -> report.ClassResult:
-    c = self.config
-    key = self._key('evaluate', name)
-    path = self.workdir / name / 'evaluation.npz'
-    if not (self.cache.is_done('evaluate', name, key) and path.is_file()):
-      self._require('features', name)
-      if 'FUS' in self.rows:
-        self._require('train', name)
-      det = detector.Detector.load(self.workdir, name, with_backbones=False)
-      test = data.load_split(c.dataset, self.workdir / 'data', name, 'test')
-      feats = self._features(name, 'test', test)
-      scores = []
-      for start in tqdm(range(0, len(test), c.batch_size), desc=f'{name} scoring', unit='batch'):
-        stop = start + c.batch_size
-        scores += det.score_features(_slice(feats.get('img'), start, stop), _slice(feats.get('pcd'), start, stop))
-      arrays = {'labels': np.array([s['label'] for s in test]), 'masks': np.stack([s['mask'] for s in test]),
-                'names': np.array([s['name'] for s in test])}
-      for row in self.rows:
-        arrays[f'score_{row}'] = np.array([s.image[row] for s in scores], np.float32)
-        arrays[f'map_{row}'] = np.stack([s.maps[row] for s in scores]).astype(np.float32)
-      io.save_npz_atomic(path, **arrays)
-      self.cache.mark_done('evaluate', name, key)
-    return self._class_result(name, path)
-
-  def _class_result(self, name: str, path: Path) -> report.ClassResult:
-    c = self.config
-    with np.load(path) as z:
+    evaluation = self.workdir.stage_dir(f'{self.method.name}/evaluate', name) / 'evaluation.npz'
+    with np.load(evaluation) as z:
       arrays = {k: z[k] for k in z.files}
     rows = {row: report.RowResult.compute(arrays['labels'], arrays[f'score_{row}'], arrays['masks'],
                                           arrays[f'map_{row}'], c.metrics.aupro_limits, c.metrics.aupro_thresholds)
-            for row in self.rows}
-    map_row = self.rows[-1]
-    full = data.load_split_full(c.dataset, self.workdir / 'data', name, 'test')
+            for row in self.method.rows(c)}
+    map_row = self.method.main_row(c)
+    full = prepared.load_split_full(c.dataset, self.workdir.data_dir, name, 'test')
     images = [report.ImageRecord(str(arrays['names'][i]), _picture224(full[i]), arrays[f'map_{map_row}'][i],
                                  arrays['masks'][i], int(arrays['labels'][i]), float(arrays[f'score_{map_row}'][i]))
               for i in range(len(arrays['labels']))]
     return report.ClassResult(name, rows, images, map_row=map_row)
 
 
-def _key(config, *path: str) -> jax.Array:
+def config_fields(config: ml_collections.ConfigDict, keys: tuple[str, ...], exclude: tuple[str, ...] = ()) -> dict:
+  """`{dotted key: value}` of `keys` (a section gives all its fields) without the `exclude` sub-fields."""
+  out = {}
+  for key in keys:
+    value = config
+    for part in key.split('.'):
+      value = value[part]
+    if isinstance(value, ml_collections.ConfigDict):
+      value = value.to_dict()
+      for ex in exclude:
+        if ex.startswith(key + '.'):
+          value.pop(ex[len(key) + 1:], None)
+    out[key] = value
+  return out
+
+
+def _prng_key(config, *path: str) -> jax.Array:
   """The run's PRNG key folded with names (class, stage, modality): explicit and reproducible."""
   key = jax.random.key(config.seed)
   for p in path:
@@ -336,31 +370,13 @@ def _key(config, *path: str) -> jax.Array:
   return key
 
 
-def _fresh_dir(path: Path, key: str) -> Path:
-  """`path`, emptied first when a previous (possibly interrupted) run filled it from other inputs.
-
-  A run with the same inputs keeps what is there, which is how an interrupted stage resumes.
-  """
-  stamp = path / 'inputs.key'
-  if path.exists() and (not stamp.is_file() or stamp.read_text() != key):
-    shutil.rmtree(path)
-  path.mkdir(parents=True, exist_ok=True)
-  if not stamp.is_file():
-    stamp.write_text(key)
-  return path
-
-
-def _slice(x: np.ndarray | None, start: int, stop: int) -> np.ndarray | None:
-  return None if x is None else x[start:stop]
-
-
 def _picture224(sample: dict) -> np.ndarray:
   """uint8 [224, 224, 3] to draw the overlays on: the RGB (PIL bicubic, SPEC §1.4), or for 3D-only data the depth
   (z of the valid points, nearer = brighter)."""
   if 'rgb' in sample:
     return np.asarray(Image.fromarray(sample['rgb']).resize((224, 224), Image.BICUBIC))
-  xyz = data.resize_xyz(sample['xyz'])
-  valid = data.valid_mask(xyz)
+  xyz = transforms.resize_xyz(sample['xyz'])
+  valid = transforms.valid_mask(xyz)
   grey = np.zeros(valid.shape, np.uint8)
   if valid.any():
     z = xyz[..., 2][valid]
@@ -368,11 +384,14 @@ def _picture224(sample: dict) -> np.ndarray:
   return np.repeat(grey[..., None], 3, axis=-1)
 
 
-def _selected_stages(stages: str) -> tuple[str, ...]:
+def _selected_stages(stages: str, graph: tuple[base.Stage, ...]) -> tuple[str, ...]:
+  names = tuple(dict.fromkeys(s.name for s in graph))
   chosen = tuple(s.strip() for s in stages.split(',') if s.strip())
-  unknown = [s for s in chosen if s not in STAGES]
+  if chosen == (ALL,):
+    return names
+  unknown = [s for s in chosen if s not in names]
   if unknown or not chosen:
-    raise ValueError(f'config.stages: unknown {unknown or "empty"}; choose from {",".join(STAGES)}')
+    raise ValueError(f'config.stages: unknown {unknown or "empty"}; choose {ALL!r} or from {",".join(names)}')
   return chosen
 
 

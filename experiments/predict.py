@@ -16,12 +16,14 @@ import numpy as np
 from PIL import Image
 
 from g2sf_jax import detector, io
+from g2sf_jax.workdir import Workdir
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog='python -m experiments.predict', description=__doc__.split('\n')[0])
   p.add_argument('--workdir', required=True, help='work directory of a finished experiments.run')
   p.add_argument('--class_name', default='', help='class to score with (optional when the run has one class)')
+  p.add_argument('--method', default='', help='method whose run to use (optional when the work directory has one)')
   p.add_argument('--rgb', default='', help='RGB image (PNG/JPEG), required unless the run is 3D-only')
   p.add_argument('--xyz', default='', help='organised point cloud, float32 H×W×3 TIFF, required unless RGB-only')
   p.add_argument('--out', required=True, help='anomaly map PNG to write')
@@ -31,35 +33,41 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
-def trained_classes(workdir: Path) -> list[str]:
-  return sorted(p.parent.name for p in workdir.glob('*/banks') if p.is_dir())
+def trained_classes(workdir: Path, method: str) -> list[str]:
+  """The classes whose evaluation stage of `method` finished in `workdir`."""
+  return sorted(p.parent.parent.name for p in Workdir(workdir).root.glob(f'*/{method}/evaluate.done.json'))
 
 
 def main(argv: list[str] | None = None) -> dict:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   workdir = Path(args.workdir)
-  classes = trained_classes(workdir)
+  try:
+    config = detector.load_config(workdir, args.method or None)
+  except FileNotFoundError as e:
+    raise SystemExit(f'error: {e}') from e
+  classes = trained_classes(workdir, config.method)
   if not classes:
-    raise SystemExit(f'error: {workdir} holds no trained class (no <class>/banks); run experiments.run first')
+    raise SystemExit(f'error: {workdir} holds no evaluated class of {config.method!r}; run experiments.run first')
   name = args.class_name or (classes[0] if len(classes) == 1 else '')
   if name not in classes:
     raise SystemExit(f'error: --class_name must be one of {classes}, got {args.class_name!r}')
   try:
     rgb = io.read_rgb_png(args.rgb) if args.rgb else None
     xyz = io.read_xyz_tiff(args.xyz) if args.xyz else None
-    det = detector.Detector.load(workdir, name)
+    det = detector.Detector.load(workdir, name, config.method)
   except (ValueError, FileNotFoundError) as e:  # io.DataError is a ValueError and names the file
     raise SystemExit(f'error: {e}') from e
   try:
     scores = det.score(rgb, xyz)
   except ValueError as e:
     raise SystemExit(f'error: --rgb {args.rgb!r} --xyz {args.xyz!r}: {e}') from e
-  row = det.rows[-1]
+  row = det.main_row
   anomaly_map = scores.maps[row]
   if args.size == 'original':
     h, w = (rgb if rgb is not None else xyz).shape[:2]
     anomaly_map = np.asarray(Image.fromarray(anomaly_map).resize((w, h), Image.BILINEAR))
-  low, high = map_range(workdir / name / 'evaluation.npz', row, anomaly_map)
+  evaluation = Workdir(workdir).stage_dir(f'{config.method}/evaluate', name) / 'evaluation.npz'
+  low, high = map_range(evaluation, row, anomaly_map)
   u8 = np.clip((anomaly_map - low) / max(high - low, 1e-12) * 255, 0, 255).astype(np.uint8)
   io.write_png(args.out, u8)
   if args.npy:
@@ -71,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
       raise SystemExit('error: --overlay needs --rgb')
     base = rgb if args.size == 'original' else np.asarray(Image.fromarray(rgb).resize((224, 224), Image.BICUBIC))
     io.write_png(args.overlay, report.overlay(base, anomaly_map, np.zeros(anomaly_map.shape, bool), (low, high)))
-  result = {'class': name, 'row': row, 'image_scores': scores.image, 'map': args.out, 'map_range': [low, high]}
+  result = {'class': name, 'method': config.method, 'row': row, 'image_scores': scores.image, 'map': args.out, 'map_range': [low, high]}
   print(json.dumps(result, indent=1))
   return result
 

@@ -1,8 +1,9 @@
-"""Scores samples with what a run left in its work directory: memory banks and, for G²SF, the trained fuser.
+"""Scores samples with what a method's run left in its work directory, for any method of the registry.
 
-The evaluation stage and `experiments.predict` both score through `Detector`, so a scan scored from the command line
-gets the numbers the evaluation would give it. Rows, as the reference reports them: IMG and PCD (unimodal PatchCore,
-SPEC §3.3), FUS (G²SF, SPEC §4.6), BTF (PatchCore on concatenated RGB + point features).
+The evaluation stage and `experiments.predict` both score through a method's `Scorer` (`g2sf_jax.methods`), and
+`Detector` wraps it with the run's backbones, so a scan scored from the command line gets the numbers the
+evaluation would give it. Rows, as the reference reports them: IMG and PCD (unimodal PatchCore, SPEC §3.3), FUS
+(G²SF, SPEC §4.6), BTF (PatchCore on concatenated RGB + point features), and those of any registered method.
 """
 import dataclasses
 import json
@@ -11,61 +12,12 @@ from typing import Sequence
 
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
-from g2sf_jax import backbones, data, features, memory_bank
-from g2sf_jax.fusion import infer as fusion_infer
-from g2sf_jax.fusion import train as fusion_train
-
-GRID = 56
-
-
-def rows_of(config) -> tuple[str, ...]:
-  """The scoring rows a config produces, in table order."""
-  mods = modalities(config)
-  if config.method == 'btf':
-    if mods != ('rgb', 'xyz'):
-      raise ValueError(f"method 'btf' needs modalities 'rgb+xyz', got {config.modalities!r}")
-    return ('BTF',)
-  if config.method != 'g2sf':
-    raise ValueError(f"config.method must be 'g2sf' or 'btf', got {config.method!r}")
-  rows = (('IMG',) if 'rgb' in mods else ()) + (('PCD',) if 'xyz' in mods else ())
-  return rows + (('FUS',) if len(mods) == 2 else ())
-
-
-def modalities(config) -> tuple[str, ...]:
-  known = {'rgb+xyz': ('rgb', 'xyz'), 'rgb': ('rgb',), 'xyz': ('xyz',)}
-  if config.modalities not in known:
-    raise ValueError(f'config.modalities must be one of {sorted(known)}, got {config.modalities!r}')
-  return known[config.modalities]
-
-
-def make_backbones(config):
-  """(rgb backbone or None, point backbone or None) for the config's modalities."""
-  mods = modalities(config)
-  rgb = backbones.make_rgb_backbone(config) if 'rgb' in mods else None
-  point = backbones.make_point_backbone(config) if 'xyz' in mods else None
-  return rgb, point
-
-
-def bank_features(config, img: np.ndarray | None, pcd: np.ndarray | None,
-                  stats: dict | None = None) -> dict[str, np.ndarray]:
-  """Raw backbone features of N samples → the rows each bank is built from / searched with.
-
-  img [N, h, w, Cr], pcd [N, 56, 56, Cp] → {'img': [N·h·w, Cr], 'pcd': [N·3136, Cp]} for G²SF, or
-  {'joint': [N·3136, Cr+Cp]} for BTF, whose two halves are scaled by the train banks' scalar `stats`
-  ({'img': (mean, std), 'pcd': (mean, std)}) so that neither modality dominates the distance.
-  """
-  if config.method == 'btf':
-    img56 = img if img.shape[1] == GRID else features.upsample_nearest2x(img)
-    (mi, si), (mp, sp) = stats['img'], stats['pcd']
-    return {'joint': features.joint_features((img56 - mi) / si, (pcd - mp) / sp).reshape(-1, img.shape[-1] +
-                                                                                           pcd.shape[-1])}
-  out = {}
-  if img is not None:
-    out['img'] = img.reshape(-1, img.shape[-1])
-  if pcd is not None:
-    out['pcd'] = pcd.reshape(-1, pcd.shape[-1])
-  return out
+from g2sf_jax import backbones, distributed, features, methods
+from g2sf_jax.data import transforms
+from g2sf_jax.methods import base
+from g2sf_jax.workdir import Workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,74 +27,80 @@ class SampleScores:
   maps: dict[str, np.ndarray]
 
 
-class Detector:
-  """A trained detector of one class: backbones, memory banks and (G²SF) the fuser."""
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+  """`base.ScorerContext` over a finished work directory."""
+  config: ml_collections.ConfigDict
+  class_name: str
+  mesh: Mesh
+  workdir: Workdir
+  scopes: dict[str, str]  # stage id → 'class' | 'dataset'
 
-  def __init__(self, config: ml_collections.ConfigDict, banks: dict[str, memory_bank.ModalityBank],
-               bank_meta: dict, fuser: fusion_train.FusionState | None, rgb_backbone=None, point_backbone=None,
-               mesh=None):
+  def dir(self, stage_id: str) -> Path:
+    dataset_scope = self.scopes.get(stage_id) == 'dataset'
+    return self.workdir.stage_dir(stage_id, '' if dataset_scope else self.class_name)
+
+
+def make_backbones(config: ml_collections.ConfigDict):
+  """(rgb backbone or None, point backbone or None) for the config's modalities."""
+  mods = base.modalities(config)
+  rgb = backbones.make_rgb_backbone(config) if 'rgb' in mods else None
+  point = backbones.make_point_backbone(config) if 'xyz' in mods else None
+  return rgb, point
+
+
+def load_config(workdir: str | Path, method: str | None = None) -> ml_collections.ConfigDict:
+  """The config of a method's finished run in `workdir`; `method=None` picks the only one there."""
+  wd = Workdir(workdir)
+  found = wd.methods()
+  if method is None:
+    if len(found) != 1:
+      raise FileNotFoundError(f'{wd.root}: ' + (f'holds runs of several methods {found}; choose one (--method)'
+                                                 if found else 'no finished run of experiments.run here '
+                                                               '(no <method>/config.json)'))
+    method = found[0]
+  path = wd.config_path(method)
+  if not path.is_file():
+    raise FileNotFoundError(f'{path} not found: {wd.root} holds no finished {method!r} run '
+                            f'(finished: {found or "none"})')
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+class Detector:
+  """A trained detector of one class: the run's backbones and its method's scorer."""
+
+  def __init__(self, config: ml_collections.ConfigDict, scorer: base.Scorer, rgb_backbone=None,
+               point_backbone=None):
     self.config = config
-    self.rows = rows_of(config)
-    self.banks = banks
-    self.bank_meta = bank_meta
-    self.fuser = fuser
+    self.method = methods.get(config.method)
+    self.scorer = scorer
+    self.rows = tuple(self.method.rows(config))
+    self.main_row = self.method.main_row(config)
     self.rgb_backbone = rgb_backbone
     self.point_backbone = point_backbone
-    self.mesh = mesh
-    self._placed = {name: memory_bank.place_bank(b.coreset, mesh) for name, b in banks.items()}
-    if 'FUS' in self.rows and fuser is None:
-      raise ValueError('Detector: the FUS row needs a trained fuser')
 
   @classmethod
-  def load(cls, workdir: str | Path, class_name: str, with_backbones: bool = True) -> 'Detector':
-    """The detector a finished run left in `workdir` for `class_name` (`experiments.run` writes config.json)."""
-    workdir = Path(workdir)
-    config_path = workdir / 'config.json'
-    if not config_path.is_file():
-      raise FileNotFoundError(f'{config_path} not found: {workdir} is not a work directory of experiments.run')
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    banks, meta = memory_bank.load(workdir / class_name / 'banks',
-                                   how_to_make=f'the experiments.run command of {workdir} with '
-                                               f'--config.classes={class_name} --config.stages=features')
-    fuser = None
-    if 'FUS' in rows_of(config):
-      fuser = fusion_train.load(workdir / class_name / 'fuser' / 'best')
+  def load(cls, workdir: str | Path, class_name: str, method: str | None = None, with_backbones: bool = True,
+           mesh: Mesh | None = None) -> 'Detector':
+    """The detector a finished run left in `workdir` for `class_name` (`method=None`: the only method there)."""
+    config = load_config(workdir, method)
+    m = methods.get(config.method)
+    scopes = {s.id: s.scope for s in m.stages(config)}
+    outputs = Outputs(config, class_name, mesh if mesh is not None else distributed.make_mesh(), Workdir(workdir),
+                      scopes)
     rgb, point = make_backbones(config) if with_backbones else (None, None)
-    return cls(config, banks, meta, fuser, rgb, point)
+    return cls(config, m.scorer(outputs), rgb, point)
 
   def score_features(self, img: np.ndarray | None, pcd: np.ndarray | None) -> list[SampleScores]:
     """Raw features of N samples (img [N, h, w, Cr], pcd [N, 56, 56, Cp]) → one `SampleScores` per sample."""
-    n = (img if img is not None else pcd).shape[0]
-    blur = self.config.scoring.blur
-    per_row: dict[str, list] = {}
-    img_n = None
-    if img is not None and 'img' in self.banks:
-      img_n = self.banks['img'].normaliser(img)
-      img56 = img_n if img_n.shape[1] == GRID else features.upsample_nearest2x(img_n)
-      per_row['IMG'] = memory_bank.unimodal_scores_batch(img56.reshape(n, GRID * GRID, -1), self._placed['img'],
-                                                         blur=blur)
-    if pcd is not None and 'pcd' in self.banks:
-      per_row['PCD'] = memory_bank.unimodal_scores_batch(pcd.reshape(n, GRID * GRID, -1), self._placed['pcd'],
-                                                         blur=blur)
-    if 'joint' in self.banks:
-      joint = bank_features(self.config, img, pcd, self.bank_meta['btf_stats'])['joint']
-      per_row['BTF'] = memory_bank.unimodal_scores_batch(joint.reshape(n, GRID * GRID, -1), self._placed['joint'],
-                                                         blur=blur)
-    out = [SampleScores({}, {}) for _ in range(n)]
-    for row, results in per_row.items():
-      for s, r in zip(out, results):
-        s.image[row] = float(r.image_score)
-        s.maps[row] = np.asarray(r.map224)
-    if 'FUS' in self.rows:
-      coresets = (self._placed['img'], self._placed['pcd'])
-      for i, s in enumerate(out):
-        fused = fusion_infer.score(self.fuser, self.config, img_n[i], pcd[i], coresets)
-        s.image['FUS'] = float(fused['image_score'])
-        s.maps['FUS'] = np.asarray(fused['map224'])
-    return out
+    feats = {k: v for k, v in (('img', img), ('pcd', pcd)) if v is not None}
+    rows = self.scorer(feats)
+    n = next(iter(feats.values())).shape[0]
+    return [SampleScores({row: float(r.image[i]) for row, r in rows.items()},
+                         {row: np.asarray(r.maps[i]) for row, r in rows.items()}) for i in range(n)]
 
   def score_samples(self, samples: Sequence[dict]) -> list[SampleScores]:
-    """Model-ready samples (`data.load_split` format: `rgb`, `xyz` at 224) → scores."""
+    """Model-ready samples (`prepared.load_split` format: `rgb`, `xyz` at 224) → scores."""
     feats = features.extract(self.rgb_backbone, self.point_backbone, samples, self.config.batch_size)
     return self.score_features(feats.get('img'), feats.get('pcd'))
 
@@ -151,8 +109,8 @@ class Detector:
 
     Applies the SPEC §1.4 load transforms; the maps are 224×224 (resize them to H×W for an original-size map).
     """
-    mods = modalities(self.config)
-    sample = {'name': 'input'}
+    mods = base.modalities(self.config)
+    sample = {}
     if 'rgb' in mods:
       if rgb is None:
         raise ValueError('this detector needs an RGB image (it was trained with modalities '
@@ -160,7 +118,7 @@ class Detector:
       rgb = np.asarray(rgb)
       if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f'rgb: expected uint8 [H, W, 3], got {rgb.dtype} {rgb.shape}')
-      sample['rgb'] = data.resize_rgb(rgb)
+      sample['rgb'] = rgb
     if 'xyz' in mods:
       if xyz is None:
         raise ValueError('this detector needs an organised point cloud xyz (it was trained with modalities '
@@ -172,9 +130,8 @@ class Detector:
         raise ValueError('xyz: contains NaN or infinite values; mark missing points with (0, 0, 0)')
       if rgb is not None and rgb.shape[:2] != xyz.shape[:2]:
         raise ValueError(f'rgb {rgb.shape[:2]} and xyz {xyz.shape[:2]} differ in size')
-      small = data.resize_xyz(xyz.astype(np.float32))
-      if not data.valid_mask(small).any():
-        raise ValueError('xyz: the point cloud is empty (no pixel has all three coordinates non-zero)')
-      sample['xyz'] = small
-    return self.score_samples([sample])[0]
-
+      sample['xyz'] = xyz.astype(np.float32)
+    model_input = transforms.model_input(sample, mask_rgb_by_xyz=False)
+    if 'xyz' in model_input and not transforms.valid_mask(model_input['xyz']).any():
+      raise ValueError('xyz: the point cloud is empty (no pixel has all three coordinates non-zero)')
+    return self.score_samples([dict(model_input, name='input')])[0]

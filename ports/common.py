@@ -200,5 +200,5 @@ def run_cli(main: Callable[[], int]) -> None:
   """`python -m ports.X`: conversion errors become one `error: …` line and exit status 1."""
   try:
     sys.exit(main())
-  except (CheckpointError, FileNotFoundError) as e:
+  except (CheckpointError, FileNotFoundError, FileExistsError) as e:
     sys.exit(f'error: {e}')

@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     src = args.paths[0] if len(args.paths) == 2 else packaged_path()
     meta = port(src, out_dir)
-  except (common.CheckpointError, FileNotFoundError) as e:
+  except (common.CheckpointError, FileNotFoundError, FileExistsError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   print(f'wrote {Path(out_dir).absolute()} from {meta["source"]} (sha256 {meta["sha256"]}: {meta["known_file"]})')

@@ -11,6 +11,8 @@ import torch
 from experiments.configs import common as configs
 from g2sf_jax import backbones
 from g2sf_jax import checkpoints
+from ports import common as port_common
+from ports import efficientnet_lite0 as enl_port
 from ports import point_mae as port
 from tests.references import torch_point_mae as ref
 
@@ -85,3 +87,19 @@ def test_point_mae_pixel_features_match_references(config):
     assert not got[b][~valid].any()  # exactly zero off the object
     err = np.abs(got[b] - want).max()
     assert err <= 1e-4, err
+
+
+def test_efficientnet_lite0_converts_once_and_rejects_stale(tmp_path):
+  converted = port_common.convert(enl_port.load_state(enl_port.packaged_path()), enl_port.table())
+  config = ml_collections.ConfigDict({'rgb_backbone': 'efficientnet_lite0',
+                                      'checkpoints': {'efficientnet_lite0': str(tmp_path / 'ck')}})
+  backbone = backbones.make_rgb_backbone(config)  # no checkpoint yet: converted from the packaged file
+  assert checkpoints.exists(tmp_path / 'ck')
+  assert backbone.meta['weights_sha256'] == enl_port.PACKAGED_SHA256 and backbone.dim == 152
+  np.testing.assert_array_equal(np.asarray(backbone.variables['params']['block9']['dw_conv']['kernel']),
+                                converted['params']['block9']['dw_conv']['kernel'])
+  checkpoints.save(tmp_path / 'stale', {'params': {'stem_conv': {'kernel': np.zeros((3, 3, 3, 8), np.float32)}},
+                                        'batch_stats': {}})
+  config.checkpoints.efficientnet_lite0 = str(tmp_path / 'stale')
+  with pytest.raises(ValueError, match='stale: not an EfficientNet-Lite0 checkpoint'):
+    backbones.make_rgb_backbone(config)

@@ -16,5 +16,4 @@ def get_config():
   c = synthetic.get_config()
   c.method = 'btf'
   c.workdir = 'runs/btf'
-  c.stages = 'prepare,features,evaluate'
   return c

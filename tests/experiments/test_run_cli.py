@@ -19,7 +19,11 @@ def test_unknown_config_lists_known_ones():
 @pytest.mark.parametrize('name', ['synthetic', 'mvtec', 'eyecandies', 'btf'])
 def test_configs_load_with_docstrings(name):
   import importlib
+  from experiments import pipeline
+  from g2sf_jax import methods
   module = importlib.import_module(f'experiments.configs.{name}')
   config = module.get_config()
   assert module.__doc__ and 'Run:' in module.__doc__
-  assert set(config.stages.split(',')) <= {'prepare', 'features', 'fusion_data', 'train', 'evaluate'}
+  assert config.stages == 'all' and config.method in methods.REGISTRY
+  assert pipeline.stage_graph(methods.get(config.method), config)[-1].name == 'evaluate'
+  assert config.synthesis.num_sources == (24 if name == 'eyecandies' else 8)  # SPEC §4.2

@@ -1,12 +1,10 @@
 """Flax EfficientNet-Lite0 and its patch-feature backbone against the PyTorch reference with the real shipped weights."""
 import jax
-import ml_collections
 import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
 
-from g2sf_jax import checkpoints
 from g2sf_jax.models import efficientnet_lite as enl
 from ports import common
 from ports import efficientnet_lite0 as port
@@ -80,17 +78,3 @@ def test_imagenet_to_lite():
   rgb255 = np.array([[0.0, 127.0, 255.0]])
   got = np.asarray(enl.imagenet_to_lite(((rgb255 / 255 - mean) / std).astype(np.float32)))
   np.testing.assert_allclose(got, [[-127 / 128, 0.0, 1.0]], atol=1e-6)
-
-
-def test_make_backbone_converts_once_and_rejects_stale(tmp_path, weights):
-  config = ml_collections.ConfigDict({'checkpoints': {'efficientnet_lite0': str(tmp_path / 'ck')}})
-  backbone = enl.make_backbone(config)  # no checkpoint yet: converted from the packaged file
-  assert checkpoints.exists(tmp_path / 'ck')
-  assert backbone.meta['weights_sha256'] == port.PACKAGED_SHA256 and backbone.dim == 152
-  np.testing.assert_array_equal(np.asarray(backbone.variables['params']['block9']['dw_conv']['kernel']),
-                                weights[0]['params']['block9']['dw_conv']['kernel'])
-  checkpoints.save(tmp_path / 'stale', {'params': {'stem_conv': {'kernel': np.zeros((3, 3, 3, 8), np.float32)}},
-                                        'batch_stats': {}})
-  config.checkpoints.efficientnet_lite0 = str(tmp_path / 'stale')
-  with pytest.raises(ValueError, match='stale: not an EfficientNet-Lite0 checkpoint'):
-    enl.make_backbone(config)

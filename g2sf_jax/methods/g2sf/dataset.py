@@ -7,19 +7,14 @@ done, so an interrupted build resumes at the first missing chunk. The chunks are
 """
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Callable, Mapping
 
 import cv2
 import numpy as np
-from jax.sharding import Mesh
 
-from g2sf_jax import io, memory_bank
-from g2sf_jax.features import upsample_nearest2x
+from g2sf_jax import features, io, memory_bank
 
-GRID = 56
-NUM_ANCHORS = 20
 _FIELDS = ('feature', 'score', 'label', 'anchor_idx')
 _META = 'fusion_meta.json'
 
@@ -29,7 +24,8 @@ class FusionData:
   """M foreground patches of the synthetic images (background rows dropped, `remove_bg=True`).
 
   feature [M, D_R + D_P] float32: [IMG (normalised, upsampled to 56) | PCD]; score [M, 2]: raw NN distances (s^R,
-  s^P); label [M] uint8: 1 = anomalous patch; anchor_idx [M, 40] int32: 20 nearest IMG coreset rows | 20 PCD rows.
+  s^P); label [M] uint8: 1 = anomalous patch; anchor_idx [M, 2A] int32: the A nearest IMG coreset rows | the A
+  nearest PCD rows (A = `memory_bank.num_anchors`, 20 in the reference).
   """
   feature: np.ndarray
   score: np.ndarray
@@ -45,26 +41,28 @@ def patch_labels(mask: np.ndarray) -> np.ndarray:
   return (dilated[::4, ::4] > 0).astype(np.uint8).reshape(-1)
 
 
-def chunk_rows(img: np.ndarray, pcd: np.ndarray, mask: np.ndarray, coresets: tuple[np.ndarray, np.ndarray],
-               mesh: Mesh | None = None, num_anchors: int = NUM_ANCHORS) -> dict[str, np.ndarray]:
+Coresets = tuple[memory_bank.ShardedBank, memory_bank.ShardedBank]
+
+
+def chunk_rows(img: np.ndarray, pcd: np.ndarray, mask: np.ndarray, coresets: Coresets,
+               num_anchors: int) -> dict[str, np.ndarray]:
   """The fusion rows of n samples.
 
   img [n, h, w, D_R] normalised IMG features (h = 28 is nearest-upsampled to 56); pcd [n, 56, 56, D_P] raw PCD
-  features; mask [n, 224, 224] synthetic GT; coresets (img [K_R, D_R], pcd [K_P, D_P]).
+  features; mask [n, 224, 224] synthetic GT; coresets (img, pcd) placed on the run's mesh (`place_bank`).
   """
   n = img.shape[0]
-  if img.shape[1] == GRID // 2:
-    img = np.asarray(upsample_nearest2x(img))
-  if img.shape[1:3] != (GRID, GRID) or pcd.shape[1:3] != (GRID, GRID) or mask.shape != (n, 224, 224):
+  img = features.to_grid(img)
+  if pcd.shape[1:3] != (features.GRID, features.GRID) or mask.shape != (n, 224, 224):
     raise ValueError(f'fusion chunk shapes: img {img.shape}, pcd {pcd.shape}, mask {mask.shape}; expected '
                      f'[n,56|28,..,D], [n,56,56,D], [n,224,224]')
-  img = img.reshape(n * GRID * GRID, -1).astype(np.float32)
-  pcd = pcd.reshape(n * GRID * GRID, -1).astype(np.float32)
+  img = img.reshape(n * features.GRID ** 2, -1).astype(np.float32)
+  pcd = pcd.reshape(n * features.GRID ** 2, -1).astype(np.float32)
   label = np.concatenate([patch_labels(m) for m in np.asarray(mask)])
-  fg = pcd.sum(-1) != 0  # SPEC §4.3.2: bg = PCD.sum(1) == 0
+  fg = ~features.background_mask(pcd)  # SPEC §4.3.2
   img, pcd, label = img[fg], pcd[fg], label[fg]
-  dist_r, idx_r = memory_bank.knn_search(img, coresets[0], num_anchors, mesh)
-  dist_p, idx_p = memory_bank.knn_search(pcd, coresets[1], num_anchors, mesh)
+  dist_r, idx_r = memory_bank.knn_search(img, coresets[0], num_anchors)
+  dist_p, idx_p = memory_bank.knn_search(pcd, coresets[1], num_anchors)
   return {'feature': np.concatenate([img, pcd], -1),
           'score': np.stack([np.asarray(dist_r)[:, 0], np.asarray(dist_p)[:, 0]], -1).astype(np.float32),
           'label': label,
@@ -72,8 +70,7 @@ def chunk_rows(img: np.ndarray, pcd: np.ndarray, mask: np.ndarray, coresets: tup
 
 
 def build(out_dir, num_samples: int, make_chunk: Callable[[np.ndarray], Mapping[str, np.ndarray]],
-          coresets: tuple[np.ndarray, np.ndarray], *, chunk_size: int = 16, mesh: Mesh | None = None,
-          num_anchors: int = NUM_ANCHORS) -> FusionData:
+          coresets: Coresets, *, chunk_size: int = 16, num_anchors: int = 20) -> FusionData:
   """Builds (or resumes) the fusion dataset of `num_samples` synthetic images in `out_dir`.
 
   `make_chunk(indices [n] int)` returns {'img', 'pcd', 'mask'} for those synthetic-sample indices (see `chunk_rows`);
@@ -81,7 +78,7 @@ def build(out_dir, num_samples: int, make_chunk: Callable[[np.ndarray], Mapping[
   """
   out_dir = Path(out_dir)
   meta = {'num_samples': int(num_samples), 'chunk_size': int(chunk_size), 'num_anchors': int(num_anchors),
-          'coreset_rows': [int(coresets[0].shape[0]), int(coresets[1].shape[0])]}
+          'coreset_rows': [int(coresets[0].num_rows), int(coresets[1].num_rows)]}
   if (out_dir / _META).is_file() and json.loads((out_dir / _META).read_text()) == meta:
     return load(out_dir)
   chunk_dir = out_dir / 'chunks'
@@ -95,7 +92,7 @@ def build(out_dir, num_samples: int, make_chunk: Callable[[np.ndarray], Mapping[
     indices = np.arange(start, min(start + chunk_size, num_samples))
     arrays = make_chunk(indices)
     rows = chunk_rows(np.asarray(arrays['img']), np.asarray(arrays['pcd']), np.asarray(arrays['mask']), coresets,
-                      mesh, num_anchors)
+                      num_anchors)
     io.save_npz_atomic(path, **rows)
   _join(paths, out_dir)
   with io.atomic_write(out_dir / _META, 'w') as f:
@@ -113,16 +110,15 @@ def _join(paths: list[Path], out_dir: Path) -> None:
     templates = {k: z[k] for k in _FIELDS}
   for field in _FIELDS:
     t = templates[field]
-    tmp = out_dir / f'.{field}.npy.partial'
-    out = np.lib.format.open_memmap(tmp, mode='w+', dtype=t.dtype, shape=(sum(counts),) + t.shape[1:])
-    offset = 0
-    for p, n in zip(paths, counts):
-      with np.load(p) as z:
-        out[offset:offset + n] = z[field]
-      offset += n
-    out.flush()
-    del out
-    os.replace(tmp, out_dir / f'{field}.npy')
+    with io.atomic_write(out_dir / f'{field}.npy') as f:  # the memmap writes through the temporary's name
+      out = np.lib.format.open_memmap(f.name, mode='w+', dtype=t.dtype, shape=(sum(counts),) + t.shape[1:])
+      offset = 0
+      for p, n in zip(paths, counts):
+        with np.load(p) as z:
+          out[offset:offset + n] = z[field]
+        offset += n
+      out.flush()
+      del out
 
 
 def load(out_dir) -> FusionData:

@@ -5,17 +5,14 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
 
-from g2sf_jax import memory_bank
-from g2sf_jax.features import upsample_nearest2x
+from g2sf_jax import features, memory_bank
 from g2sf_jax.models import lspn
 
 if TYPE_CHECKING:
-  from g2sf_jax.fusion.train import FusionState
+  from g2sf_jax.methods.g2sf.train import FusionState
 
 SCORING_MODES = ('min', 'max', 'average', 'zero')
-GRID = 56
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'mode'))
@@ -52,33 +49,27 @@ def patch_scores(state: 'FusionState', g2sf_config, img: np.ndarray, pcd: np.nda
                        jnp.asarray(background, bool))
 
 
-def _rows(bank: np.ndarray | memory_bank.ShardedBank, idx: np.ndarray) -> np.ndarray:
-  """Coreset rows `idx [...]` → `[..., D]`, from a NumPy coreset or one placed with `memory_bank.place_bank`."""
-  if isinstance(bank, memory_bank.ShardedBank):
-    return np.asarray(bank.rows[jnp.asarray(idx)])
-  return np.asarray(bank)[idx]
+def score(state: 'FusionState', config, img: np.ndarray, pcd: np.ndarray,
+          coresets: tuple[memory_bank.ShardedBank, memory_bank.ShardedBank],
+          anchors: tuple[np.ndarray, np.ndarray]) -> dict:
+  """G²SF result of one test sample (SPEC §4.6), from the anchors its unimodal search already found.
 
-
-def score(state: 'FusionState', config, img: np.ndarray, pcd: np.ndarray, coresets: tuple, *,
-          mesh: Mesh | None = None) -> dict:
-  """G²SF result of one test sample (SPEC §4.6).
-
-  img [h, w, D_R] IMG features normalised like the bank (h = 28 is nearest-upsampled to 56); pcd [56, 56, D_P] PCD
-  features as in the bank (raw in the reference); coresets (img [K_R, D_R], pcd [K_P, D_P]) as NumPy arrays or as
-  `memory_bank.place_bank` results (place them once per class). All 3136 patches are scored, background included.
+  img [3136, D_R] IMG features normalised like the bank on the 56×56 grid; pcd [3136, D_P] PCD features as in the
+  bank (raw in the reference); coresets: the banks placed with `memory_bank.place_bank`; anchors (img [3136, J'],
+  pcd [3136, J']): each patch's nearest coreset rows per modality, ascending (J' ≥ anchor + 1; the search of the
+  IMG/PCD rows, SPEC §3.3, keeps 20). All 3136 patches are scored, background included.
   Returns {'image_score' float (max over patches), 'map56' [56,56], 'map224' [224,224] (bilinear + blur, before
   the test-set min–max), 'weights' [56,56,2] (the WEI_IMG, WEI_PCD diagnostics, w_0)}.
   """
-  if img.shape[0] == GRID // 2:
-    img = np.asarray(upsample_nearest2x(img[None]))[0]
-  img = np.asarray(img, np.float32).reshape(GRID * GRID, -1)
-  pcd = np.asarray(pcd, np.float32).reshape(GRID * GRID, -1)
   k = config.g2sf.anchor + 1
-  _, idx_r = memory_bank.knn_search(img, coresets[0], k, mesh)
-  _, idx_p = memory_bank.knn_search(pcd, coresets[1], k, mesh)
-  out = patch_scores(state, config.g2sf, img, pcd, _rows(coresets[0], idx_r), _rows(coresets[1], idx_p),
-                     pcd.sum(-1) == 0)
+  if min(a.shape[1] for a in anchors) < k:
+    raise ValueError(f'G²SF needs the {k} nearest prototypes per modality (g2sf.anchor + 1), the search kept '
+                     f'{min(a.shape[1] for a in anchors)}; raise memory_bank.num_anchors')
+  img = np.asarray(img, np.float32)
+  pcd = np.asarray(pcd, np.float32)
+  out = patch_scores(state, config.g2sf, img, pcd, memory_bank.bank_rows(coresets[0], anchors[0][:, :k]),
+                     memory_bank.bank_rows(coresets[1], anchors[1][:, :k]), features.background_mask(pcd))
   patch = np.asarray(out['score'])
-  return {'image_score': float(patch.max()), 'map56': patch.reshape(GRID, GRID),
+  return {'image_score': float(patch.max()), 'map56': patch.reshape(features.GRID, features.GRID),
           'map224': memory_bank.score_map(patch, config.scoring.blur, 224),
-          'weights': np.asarray(out['weights']).reshape(GRID, GRID, 2)}
+          'weights': np.asarray(out['weights']).reshape(features.GRID, features.GRID, 2)}

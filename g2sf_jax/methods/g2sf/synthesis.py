@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from g2sf_jax import data
-from g2sf_jax.perlin import perlin_2d
+from g2sf_jax.data import transforms
+from g2sf_jax.methods.g2sf.perlin import perlin_2d
 
 MILD_AUGMENTATION_CLASSES = ('dowel', 'tire', 'foam', 'rope', 'cable_gland')  # SPEC §4.2.2
 MIN_COMPONENT, MAX_COMPONENT, MIN_TOTAL = 100, 1600, 300  # pixels at the Perlin resolution (SPEC §4.2.5)
@@ -33,11 +33,6 @@ _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 class SynthesisError(RuntimeError):
   """No acceptable anomaly mask could be drawn for this (normal, donor, source) triple."""
-
-
-def num_sources(dataset: str) -> int:
-  """Anomaly-source clouds kept per class: 24 for Eyecandies, 8 otherwise (SPEC §4.2)."""
-  return 24 if dataset == 'eyecandies' else 8
 
 
 def select_anomaly_sources(train_xyz: Mapping[str, Sequence[str]], count: int, seed: int = 0) -> list[str]:
@@ -57,13 +52,13 @@ def select_anomaly_sources(train_xyz: Mapping[str, Sequence[str]], count: int, s
 
 def foreground(xyz: np.ndarray) -> np.ndarray:
   """All three coordinates non-zero (SPEC §1.4): `[..., 3]` → bool `[...]`."""
-  return np.asarray(data.valid_mask(xyz))
+  return np.asarray(transforms.valid_mask(xyz))
 
 
 def torch_nearest(x: np.ndarray, height: int, width: int) -> np.ndarray:
   """torch legacy `interpolate(mode='nearest')` to `[height, width, ...]` (SPEC §1.4, §4.2.4)."""
-  rows = data.nearest_indices_torch(x.shape[0], height)
-  cols = data.nearest_indices_torch(x.shape[1], width)
+  rows = transforms.nearest_indices_torch(x.shape[0], height)
+  cols = transforms.nearest_indices_torch(x.shape[1], width)
   return x[rows[:, None], cols[None, :]]
 
 
@@ -108,19 +103,19 @@ def perlin_mask(fg: np.ndarray, rng: np.random.Generator, *, perlin_size: int = 
                        f'(foreground has {int(fg_small.sum())} px at {perlin_size}²)')
 
 
-def geometric_params(class_name: str, dataset: str) -> dict:
-  """The class-specific torchvision chain's ranges (SPEC §4.2.2)."""
-  if dataset == 'eyecandies':
+def geometric_params(class_name: str, profile: str) -> dict:
+  """The class-specific torchvision chain's ranges (SPEC §4.2.2); `profile` is the dataset kind's `synthesis`."""
+  if profile == 'eyecandies':
     return dict(degrees=90, flips=True, translate=0.025, scale=(0.9, 1.1))
   if class_name in MILD_AUGMENTATION_CLASSES:
     return dict(degrees=10, flips=False, translate=0.05, scale=(0.9, 1.1))
   return dict(degrees=45, flips=True, translate=0.1, scale=(0.8, 1.25))
 
 
-def geometric_augment(stack: np.ndarray, class_name: str, dataset: str, rng: np.random.Generator) -> np.ndarray:
+def geometric_augment(stack: np.ndarray, class_name: str, profile: str, rng: np.random.Generator) -> np.ndarray:
   """RandomRotation → [HFlip → VFlip] → RandomAffine(translate, scale) with one set of parameters for all channels
   of `stack [H, W, C]` (rgb | xyz | xyz_orig), nearest interpolation, fill 0 (SPEC §4.2.2)."""
-  p = geometric_params(class_name, dataset)
+  p = geometric_params(class_name, profile)
   h, w = stack.shape[:2]
   out = np.ascontiguousarray(stack, np.float32)
   out = _rotate(out, rng.uniform(-p['degrees'], p['degrees']), cv2.INTER_NEAREST).reshape(stack.shape)
@@ -272,7 +267,7 @@ def cut_paste(n_img: np.ndarray, n_xyz: np.ndarray, n_xyz_orig: np.ndarray, n_fg
 
 
 def synthesize(normal: Mapping[str, Any], donor: Mapping[str, Any], source_xyz: np.ndarray, class_name: str,
-               dataset: str, rng: np.random.Generator, *, source_name: str = '', perlin_size: int = 512,
+               profile: str, rng: np.random.Generator, *, source_name: str = '', perlin_size: int = 512,
                skip_last_label: bool = True) -> dict:
   """One synthetic anomaly (SPEC §4.2 steps 2–7) from full-resolution `load_split_full` samples.
 
@@ -280,10 +275,10 @@ def synthesize(normal: Mapping[str, Any], donor: Mapping[str, Any], source_xyz: 
   [H',W',3] an anomaly-source cloud, `source_name` its path (Eyecandies lowers the threshold for *Cane*/*Loll*).
   Returns {'rgb' uint8 [S,S,3], 'xyz' float32 [S,S,3], 'mask' uint8 [S,S] in {0, 255}}.
   """
-  eyecandies = dataset == 'eyecandies'
+  eyecandies = profile == 'eyecandies'  # the rules marked E in SPEC §4.2
   s = normal['rgb'].shape[:2]
   stack = np.concatenate([normal['rgb'].astype(np.float32), normal['xyz'], normal['xyz_orig']], -1)
-  stack = geometric_augment(stack, class_name, dataset, rng)
+  stack = geometric_augment(stack, class_name, profile, rng)
   n_img, n_xyz, n_xyz_orig = stack[..., :3].astype(np.uint8), stack[..., 3:6], stack[..., 6:9]
   n_fg = foreground(n_xyz)
 
@@ -314,7 +309,7 @@ def synthesize(normal: Mapping[str, Any], donor: Mapping[str, Any], source_xyz: 
 
 
 def synthesize_indexed(train: Sequence[Mapping[str, Any]], load_source: Callable[[int], np.ndarray],
-                       source_names: Sequence[str], class_name: str, dataset: str, seed: int, index: int,
+                       source_names: Sequence[str], class_name: str, profile: str, seed: int, index: int,
                        max_redraws: int = 10, **kwargs) -> dict:
   """Synthetic sample `index` of a class, reproducible from (seed, index) alone (so fusion-data chunks can resume).
 
@@ -328,7 +323,7 @@ def synthesize_indexed(train: Sequence[Mapping[str, Any]], load_source: Callable
     a_idx += int(len(train) > 1 and a_idx >= n_idx)
     s_idx = int(rng.integers(len(source_names)))
     try:
-      return synthesize(train[n_idx], train[a_idx], load_source(s_idx), class_name, dataset, rng,
+      return synthesize(train[n_idx], train[a_idx], load_source(s_idx), class_name, profile, rng,
                         source_name=source_names[s_idx], **kwargs)
     except SynthesisError:
       continue

@@ -24,15 +24,12 @@ import optax
 from jax.sharding import Mesh
 from sklearn.metrics import roc_auc_score
 
-from g2sf_jax import checkpoints, sharding
-from g2sf_jax.fusion import losses
+from g2sf_jax import checkpoints, distributed
+from g2sf_jax.methods.g2sf import losses
 from g2sf_jax.models import lspn
 
 if TYPE_CHECKING:
-  from g2sf_jax.fusion.dataset import FusionData
-
-NUM_ANCHOR_COLUMNS = 20  # per modality in `FusionData.anchor_idx` (SPEC §4.3)
-
+  from g2sf_jax.methods.g2sf.dataset import FusionData
 
 @dataclasses.dataclass(frozen=True)
 class FusionState:
@@ -109,9 +106,13 @@ def _add_noise(key: jax.Array, x: jax.Array, mu: jax.Array, rgb_dim: int) -> jax
 
 
 def _prototypes(coresets: tuple[jax.Array, jax.Array], anchor_idx: jax.Array, ranks: int) -> jax.Array:
-  """`m_j = [coreset_R[idxR[:,j]] ; coreset_P[idxP[:,j]]]` for j < ranks: [B, ranks, D_R + D_P]."""
+  """`m_j = [coreset_R[idxR[:,j]] ; coreset_P[idxP[:,j]]]` for j < ranks: [B, ranks, D_R + D_P].
+
+  `anchor_idx [B, 2A]` holds A IMG anchors, then A PCD anchors (`FusionData.anchor_idx`).
+  """
+  cols = anchor_idx.shape[1] // 2
   img = jnp.take(coresets[0], anchor_idx[:, :ranks], axis=0)
-  pcd = jnp.take(coresets[1], anchor_idx[:, NUM_ANCHOR_COLUMNS:NUM_ANCHOR_COLUMNS + ranks], axis=0)
+  pcd = jnp.take(coresets[1], anchor_idx[:, cols:cols + ranks], axis=0)
   return jnp.concatenate([img, pcd], -1)
 
 
@@ -186,8 +187,8 @@ def make_steps(g2sf_config, mesh: Mesh):
 def _make_steps(c: ml_collections.FrozenConfigDict, mesh: Mesh):
   model = lspn.from_config(c)
   tx = make_optimizer(c)
-  rep = sharding.replicated(mesh)
-  rows = sharding.row_sharded(mesh)
+  rep = distributed.replicated(mesh)
+  rows = distributed.row_sharded(mesh)
   batch_sh = {'feature': rows, 'anchor_idx': rows, 'normal': rows}
 
   def train_step(params, opt_state, batch, coresets, mu, margin, key):
@@ -217,7 +218,7 @@ def _host_batch(data: 'FusionData', rows: np.ndarray) -> dict:
 
 
 def train(config, data: 'FusionData', coresets: tuple[np.ndarray, np.ndarray], workdir, key: jax.Array, *,
-          mesh: Mesh | None = None, on_epoch_end: Callable[[int, dict], None] | None = None) -> FusionState:
+          mesh: Mesh, on_epoch_end: Callable[[int, dict], None] | None = None) -> FusionState:
   """Trains (or resumes training of) the LSPN and θ; returns the best-validation state (SPEC §4.5).
 
   `coresets = (img [K_R, D_R], pcd [K_P, D_P])`, normalised as the fusion features. `on_epoch_end(epoch, metrics)`
@@ -226,9 +227,8 @@ def train(config, data: 'FusionData', coresets: tuple[np.ndarray, np.ndarray], w
   """
   workdir = Path(workdir)
   c = config.g2sf
-  mesh = mesh if mesh is not None else sharding.make_mesh()
-  rep = sharding.replicated(mesh)
-  rows_sh = sharding.row_sharded(mesh)
+  rep = distributed.replicated(mesh)
+  rows_sh = distributed.row_sharded(mesh)
   num_rows = len(data.label)
   rgb_dim = coresets[0].shape[1]
   if data.feature.shape[1] != rgb_dim + coresets[1].shape[1]:

@@ -2,9 +2,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from g2sf_jax.fusion import dataset
+from g2sf_jax import distributed, memory_bank
+from g2sf_jax.methods.g2sf import dataset
 
 RGB, PCD, K = 6, 9, 30
+
+
+def _place(*coresets):
+  mesh = distributed.make_mesh()
+  return tuple(memory_bank.place_bank(c, mesh) for c in coresets)
 
 
 def _coresets(seed=0):
@@ -42,7 +48,7 @@ def test_patch_labels_dilate_then_sample_every_fourth():
 def test_chunk_rows_against_brute_force(img_grid):
   cs = _coresets()
   arrays = _chunk([0, 1], img_grid)
-  rows = dataset.chunk_rows(arrays['img'], arrays['pcd'], arrays['mask'], cs)
+  rows = dataset.chunk_rows(arrays['img'], arrays['pcd'], arrays['mask'], _place(*cs), num_anchors=20)
   img = np.repeat(np.repeat(arrays['img'], 56 // img_grid, 1), 56 // img_grid, 2).reshape(-1, RGB)
   pcd = arrays['pcd'].reshape(-1, PCD)
   label = np.concatenate([ndimage.binary_dilation(m, np.ones((3, 3)))[::4, ::4].reshape(-1) for m in arrays['mask']])
@@ -59,7 +65,7 @@ def test_chunk_rows_against_brute_force(img_grid):
 
 
 def test_build_resumes_per_chunk(tmp_path):
-  cs = _coresets()
+  cs = _place(*_coresets())
   calls = []
 
   def make(indices):
@@ -74,7 +80,7 @@ def test_build_resumes_per_chunk(tmp_path):
   assert calls == [[0, 1], [2, 3]]
   data = dataset.build(tmp_path / 'fd', 5, make, cs, chunk_size=2)
   assert calls[2:] == [[2, 3], [4]]  # chunk 0 was kept
-  ref = dataset.chunk_rows(*(lambda a: (a['img'], a['pcd'], a['mask']))(_chunk(range(5))), cs)
+  ref = dataset.chunk_rows(*(lambda a: (a['img'], a['pcd'], a['mask']))(_chunk(range(5))), cs, num_anchors=20)
   for k in ('feature', 'score', 'label', 'anchor_idx'):
     np.testing.assert_array_equal(np.asarray(getattr(data, k)), ref[k])
   n_calls = len(calls)
@@ -86,23 +92,24 @@ def test_build_resumes_per_chunk(tmp_path):
 
 
 def test_build_from_synthetic_anomalies(tmp_path):
-  from g2sf_jax import data, synthesis
-  from tests.test_synthesis import _disc_sample
+  from g2sf_jax.data import transforms
+  from g2sf_jax.methods.g2sf import synthesis
+  from tests.methods.g2sf.test_synthesis import _disc_sample
   train = [_disc_sample(i) for i in range(3)]
   sources = [_disc_sample(9)['xyz']]
 
   def make(indices):  # seeded synthesis → SPEC §1.4 resizing → 4×4-pooled pixels standing in for the backbones
     made = [synthesis.synthesize_indexed(train, lambda i: sources[i], ['s.tiff'], 'bagel', 'mvtec3d', 0, int(i))
             for i in indices]
-    rgb = np.stack([data.resize_rgb(s['rgb']) for s in made])
-    xyz = np.stack([data.resize_xyz(s['xyz']) for s in made])
+    rgb = np.stack([transforms.resize_rgb(s['rgb']) for s in made])
+    xyz = np.stack([transforms.resize_xyz(s['xyz']) for s in made])
     pool = lambda x: x.reshape(len(made), 56, 4, 56, 4, -1).mean((2, 4))
     pcd = pool(xyz) * (pool(np.all(xyz != 0, -1)[..., None].astype(np.float32)) == 1)
     return {'img': np.concatenate([pool(rgb)] * 2, -1), 'pcd': np.concatenate([pcd] * 3, -1),
-            'mask': np.stack([data.resize_mask(s['mask']) for s in made])}
+            'mask': np.stack([transforms.resize_mask(s['mask']) for s in made])}
 
   rng = np.random.default_rng(0)
-  cs = rng.normal(size=(K, 6)).astype(np.float32), (rng.normal(size=(K, 9)) * 0.01 + 0.1).astype(np.float32)
+  cs = _place(rng.normal(size=(K, 6)).astype(np.float32), (rng.normal(size=(K, 9)) * 0.01 + 0.1).astype(np.float32))
   fd = dataset.build(tmp_path / 'fd', 3, make, cs, chunk_size=2)
   assert fd.label.sum() > 0 and (fd.label == 0).sum() > 0 and np.all(fd.feature[:, 6:].sum(1) != 0)
   assert fd.anchor_idx.shape == (len(fd.label), 40) and np.all(fd.score >= 0)

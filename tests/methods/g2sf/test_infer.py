@@ -1,12 +1,11 @@
-import jax
 import numpy as np
 import pytest
 import torch
 
 from experiments.configs.common import get_base_config
-from g2sf_jax import memory_bank
-from g2sf_jax.fusion import infer
-from g2sf_jax.fusion.train import FusionState
+from g2sf_jax import distributed, memory_bank
+from g2sf_jax.methods.g2sf import infer
+from g2sf_jax.methods.g2sf.train import FusionState
 from g2sf_jax.models import lspn
 from tests.references import torch_g2sf
 
@@ -75,9 +74,11 @@ def test_score_one_sample(img_grid):
   img = rng.normal(size=(img_grid, img_grid, RGB)).astype(np.float32)
   pcd = rng.normal(size=(56, 56, PCD)).astype(np.float32)
   pcd[:10] = 0  # background rows
-  placed = tuple(memory_bank.place_bank(c) for c in cs)
-  out = infer.score(state, cfg, img, pcd, placed)
+  placed = tuple(memory_bank.place_bank(c, distributed.make_mesh()) for c in cs)
   img56 = np.repeat(np.repeat(img, 56 // img_grid, 0), 56 // img_grid, 1).reshape(-1, RGB)
+  # The anchors the unimodal search keeps (20 per patch); FUS takes its 6 nearest from them.
+  anchors = tuple(memory_bank.knn_search(x, bank, 20)[1] for x, bank in zip((img56, pcd.reshape(-1, PCD)), placed))
+  out = infer.score(state, cfg, img56, pcd.reshape(-1, PCD), placed, anchors)
   f = np.concatenate([img56, pcd.reshape(-1, PCD)], 1)
   # brute-force 6 nearest per modality, paired by rank
   ir = np.argsort(((img56[:, None] - cs[0][None]) ** 2).sum(-1), 1)[:, :6]
@@ -89,4 +90,6 @@ def test_score_one_sample(img_grid):
   np.testing.assert_allclose(out['weights'].reshape(-1, 2), w0, rtol=1e-5)
   assert np.all(out['weights'][:10] == 1.0)
   assert out['map224'].shape == (224, 224)
+  with pytest.raises(ValueError, match='memory_bank.num_anchors'):
+    infer.score(state, cfg, img56, pcd.reshape(-1, PCD), placed, tuple(a[:, :5] for a in anchors))
   np.testing.assert_allclose(out['map224'], memory_bank.score_map(l.min(1).astype(np.float32)), rtol=1e-5)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from g2sf_jax.fusion import losses
+from g2sf_jax.methods.g2sf import losses
 from g2sf_jax.models import lspn
 from tests.references import torch_g2sf
 

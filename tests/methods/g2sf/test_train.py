@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +15,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from experiments.configs.common import get_base_config
-from g2sf_jax import sharding
-from g2sf_jax.fusion import train as fusion_train
-from g2sf_jax.fusion.dataset import FusionData
+from g2sf_jax import distributed
+from g2sf_jax.methods.g2sf import train as fusion_train
+from g2sf_jax.methods.g2sf.dataset import FusionData
+
+MESH = distributed.make_mesh()
 
 RGB, PCD, K = 8, 12, 64
 
@@ -97,10 +100,10 @@ def test_sampling_helpers():
 
 
 def test_training_lowers_loss_and_separates(tmp_path):
-  from g2sf_jax.fusion import infer
+  from g2sf_jax.methods.g2sf import infer
   data, cs = toy_data()
   log = []
-  state = fusion_train.train(toy_config(epochs=6), data, cs, tmp_path, jax.random.key(0),
+  state = fusion_train.train(toy_config(epochs=6), data, cs, tmp_path, jax.random.key(0), mesh=MESH,
                              on_epoch_end=lambda e, m: log.append(m))
   assert len(log) == 6 and log[-1]['loss'] < 0.85 * log[0]['loss']
   assert 'val' in log[1] and 'val' not in log[0]
@@ -116,38 +119,39 @@ def test_training_lowers_loss_and_separates(tmp_path):
 def test_resume_continues_the_same_run(tmp_path):
   data, cs = toy_data(n=800)
   cfg = toy_config(epochs=3)
-  full = fusion_train.train(cfg, data, cs, tmp_path / 'a', jax.random.key(3))
+  full = fusion_train.train(cfg, data, cs, tmp_path / 'a', jax.random.key(3), mesh=MESH)
 
   def stop(epoch, _):
     if epoch == 1:
       raise KeyboardInterrupt
   with pytest.raises(KeyboardInterrupt):
-    fusion_train.train(cfg, data, cs, tmp_path / 'b', jax.random.key(3), on_epoch_end=stop)
+    fusion_train.train(cfg, data, cs, tmp_path / 'b', jax.random.key(3), mesh=MESH, on_epoch_end=stop)
   seen = []
-  resumed = fusion_train.train(cfg, data, cs, tmp_path / 'b', jax.random.key(3), on_epoch_end=lambda e, m: seen.append(e))
+  resumed = fusion_train.train(cfg, data, cs, tmp_path / 'b', jax.random.key(3), mesh=MESH,
+                               on_epoch_end=lambda e, m: seen.append(e))
   assert seen == [2]
   jax.tree.map(np.testing.assert_array_equal, full.lspn_params, resumed.lspn_params)
   np.testing.assert_array_equal(full.theta, resumed.theta)
   assert full.best_val == resumed.best_val and full.epoch == resumed.epoch
   with pytest.raises(ValueError, match='other data'):
-    fusion_train.train(cfg, data, cs, tmp_path / 'b', jax.random.key(4))
+    fusion_train.train(cfg, data, cs, tmp_path / 'b', jax.random.key(4), mesh=MESH)
 
 
 _ONE_STEP = textwrap.dedent('''
   import json, sys
   import jax, numpy as np
   sys.path.insert(0, {root!r})
-  from g2sf_jax import sharding
-  from g2sf_jax.fusion import train as ft
-  from tests.fusion.test_train import toy_config, toy_data
+  from g2sf_jax import distributed
+  from g2sf_jax.methods.g2sf import train as ft
+  from tests.methods.g2sf.test_train import toy_config, toy_data
   data, cs = toy_data(n=400)
   cfg = toy_config()
   out = {{}}
   for n in (1, 8):
-    mesh = sharding.make_mesh(devices=jax.devices()[:n])
+    mesh = distributed.make_mesh(devices=jax.devices()[:n])
     step, _, tx = ft.make_steps(cfg.g2sf, mesh)
     params = ft.init_params(cfg, jax.random.key(0), data.feature.shape[1])
-    batch = jax.device_put(ft._host_batch(data, np.arange(64) * 5), sharding.row_sharded(mesh))
+    batch = jax.device_put(ft._host_batch(data, np.arange(64) * 5), distributed.row_sharded(mesh))
     assert len(batch['feature'].sharding.device_set) == n
     _, _, terms = step(params, tx.init(params), batch, cs, np.float32([1.0, 1.2]), np.float32(4.0), jax.random.key(5))
     out[n] = {{k: float(v) for k, v in terms.items()}}
@@ -157,7 +161,7 @@ _ONE_STEP = textwrap.dedent('''
 
 @pytest.mark.slow
 def test_one_and_eight_devices_give_the_same_loss():
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  root = str(Path(__file__).resolve().parents[3])
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
   res = subprocess.run([sys.executable, '-c', _ONE_STEP.format(root=root)], env=env, capture_output=True, text=True,
                        timeout=600, cwd=root)

@@ -1,0 +1,16 @@
+"""The registry of detection methods (`config.method`): adding a method is a folder or module here and one line.
+
+Each entry implements `base.Method` (rows, stages, scorer); the runner (`experiments.pipeline`) and the detector
+(`g2sf_jax.detector`) are generic over them.
+"""
+from g2sf_jax.methods import base, btf, patchcore
+from g2sf_jax.methods.g2sf import method as g2sf
+
+REGISTRY: dict[str, base.Method] = {m.name: m for m in (patchcore.PatchCore(), btf.Btf(), g2sf.G2sf())}
+
+
+def get(name: str) -> base.Method:
+  """The method `name` (`config.method`); an unknown name lists the known ones."""
+  if name not in REGISTRY:
+    raise ValueError(f'config.method = {name!r} is not a known method; choose one of {sorted(REGISTRY)}')
+  return REGISTRY[name]

@@ -1,0 +1,149 @@
+"""The Method interface: what a detection method declares so the runner and the detector need no `if method == …`.
+
+A method has
+  * rows: the result rows it produces for a config (e.g. IMG, PCD, FUS), and the main one (overlays, predict maps);
+  * stages: its cached steps, each a `Stage` (name, dependencies, the config fields its outputs depend on, a code
+    version, how to run it for a class or for the whole dataset);
+  * a `Scorer`, loaded from its stages' outputs, that turns a batch of patch features into `{row: RowScores}`.
+
+Every method's graph starts after the shared stages `prepare` (the prepared data) and `extract` (the patch features
+of the train and test samples, method-independent, shared by every method of a work directory); the runner appends
+an `evaluate` stage that scores the test features with the method's scorer. Stage ids are `'<owner>/<name>'`
+(`'patchcore/banks'`); a method may depend on another method's stage (G²SF builds on PatchCore's banks), and the
+outputs live under `<workdir>/<class>/<owner>/<name>/` (dataset-scope stages: `<workdir>/<owner>/<name>/`).
+"""
+import abc
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple, Protocol
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from g2sf_jax.data import kind
+
+
+class RowScores(NamedTuple):
+  """One row's scores of B samples: image [B] float32, maps [B, 224, 224] float32 (before any test-set min–max)."""
+  image: np.ndarray
+  maps: np.ndarray
+
+
+class Scorer(Protocol):
+  """Scores raw backbone features: `{'img': [B, h, w, Cr], 'pcd': [B, 56, 56, Cp]}` (the modalities of the run)."""
+  rows: tuple[str, ...]
+
+  def __call__(self, feats: Mapping[str, np.ndarray]) -> dict[str, RowScores]:
+    ...
+
+
+class ScorerContext(Protocol):
+  """What loading a scorer needs: the run's config, the class, the mesh to search on, and where outputs are."""
+  config: ml_collections.ConfigDict
+  class_name: str
+  mesh: Mesh
+
+  def dir(self, stage_id: str) -> Path:
+    """The output folder of stage `stage_id` for this class (or the dataset, for a dataset-scope stage)."""
+
+
+class StageContext(ScorerContext, Protocol):
+  """What running a stage needs, provided by the runner (`experiments.pipeline`).
+
+  `class_name` is '' for a dataset-scope stage; `classes` are the run's classes; `out_dir` is this stage's fresh
+  output folder (kept across an interrupted run with the same inputs, so a stage can resume from it).
+  """
+  classes: tuple[str, ...]
+  out_dir: Path
+
+  def key(self, *names: str) -> jax.Array:
+    """The run's PRNG key folded with the class and `names`: explicit and reproducible."""
+
+  def features(self, split: str, class_name: str | None = None) -> dict[str, np.ndarray]:
+    """The extracted patch features of a split (`features.load_cached` format)."""
+
+  def samples(self, split: str, full: bool = False, class_name: str | None = None):
+    """The prepared samples of a split: model-ready (`prepared.load_split`) or at stored resolution (`_full`)."""
+
+  def backbones(self) -> tuple[Any, Any]:
+    """(rgb backbone or None, point backbone or None) of the run's modalities, loaded once per run."""
+
+  def progress(self, total: int, desc: str, unit: str = 'img'):
+    """A progress bar (tqdm) for `total` steps."""
+
+  def log(self, msg: str, *args) -> None:
+    """One INFO line in the terminal and `run.log`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One cached step of a method.
+
+  run(ctx) does the work into `ctx.out_dir` and returns a small JSON-able summary for the marker. deps are the ids
+  of the stages whose outputs it reads ('extract', 'patchcore/banks', or a stage of its own method). keys are the
+  config fields (dotted paths; a section stands for all its fields) its outputs depend on, minus `exclude`;
+  `extra(ctx)` adds what is not a config field (backbone weights, the run's class list). Raise `version` when the
+  code starts computing something else from the same inputs. scope: 'class' (once per class) or 'dataset' (once per
+  run, over all its classes; its deps are then taken for every class). `complete(ctx)` checks outputs that live
+  outside the stage's folder (the prepared data); by default the marker and the folder suffice.
+  """
+  name: str
+  run: Callable[[StageContext], dict | None]
+  owner: str = ''
+  deps: tuple[str, ...] = ()
+  keys: tuple[str, ...] = ()
+  exclude: tuple[str, ...] = ()
+  version: int = 1
+  scope: str = 'class'
+  extra: Callable[[StageContext], Any] | None = None
+  complete: Callable[[StageContext], bool] | None = None
+
+  def __post_init__(self):
+    if self.scope not in ('class', 'dataset'):
+      raise ValueError(f"stage {self.id}: scope must be 'class' or 'dataset', got {self.scope!r}")
+
+  @property
+  def id(self) -> str:
+    return f'{self.owner}/{self.name}' if self.owner else self.name
+
+
+class Method(abc.ABC):
+  """A detection method. Subclasses set `name` and implement `rows`, `stages` and `scorer`."""
+  name: str
+  # Config fields the scorer reads (they key the evaluate stage together with `scoring`).
+  scoring_keys: tuple[str, ...] = ()
+
+  @abc.abstractmethod
+  def rows(self, config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The result rows for `config`, in table order."""
+
+  def main_row(self, config: ml_collections.ConfigDict) -> str:
+    """The row whose maps the report overlays and `predict` writes: by default the last (the method's own)."""
+    return self.rows(config)[-1]
+
+  @abc.abstractmethod
+  def stages(self, config: ml_collections.ConfigDict) -> tuple[Stage, ...]:
+    """The method's stages for `config`, dependencies first (shared ones such as PatchCore's banks included)."""
+
+  @abc.abstractmethod
+  def scorer(self, ctx: ScorerContext) -> Scorer:
+    """The scorer of one class, loaded from the outputs of `stages`."""
+
+  def check(self, config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the field when the method cannot run `config` (called before any stage)."""
+
+
+def modalities(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """('rgb', 'xyz'), ('rgb',) or ('xyz',) from `config.modalities`."""
+  try:
+    return kind.parse_modalities(config.modalities)
+  except ValueError as e:
+    raise ValueError(f'config.modalities: {e}') from None
+
+
+def stack_rows(per_sample: list[Mapping[str, RowScores]]) -> dict[str, RowScores]:
+  """Concatenates the `{row: RowScores}` of several batches, in order."""
+  return {row: RowScores(np.concatenate([p[row].image for p in per_sample]),
+                         np.concatenate([p[row].maps for p in per_sample])) for row in per_sample[0]}

@@ -1,0 +1,76 @@
+"""BTF ("Back to the Feature", Horwitz & Hoshen): PatchCore on concatenated RGB + point patch features.
+
+Stage `banks`: the two halves of the joint train feature are standardised by their train banks' scalar mean/std
+(so neither modality dominates the distance; the original concatenates raw features), then one coreset of the
+joint rows. The scorer is PatchCore's (SPEC §3.3) on the joint features: row `BTF`.
+"""
+from typing import Mapping
+
+import ml_collections
+import numpy as np
+
+from g2sf_jax import features, memory_bank
+from g2sf_jax.methods import base, patchcore
+
+BANK_CHECKPOINT = 'coresets'
+
+
+def joint_rows(img: np.ndarray, pcd: np.ndarray, stats: Mapping[str, tuple[float, float]]) -> np.ndarray:
+  """img [N, h, w, Cr], pcd [N, 56, 56, Cp] → standardised joint rows [N·3136, Cr+Cp] (RGB first)."""
+  (mi, si), (mp, sp) = stats['img'], stats['pcd']
+  joint = features.joint_features((features.to_grid(img) - mi) / si, (pcd - mp) / sp)
+  return joint.reshape(-1, joint.shape[-1])
+
+
+def build_bank(ctx: base.StageContext) -> dict:
+  c = ctx.config
+  feats = ctx.features('train')
+  stats = {}
+  for name in ('img', 'pcd'):
+    fitted = memory_bank.Normaliser.fit(feats[name].reshape(-1, feats[name].shape[-1]))
+    stats[name] = (fitted.mean, fitted.std)
+  bank = joint_rows(feats.pop('img'), feats.pop('pcd'), stats)
+  ctx.log('banks %s: joint bank %s → coreset of %.0f%%', ctx.class_name, bank.shape,
+          100 * c.memory_bank.coreset_fraction)
+  joint = memory_bank.build(bank, normalise=False, fraction=c.memory_bank.coreset_fraction,
+                            eps=c.memory_bank.coreset_eps, key=ctx.key('coreset', 'joint'),
+                            fp16=c.memory_bank.coreset_fp16)
+  memory_bank.save(ctx.out_dir / BANK_CHECKPOINT, {'joint': joint}, {'btf_stats': stats, 'class': ctx.class_name})
+  return {'joint': list(joint.coreset.shape)}
+
+
+class BtfScorer:
+  rows = ('BTF',)
+
+  def __init__(self, bank: memory_bank.ModalityBank, stats: Mapping[str, tuple[float, float]], mesh, blur: str):
+    self.placed = memory_bank.place_bank(bank.coreset, mesh)
+    self.stats = stats
+    self.blur = blur
+
+  def __call__(self, feats: Mapping[str, np.ndarray]) -> dict[str, base.RowScores]:
+    n = feats['img'].shape[0]
+    joint = joint_rows(feats['img'], feats['pcd'], self.stats).reshape(n, features.GRID * features.GRID, -1)
+    results = memory_bank.unimodal_scores_batch(joint, self.placed, blur=self.blur)
+    return {'BTF': patchcore.as_row(results)}
+
+
+class Btf(base.Method):
+  name = 'btf'
+
+  def rows(self, config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    return ('BTF',)
+
+  def check(self, config: ml_collections.ConfigDict) -> None:
+    if base.modalities(config) != ('rgb', 'xyz'):
+      raise ValueError(f"config.method='btf' needs config.modalities='rgb+xyz', got {config.modalities!r}")
+
+  def stages(self, config: ml_collections.ConfigDict) -> tuple[base.Stage, ...]:
+    return (base.Stage('banks', build_bank, owner=self.name, deps=('extract',), keys=('memory_bank', 'seed'),
+                       exclude=('memory_bank.num_anchors',)),)
+
+  def scorer(self, ctx: base.ScorerContext) -> BtfScorer:
+    banks, meta = memory_bank.load(ctx.dir('btf/banks') / BANK_CHECKPOINT,
+                                   how_to_make=f'experiments.run --config btf --config.classes={ctx.class_name} '
+                                               '--config.stages=banks')
+    stats = {k: tuple(v) for k, v in meta['btf_stats'].items()}
+    return BtfScorer(banks['joint'], stats, ctx.mesh, ctx.config.scoring.blur)

@@ -1,0 +1,152 @@
+"""G²SF as a method: PatchCore's banks → synthetic fusion data → LSPN training → the FUS row (SPEC §4).
+
+Stages: `patchcore/banks` (shared with the plain rows), `g2sf/fusion_data` (SPEC §4.2–4.3) and `g2sf/train`
+(SPEC §4.5). Rows: IMG, PCD and FUS; with one modality only there is nothing to fuse and the method reduces to
+that modality's PatchCore row. The scorer reuses the anchors of the IMG/PCD search for FUS (SPEC §4.6).
+"""
+import json
+import zlib
+from typing import Mapping
+
+import ml_collections
+import numpy as np
+
+from g2sf_jax import data, features, io, memory_bank
+from g2sf_jax.data import transforms
+from g2sf_jax.methods import base, patchcore
+from g2sf_jax.methods.g2sf import dataset as fusion_dataset
+from g2sf_jax.methods.g2sf import infer, synthesis
+from g2sf_jax.methods.g2sf import train as fusion_train
+
+BANKS = 'patchcore/banks'
+
+
+def _anomaly_sources(ctx: base.StageContext):
+  """SPEC §4.2: `synthesis.num_sources` preprocessed training clouds per class, pooled over the run's classes.
+
+  Returns (source names 'class/split/…', load(i) → xyz [S, S, 3]); the list is saved in the stage's folder.
+  """
+  c = ctx.config
+  splits = {name: ctx.samples('train', full=True, class_name=name) for name in ctx.classes}
+  names = {name: [f'{name}/{s["name"]}' for s in split] for name, split in splits.items()}
+  count = min([c.synthesis.num_sources] + [len(v) for v in names.values()])
+  sources = synthesis.select_anomaly_sources(names, count, c.seed)
+  with io.atomic_write(ctx.out_dir / 'anomaly_sources.json', 'w') as f:
+    json.dump(sources, f, indent=1)
+  where = {n: (name, i) for name, ns in names.items() for i, n in enumerate(ns)}
+
+  def load(i: int) -> np.ndarray:
+    name, row = where[sources[i]]
+    return splits[name][row]['xyz']
+
+  return sources, load
+
+
+def _placed_coresets(ctx: base.ScorerContext, banks: Mapping[str, memory_bank.ModalityBank]):
+  return tuple(memory_bank.place_bank(banks[m].coreset, ctx.mesh) for m in ('img', 'pcd'))
+
+
+def build_fusion_data(ctx: base.StageContext) -> dict:
+  """SPEC §4.2–4.3: `synthesis.num_anomalies` synthetic anomalies → their foreground patch rows."""
+  c = ctx.config
+  banks = patchcore.load_banks(ctx)
+  train_full = ctx.samples('train', full=True)
+  sources, load_source = _anomaly_sources(ctx)
+  rgb, point = ctx.backbones()
+  profile = data.get(c.dataset).synthesis
+  bar = ctx.progress(c.synthesis.num_anomalies, f'{ctx.class_name} fusion data')
+  seed = zlib.crc32(f'{c.seed}/{ctx.class_name}'.encode())
+
+  def make_chunk(indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Synthetic samples (seed, i) → SPEC §4.2.8 resizing → normalised IMG and raw PCD features."""
+    made = [synthesis.synthesize_indexed(train_full, load_source, sources, ctx.class_name, profile, seed, int(i))
+            for i in indices]
+    inputs = [transforms.model_input(m, mask_rgb_by_xyz=False) for m in made]
+    feats = features.extract(rgb, point, inputs, c.batch_size)
+    bar.update(len(indices))
+    return {'img': banks['img'].normaliser(feats['img']), 'pcd': feats['pcd'],
+            'mask': np.stack([x['mask'] for x in inputs])}
+
+  fused = fusion_dataset.build(ctx.out_dir, c.synthesis.num_anomalies, make_chunk, _placed_coresets(ctx, banks),
+                               chunk_size=c.batch_size, num_anchors=c.memory_bank.num_anchors)
+  bar.close()
+  info = {'rows': int(len(fused.label)), 'anomalous': int(np.sum(fused.label))}
+  ctx.log('fusion_data %s: %d patches, %d anomalous', ctx.class_name, info['rows'], info['anomalous'])
+  return info
+
+
+def train_fuser(ctx: base.StageContext) -> dict:
+  """SPEC §4.5: the LSPN and θ on the class's fusion data; the best epoch is kept in `best/`."""
+  c = ctx.config
+  banks = patchcore.load_banks(ctx)
+  fused = fusion_dataset.load(ctx.dir('g2sf/fusion_data'))
+  bar = ctx.progress(c.g2sf.epochs, f'{ctx.class_name} LSPN', unit='epoch')
+
+  def on_epoch_end(epoch: int, metrics: dict) -> None:
+    bar.n = epoch + 1
+    bar.set_postfix({k: f'{v:.3g}' for k, v in metrics.items() if k in ('loss', 'val', 'val_auroc')})
+    ctx.log('train %s epoch %d: %s', ctx.class_name, epoch,
+            json.dumps({k: round(float(v), 5) for k, v in metrics.items()}))
+
+  state = fusion_train.train(c, fused, (banks['img'].coreset, banks['pcd'].coreset), ctx.out_dir,
+                             ctx.key('train'), mesh=ctx.mesh, on_epoch_end=on_epoch_end)
+  bar.close()
+  return {'best_epoch': state.epoch, 'best_val': state.best_val, 'mu': np.asarray(state.mu).tolist()}
+
+
+class G2sfScorer:
+  """IMG and PCD (PatchCore) and FUS from the same nearest-neighbour search."""
+  rows = ('IMG', 'PCD', 'FUS')
+
+  def __init__(self, unimodal: patchcore.PatchCoreScorer, fuser: fusion_train.FusionState,
+               config: ml_collections.ConfigDict):
+    self.unimodal = unimodal
+    self.fuser = fuser
+    self.config = config
+    self.coresets = (unimodal.placed['img'], unimodal.placed['pcd'])
+
+  def __call__(self, feats: Mapping[str, np.ndarray]) -> dict[str, base.RowScores]:
+    normalised = self.unimodal.normalised(feats)
+    results = self.unimodal.search(normalised)
+    out = self.unimodal.row_scores(results)
+    fused = [infer.score(self.fuser, self.config, normalised['img'][i], normalised['pcd'][i], self.coresets,
+                         (r_img.anchor_idx, r_pcd.anchor_idx))
+             for i, (r_img, r_pcd) in enumerate(zip(results['img'], results['pcd']))]
+    out['FUS'] = base.RowScores(np.array([f['image_score'] for f in fused], np.float32),
+                                np.stack([np.asarray(f['map224'], np.float32) for f in fused]))
+    return out
+
+
+class G2sf(base.Method):
+  name = 'g2sf'
+  scoring_keys = ('g2sf.scoring_mode',)
+
+  def rows(self, config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    unimodal = patchcore.PatchCore().rows(config)
+    return unimodal + (('FUS',) if len(unimodal) == 2 else ())
+
+  def check(self, config: ml_collections.ConfigDict) -> None:
+    if 2 * config.g2sf.anchor + 1 > config.memory_bank.num_anchors:
+      raise ValueError(f'config.memory_bank.num_anchors={config.memory_bank.num_anchors} is below the '
+                       f'{2 * config.g2sf.anchor + 1} prototypes G²SF trains with (2·g2sf.anchor + 1)')
+
+  def _fuses(self, config: ml_collections.ConfigDict) -> bool:
+    return 'FUS' in self.rows(config)
+
+  def stages(self, config: ml_collections.ConfigDict) -> tuple[base.Stage, ...]:
+    stages = (patchcore.banks_stage(),)
+    if not self._fuses(config):
+      return stages
+    return stages + (
+        base.Stage('fusion_data', build_fusion_data, owner=self.name, deps=('extract', BANKS),
+                   keys=('synthesis', 'seed', 'memory_bank.num_anchors'), extra=lambda ctx: list(ctx.classes)),
+        base.Stage('train', train_fuser, owner=self.name, deps=(f'{self.name}/fusion_data', BANKS),
+                   keys=('g2sf', 'seed'), exclude=('g2sf.scoring_mode',)),
+    )
+
+  def scorer(self, ctx: base.ScorerContext):
+    unimodal = patchcore.PatchCore().scorer(ctx)
+    if not self._fuses(ctx.config):
+      return unimodal
+    fuser = fusion_train.load(ctx.dir('g2sf/train') / 'best')
+    return G2sfScorer(unimodal, fuser, ctx.config)

@@ -1,0 +1,103 @@
+"""PatchCore per modality: the IMG and PCD rows (SPEC §3), and the banks G²SF and M3DM build on.
+
+Stage `banks`: every train sample's patch features → one memory bank per modality (IMG normalised by its scalar
+mean/std, PCD raw, SPEC §3.1) → greedy coreset (SPEC §3.2). The scorer searches each test patch's nearest coreset
+rows (SPEC §3.3) and keeps the anchors, so G²SF's fusion reuses the same search.
+"""
+from typing import Mapping
+
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from g2sf_jax import features, memory_bank
+from g2sf_jax.methods import base
+
+ROWS = {'rgb': 'IMG', 'xyz': 'PCD'}
+FEATURES = {'rgb': 'img', 'xyz': 'pcd'}  # modality → feature key (and bank name)
+BANK_CHECKPOINT = 'coresets'
+
+
+def build_banks(ctx: base.StageContext) -> dict:
+  """One coreset per modality from the class's train features, saved under `ctx.out_dir`."""
+  c = ctx.config
+  feats = ctx.features('train')
+  banks = {}
+  for modality in base.modalities(c):
+    name = FEATURES[modality]
+    bank = feats.pop(name)
+    bank = bank.reshape(-1, bank.shape[-1])
+    ctx.log('banks %s: %s bank %s → coreset of %.0f%%', ctx.class_name, name, bank.shape,
+            100 * c.memory_bank.coreset_fraction)
+    banks[name] = memory_bank.build(bank, normalise=name == 'img', fraction=c.memory_bank.coreset_fraction,
+                                    eps=c.memory_bank.coreset_eps, key=ctx.key('coreset', name),
+                                    fp16=c.memory_bank.coreset_fp16)
+  memory_bank.save(ctx.out_dir / BANK_CHECKPOINT, banks, {'class': ctx.class_name})
+  return {m: list(b.coreset.shape) for m, b in banks.items()}
+
+
+def load_banks(ctx: base.ScorerContext) -> dict[str, memory_bank.ModalityBank]:
+  banks, _ = memory_bank.load(ctx.dir('patchcore/banks') / BANK_CHECKPOINT,
+                              how_to_make=f'experiments.run with --config.classes={ctx.class_name} '
+                                          '--config.stages=banks')
+  return banks
+
+
+def as_row(results: list[memory_bank.UnimodalResult]) -> base.RowScores:
+  """The image scores and maps of a batch's `UnimodalResult`s."""
+  return base.RowScores(np.array([r.image_score for r in results], np.float32),
+                        np.stack([np.asarray(r.map224, np.float32) for r in results]))
+
+
+class PatchCoreScorer:
+  """IMG / PCD rows of the modalities the banks cover; `search` also returns every patch's anchors."""
+
+  def __init__(self, banks: Mapping[str, memory_bank.ModalityBank], mesh: Mesh, blur: str, num_anchors: int):
+    self.banks = dict(banks)
+    self.placed = {name: memory_bank.place_bank(b.coreset, mesh) for name, b in self.banks.items()}
+    self.blur = blur
+    self.num_anchors = num_anchors
+    self.rows = tuple(row for modality, row in ROWS.items() if FEATURES[modality] in self.banks)
+
+  def normalised(self, feats: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Raw features → `{'img' | 'pcd': [B, 3136, D]}` normalised like the banks, IMG on the 56×56 grid."""
+    out = {}
+    for name, bank in self.banks.items():
+      x = bank.normaliser(feats[name])
+      x = features.to_grid(x) if name == 'img' else x
+      out[name] = x.reshape(x.shape[0], features.GRID * features.GRID, -1)
+    return out
+
+  def search(self, normalised: Mapping[str, np.ndarray]) -> dict[str, list[memory_bank.UnimodalResult]]:
+    """SPEC §3.3 per bank: each sample's image score, map and `num_anchors` nearest coreset rows per patch."""
+    return {name: memory_bank.unimodal_scores_batch(x, self.placed[name], blur=self.blur,
+                                                    num_anchors=self.num_anchors)
+            for name, x in normalised.items()}
+
+  @staticmethod
+  def row_scores(results: Mapping[str, list[memory_bank.UnimodalResult]]) -> dict[str, base.RowScores]:
+    return {row: as_row(results[FEATURES[m]]) for m, row in ROWS.items() if FEATURES[m] in results}
+
+  def __call__(self, feats: Mapping[str, np.ndarray]) -> dict[str, base.RowScores]:
+    return self.row_scores(self.search(self.normalised(feats)))
+
+
+def banks_stage() -> base.Stage:
+  """The shared bank stage (G²SF and the plain rows use the same banks)."""
+  return base.Stage('banks', build_banks, owner='patchcore', deps=('extract',), keys=('memory_bank', 'seed'),
+                    exclude=('memory_bank.num_anchors',))
+
+
+class PatchCore(base.Method):
+  """Unimodal PatchCore rows: IMG for RGB, PCD for point clouds (both when the run has both)."""
+  name = 'patchcore'
+
+  def rows(self, config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    return tuple(ROWS[m] for m in base.modalities(config))
+
+  def stages(self, config: ml_collections.ConfigDict) -> tuple[base.Stage, ...]:
+    return (banks_stage(),)
+
+  def scorer(self, ctx: base.ScorerContext) -> PatchCoreScorer:
+    c = ctx.config
+    return PatchCoreScorer(load_banks(ctx), ctx.mesh, c.scoring.blur, c.memory_bank.num_anchors)
