@@ -70,7 +70,7 @@ def chunk_rows(img: np.ndarray, pcd: np.ndarray, mask: np.ndarray, coresets: Cor
 
 
 def build(out_dir, num_samples: int, make_chunk: Callable[[np.ndarray], Mapping[str, np.ndarray]],
-          coresets: Coresets, *, chunk_size: int = 16, num_anchors: int = 20) -> FusionData:
+          coresets: Coresets, *, num_anchors: int, chunk_size: int = 16) -> FusionData:
   """Builds (or resumes) the fusion dataset of `num_samples` synthetic images in `out_dir`.
 
   `make_chunk(indices [n] int)` returns {'img', 'pcd', 'mask'} for those synthetic-sample indices (see `chunk_rows`);

@@ -76,15 +76,15 @@ def test_build_resumes_per_chunk(tmp_path):
     return _chunk(indices)
 
   with pytest.raises(KeyboardInterrupt):
-    dataset.build(tmp_path / 'fd', 5, make, cs, chunk_size=2)
+    dataset.build(tmp_path / 'fd', 5, make, cs, chunk_size=2, num_anchors=20)
   assert calls == [[0, 1], [2, 3]]
-  data = dataset.build(tmp_path / 'fd', 5, make, cs, chunk_size=2)
+  data = dataset.build(tmp_path / 'fd', 5, make, cs, chunk_size=2, num_anchors=20)
   assert calls[2:] == [[2, 3], [4]]  # chunk 0 was kept
   ref = dataset.chunk_rows(*(lambda a: (a['img'], a['pcd'], a['mask']))(_chunk(range(5))), cs, num_anchors=20)
   for k in ('feature', 'score', 'label', 'anchor_idx'):
     np.testing.assert_array_equal(np.asarray(getattr(data, k)), ref[k])
   n_calls = len(calls)
-  again = dataset.build(tmp_path / 'fd', 5, make, cs, chunk_size=2)
+  again = dataset.build(tmp_path / 'fd', 5, make, cs, chunk_size=2, num_anchors=20)
   assert len(calls) == n_calls and isinstance(again.feature, np.memmap)
   np.testing.assert_array_equal(again.label, data.label)
   with pytest.raises(FileNotFoundError, match='fusion_data'):
@@ -110,6 +110,6 @@ def test_build_from_synthetic_anomalies(tmp_path):
 
   rng = np.random.default_rng(0)
   cs = _place(rng.normal(size=(K, 6)).astype(np.float32), (rng.normal(size=(K, 9)) * 0.01 + 0.1).astype(np.float32))
-  fd = dataset.build(tmp_path / 'fd', 3, make, cs, chunk_size=2)
+  fd = dataset.build(tmp_path / 'fd', 3, make, cs, chunk_size=2, num_anchors=20)
   assert fd.label.sum() > 0 and (fd.label == 0).sum() > 0 and np.all(fd.feature[:, 6:].sum(1) != 0)
   assert fd.anchor_idx.shape == (len(fd.label), 40) and np.all(fd.score >= 0)
