@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from experiments import report
+from experiments import config_check, report
 from g2sf_jax import backbones, data, distributed, features, io, methods
 from g2sf_jax.data import prepared, synthetic, transforms
+from g2sf_jax.errors import ConfigError, MissingInputError, OutputExistsError
 from g2sf_jax.methods import base
-from g2sf_jax.workdir import Workdir, stage_key
+from g2sf_jax.workdir import Workdir, files_fingerprint, stage_key
 
 log = logging.getLogger('g2sf')
 ALL = 'all'
@@ -44,20 +46,18 @@ def run(config: ml_collections.ConfigDict) -> dict:
 
 
 def _prepare_extra(ctx: 'Context') -> Any:
+  """The raw inputs of one class: the user's files (names, sizes, modification times), or the synthetic set's
+  generation parameters when g2sf-jax generates it."""
   c = ctx.config
-  if c.dataset == 'synthetic':
-    return {k: v for k, v in c.synthetic.to_dict().items() if k != 'classes'}, c.seed, prepared.VERSION
-  return str(Path(c.raw_dir).absolute()) if c.raw_dir else '', prepared.VERSION
+  if c.raw_dir:
+    class_dir = Path(c.raw_dir).absolute() / ctx.class_name
+    return str(class_dir), files_fingerprint(class_dir) if class_dir.is_dir() else None, prepared.VERSION
+  return {k: v for k, v in c.synthetic.to_dict().items() if k != 'classes'}, c.seed, prepared.VERSION
 
 
 def _raw_dir(ctx: 'Context') -> Path:
-  c = ctx.config
-  if c.raw_dir:
-    return Path(c.raw_dir)
-  if c.dataset == 'synthetic':
-    return ctx.workdir.root / 'raw'
-  raise ValueError(f'config.raw_dir is empty: set it to your extracted {c.dataset} download, e.g. '
-                   f'--config.raw_dir=/data/{c.dataset}')
+  """The user's download (read only), or for the synthetic set without one the folder it is generated into."""
+  return Path(ctx.config.raw_dir) if ctx.config.raw_dir else ctx.workdir.root / 'raw'
 
 
 def _prepare(ctx: 'Context') -> dict:
@@ -70,7 +70,7 @@ def _prepare(ctx: 'Context') -> dict:
   target = prepared.prepared_dir(c.dataset, ctx.workdir.data_dir, ctx.class_name)
   if target.exists():  # prepared from other raw inputs (this stage's key changed): ours to rebuild
     if not (target / 'dataset_info.json').is_file():
-      raise FileExistsError(f'{target}: exists but is not prepared TFDS data; move it away or choose another '
+      raise OutputExistsError(f'{target}: exists but is not prepared TFDS data; move it away or choose another '
                             '--config.workdir')
     shutil.rmtree(target.parent)
   import tensorflow_datasets as tfds  # Heavy: only this stage needs it directly.
@@ -87,7 +87,7 @@ def _check_modalities(ctx: 'Context') -> None:
   have = prepared.available_modalities(ctx.config.dataset, ctx.workdir.data_dir, ctx.class_name)
   missing = [m for m in base.modalities(ctx.config) if m not in have]
   if missing:
-    raise ValueError(f'config.modalities={ctx.config.modalities!r}, but class {ctx.class_name!r} has no '
+    raise ConfigError(f'config.modalities={ctx.config.modalities!r}, but class {ctx.class_name!r} has no '
                      f'{missing[0]} files in {ctx.workdir.data_dir}; run with --config.modalities={"+".join(have)}')
 
 
@@ -230,10 +230,9 @@ class Runner:
   """One run: its config, method, stage graph, work directory and device mesh."""
 
   def __init__(self, config: ml_collections.ConfigDict):
+    config_check.validate(config)  # every field, before anything is written
     self.config = config
     self.method = methods.get(config.method)
-    base.modalities(config)
-    self.method.check(config)
     self.graph = stage_graph(self.method, config)
     self.stages = {s.id: s for s in self.graph}
     self.selected = _selected_stages(config.stages, self.graph)
@@ -285,40 +284,49 @@ class Runner:
 
   def run(self) -> dict:
     c = self.config
-    log.info('run: method %s, dataset %s, classes %s, stages %s, rows %s, workdir %s', self.method.name, c.dataset,
-             ','.join(self.classes), ','.join(s.id for s in self.graph if s.name in self.selected),
-             ','.join(self.method.rows(c)), self.workdir.root)
-    for stage in self.graph:
-      if stage.name not in self.selected:
-        continue
-      for name in self.scopes(stage):
-        self._run(stage, name)
-    if all(self.is_done(s, n) for s in self.graph for n in self.scopes(s)):
-      self._save_config()
-    if 'evaluate' not in self.selected:
-      return {}
-    results = [self._class_result(name) for name in self.classes]
-    out = report.write_report(self.workdir.report_dir(self.method.name), results,
-                              title=f'g2sf-jax · {c.dataset} · {self.method.name}')
-    log.info('report: %s', out)
-    return report.results_dict(results)
+    selected = [s.id for s in self.graph if s.name in self.selected]
+    with self.workdir.lock(f'method {self.method.name}, stages {",".join(selected)}'):
+      log.info('run: method %s, dataset %s, classes %s, stages %s, rows %s, workdir %s', self.method.name, c.dataset,
+               ','.join(self.classes), ','.join(selected), ','.join(self.method.rows(c)), self.workdir.root)
+      ran = []
+      for stage in self.graph:
+        if stage.name not in self.selected:
+          continue
+        for name in self.scopes(stage):
+          if self._run(stage, name):
+            ran.append(stage.id)
+      log.info('run: ran %s', ', '.join(dict.fromkeys(ran)) or 'nothing (every selected stage was up to date)')
+      if all(self.is_done(s, n) for s in self.graph for n in self.scopes(s)):
+        self._save_config()
+      if 'evaluate' not in self.selected:
+        return {}
+      results = [self._class_result(name) for name in self.classes]
+      title = (f'g2sf-jax · {c.dataset} · {self.method.name}: rows {", ".join(self.method.rows(c))} · stages '
+               f'{", ".join(s.id for s in self.graph)}')
+      out = report.write_report(self.workdir.report_dir(self.method.name), results, title=title)
+      log.info('report: %s', out)
+      return report.results_dict(results)
 
-  def _run(self, stage: base.Stage, name: str) -> None:
+  def _run(self, stage: base.Stage, name: str) -> bool:
+    """Runs one stage for one class (or the dataset) unless it is up to date; True if it ran."""
     where = f'{stage.id} {name}'.strip()
     if self.is_done(stage, name):
       log.info('%s: up to date', where)
-      return
+      return False
     for dep in stage.deps:
       for scope in self.dep_scopes(dep, name):
         if not self.is_done(self.stages[dep], scope):
-          raise FileNotFoundError(
+          raise MissingInputError(
               f'{self.workdir.stage_dir(dep, scope)}: the {dep!r} stage has no up-to-date output'
               f'{f" for class {scope!r}" if scope else ""}; run it first: your experiments.run command with '
               f'{f"--config.classes={scope} " if scope else ""}--config.stages={self.stages[dep].name}')
     key = self.key(stage.id, name)
     self.workdir.fresh_dir(stage.id, name, key)
+    start = time.perf_counter()
     info = stage.run(Context(self, stage, name))
-    self.workdir.mark_done(stage.id, name, key, info)
+    self.workdir.mark_done(stage.id, name, key, dict(info or {}, seconds=round(time.perf_counter() - start, 1)))
+    log.info('%s: done in %s', where, _duration(time.perf_counter() - start))
+    return True
 
   def _save_config(self) -> None:
     """`<method>/config.json`: what `Detector.load` and `experiments.predict` rebuild the run from (absolute
@@ -340,10 +348,18 @@ class Runner:
             for row in self.method.rows(c)}
     map_row = self.method.main_row(c)
     full = prepared.load_split_full(c.dataset, self.workdir.data_dir, name, 'test')
-    images = [report.ImageRecord(str(arrays['names'][i]), _picture224(full[i]), arrays[f'map_{map_row}'][i],
-                                 arrays['masks'][i], int(arrays['labels'][i]), float(arrays[f'score_{map_row}'][i]))
-              for i in range(len(arrays['labels']))]
-    return report.ClassResult(name, rows, images, map_row=map_row)
+    images, problems = [], []
+    for i in range(len(arrays['labels'])):
+      sample = full[i]
+      images.append(report.ImageRecord(str(arrays['names'][i]), _picture224(sample), arrays[f'map_{map_row}'][i],
+                                       arrays['masks'][i], int(arrays['labels'][i]),
+                                       float(arrays[f'score_{map_row}'][i])))
+      problems += [(sample['name'], p) for p in sample['problems']]
+    return report.ClassResult(name, rows, images, map_row=map_row, problems=problems)
+
+
+def _duration(seconds: float) -> str:
+  return f'{seconds:.1f} s' if seconds < 120 else f'{int(seconds // 60)} min {seconds % 60:.0f} s'
 
 
 def config_fields(config: ml_collections.ConfigDict, keys: tuple[str, ...], exclude: tuple[str, ...] = ()) -> dict:
@@ -391,7 +407,7 @@ def _selected_stages(stages: str, graph: tuple[base.Stage, ...]) -> tuple[str, .
     return names
   unknown = [s for s in chosen if s not in names]
   if unknown or not chosen:
-    raise ValueError(f'config.stages: unknown {unknown or "empty"}; choose {ALL!r} or from {",".join(names)}')
+    raise ConfigError(f'config.stages: unknown {unknown or "empty"}; choose {ALL!r} or from {",".join(names)}')
   return chosen
 
 

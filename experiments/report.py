@@ -86,12 +86,15 @@ class ClassResult:
   map_row: the row whose maps `images` carry (caption only).
   map_range: (min, max) of the colour scale; default: min and max over all maps of the class, the global
     normalisation of SPEC §3.3, so colours compare across the class's images.
+  problems: (test sample name, what preparation worked around) for the samples scored despite a problem (e.g. an
+    empty cloud), listed with the results so no such score passes unnoticed.
   """
   name: str
   rows: Mapping[str, RowResult]
   images: Sequence[ImageRecord] = ()
   map_row: str = 'FUS'
   map_range: tuple[float, float] | None = None
+  problems: Sequence[tuple[str, str]] = ()
 
 
 def metric_names(limits: Sequence[float]) -> list[str]:
@@ -119,7 +122,9 @@ def results_dict(results: Sequence[ClassResult]) -> dict:
   thresholds = list(dict.fromkeys(res.aupro.num_thresholds for r in results for res in r.rows.values()))
   return {'rows': row_names, 'classes': per_class, 'mean': means,
           'num_classes': {row: sum(row in r.rows for r in results) for row in row_names},
-          'aupro_thresholds': thresholds}
+          'aupro_thresholds': thresholds,
+          'problems': {r.name: [f'{sample}: {problem}' for sample, problem in r.problems] for r in results
+                       if r.problems}}
 
 
 def results_markdown(table: dict, limits: Sequence[float] = TABLE_LIMITS) -> str:
@@ -134,6 +139,9 @@ def results_markdown(table: dict, limits: Sequence[float] = TABLE_LIMITS) -> str
   for name, rows in table['classes'].items():
     for row, values in rows.items():
       lines.append(f'| {name} | {row} | ' + _cells(values, columns) + ' |')
+  if table.get('problems'):
+    lines += ['', '## Test samples scored despite a preparation problem', '']
+    lines += [f'- {name} {problem}' for name, problems in table['problems'].items() for problem in problems]
   return '\n'.join(lines) + '\n'
 
 
@@ -320,6 +328,10 @@ def _class_section(result: ClassResult, table: dict, class_dir: str, thumbs: lis
            _html_table(list(table['classes'][result.name].items()), metric_names(limits)),
            f'<div class="curves"><a href="{class_dir}/roc.png"><img src="{class_dir}/roc.png" alt="ROC {name}"></a>'
            f'<a href="{class_dir}/pro.png"><img src="{class_dir}/pro.png" alt="PRO {name}"></a></div>']
+  if result.problems:
+    parts.append('<p class="problems">Test samples scored despite a preparation problem:</p><ul>' +
+                 ''.join(f'<li>{html.escape(sample)}: {html.escape(problem)}</li>' for sample, problem in
+                         result.problems) + '</ul>')
   if thumbs:
     num_defects = sum(thumb.label != 0 for thumb in thumbs)
     parts.append(f'<p>{html.escape(result.map_row)} anomaly maps, {num_defects} anomalous then '

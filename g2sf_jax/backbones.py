@@ -15,7 +15,8 @@ import numpy as np
 
 from g2sf_jax import checkpoints
 from g2sf_jax import fpfh
-from g2sf_jax.data import transforms
+from g2sf_jax.data import kind, transforms
+from g2sf_jax.errors import ConfigError, DataError, MissingInputError
 from g2sf_jax.models import efficientnet_lite
 from g2sf_jax.models import point_mae
 from g2sf_jax.models import vit
@@ -35,6 +36,7 @@ class RgbBackbone(Protocol):
 class PointBackbone(Protocol):
   name: str
   dim: int
+  min_points: int  # fewer valid points than this in a cloud cannot be scored honestly
 
   def __call__(self, xyz: np.ndarray | jax.Array) -> jax.Array:
     """xyz [B, 224, 224, 3] organised cloud → per-pixel features [B, 224, 224, dim], 0 at invalid pixels."""
@@ -67,6 +69,7 @@ class PointMaeBackbone:
   def __init__(self, variables: Any, num_group: int = 512, group_size: int = 128, batchnorm: str = 'batch_stats',
                drop_path: str = 'off', bucket_sizes: Sequence[int] = buckets.DEFAULT_BUCKETS, seed: int = 0):
     self.variables = variables
+    self.min_points = group_size  # each group is the group_size nearest points of its centre
     self.bucket_sizes = tuple(bucket_sizes)
     self.drop_path = drop_path
     self._key = jax.random.key(seed)
@@ -102,11 +105,36 @@ class PointMaeBackbone:
     return out.reshape(b, h, w, self.dim)
 
 
-def _load(config: ml_collections.ConfigDict, name: str, port: str, source: str, model: flax.linen.Module,
+# Backbones whose weights are converted by hand: checkpoint name → (port module, source file, offline alternative).
+_CONVERTED = {'dino_vit_b8': ('dino_vit', 'dino_vitbase8_pretrain.pth', '--config.rgb_backbone=efficientnet_lite0'),
+              'point_mae': ('point_mae', 'Point-MAE pretrain.pth', '--config.point_backbone=fpfh')}
+
+
+def _how_to_make(config: ml_collections.ConfigDict, name: str) -> str:
+  port, source, offline = _CONVERTED[name]
+  return (f'python -m ports.{port} SRC.pth {config.checkpoints[name]}  (SRC.pth = {source}); or run without '
+          f'downloaded weights: {offline}')
+
+
+def check_available(config: ml_collections.ConfigDict) -> None:
+  """Raises MissingInputError (with the port command) for a converted checkpoint the run needs but lacks.
+
+  Cheap (no loading), so a run fails before its first stage instead of at feature extraction.
+  """
+  needed = [config.rgb_backbone if 'rgb' in kind.parse_modalities(config.modalities) else None,
+            config.point_backbone if 'xyz' in kind.parse_modalities(config.modalities) else None]
+  for name in needed:
+    if name in _CONVERTED and not checkpoints.exists(config.checkpoints[name]):
+      raise MissingInputError(f'checkpoint not found or incomplete: {config.checkpoints[name]}; create it with: '
+                              f'{_how_to_make(config, name)}')
+
+
+def _load(config: ml_collections.ConfigDict, name: str, model: flax.linen.Module,
           *example_inputs: jax.ShapeDtypeStruct) -> Any:
   """Loads `config.checkpoints.<name>` and checks its tree against the model's own variable shapes."""
   path = config.checkpoints[name]
-  variables, _ = checkpoints.load(path, how_to_make=f'python -m ports.{port} SRC.pth {path}  (SRC.pth = {source})')
+  port = _CONVERTED[name][0]
+  variables, _ = checkpoints.load(path, how_to_make=_how_to_make(config, name))
   want = flax.traverse_util.flatten_dict(jax.eval_shape(model.init, jax.random.key(0), *example_inputs))
   got = flax.traverse_util.flatten_dict(variables)
   problems = [f'missing {"/".join(k)}' for k in want if k not in got]
@@ -114,21 +142,21 @@ def _load(config: ml_collections.ConfigDict, name: str, port: str, source: str, 
                for k in want if k in got and want[k].shape != got[k].shape]
   problems += [f'unexpected {"/".join(k)}' for k in got if k not in want]
   if problems:
-    raise ValueError(f'converted checkpoint {path} does not fit {name}: ' + '; '.join(problems[:10]) +
+    raise DataError(f'converted checkpoint {path} does not fit {name}: ' + '; '.join(problems[:10]) +
                      f'{" …" if len(problems) > 10 else ""}. Re-create it with python -m ports.{port}')
   return jax.tree.map(jnp.asarray, variables)
 
 
 def _dino_vit_b8(config: ml_collections.ConfigDict) -> RgbBackbone:
   model = vit.VisionTransformer()
-  variables = _load(config, 'dino_vit_b8', 'dino_vit', 'dino_vitbase8_pretrain.pth', model,
+  variables = _load(config, 'dino_vit_b8', model,
                     jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
   return DinoVitB8(variables, model)
 
 
 def _point_mae(config: ml_collections.ConfigDict) -> PointBackbone:
   c = config.point_mae
-  variables = _load(config, 'point_mae', 'point_mae', 'Point-MAE pretrain.pth', point_mae.PointMAE(),
+  variables = _load(config, 'point_mae', point_mae.PointMAE(),
                     jax.ShapeDtypeStruct((1, 2, 4, 3), jnp.float32), jax.ShapeDtypeStruct((1, 2, 3), jnp.float32))
   return PointMaeBackbone(variables, num_group=c.num_group, group_size=c.group_size, batchnorm=c.batchnorm,
                           drop_path=c.drop_path, seed=config.seed)
@@ -143,7 +171,7 @@ def _efficientnet_lite0(config: ml_collections.ConfigDict) -> RgbBackbone:
                         jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
   if jax.tree.structure(want) != jax.tree.structure(variables) or any(
       a.shape != b.shape for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(variables))):
-    raise ValueError(f'{path}: not an EfficientNet-Lite0 checkpoint of this version; delete it (it is re-made from '
+    raise DataError(f'{path}: not an EfficientNet-Lite0 checkpoint of this version; delete it (it is re-made from '
                      f'the packaged weights) or re-create it with: {port.COMMAND}')
   return efficientnet_lite.EfficientNetLite0Backbone(variables, weights_sha256=meta.get('sha256', ''))
 
@@ -168,5 +196,5 @@ def make_point_backbone(config: ml_collections.ConfigDict) -> PointBackbone:
 
 def _make(registry: dict[str, Callable], name: str, field: str) -> Callable:
   if name not in registry:
-    raise ValueError(f'config.{field} = {name!r} is not a known backbone; choose one of {sorted(registry)}')
+    raise ConfigError(f'config.{field} = {name!r} is not a known backbone; choose one of {sorted(registry)}')
   return registry[name]

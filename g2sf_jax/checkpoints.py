@@ -13,10 +13,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from g2sf_jax import io
+from g2sf_jax.errors import MissingInputError, OutputExistsError
 
 _META = 'g2sf_meta.json'
-
-
 def save(path: str | os.PathLike, tree: Any, meta: dict | None = None) -> Path:
   """Saves `tree` (a pytree of arrays) at `path` atomically, replacing an older checkpoint there.
 
@@ -25,8 +24,8 @@ def save(path: str | os.PathLike, tree: Any, meta: dict | None = None) -> Path:
   """
   path = Path(path).absolute()
   if path.exists() and not exists(path):
-    raise FileExistsError(f'{path}: exists and is not a g2sf-jax checkpoint (no {_META} and tree/); it is left '
-                          'untouched: move it away or choose another folder')
+    raise OutputExistsError(f'{path}: exists and is not a g2sf-jax checkpoint (no {_META} and tree/); it is left '
+                            'untouched: move it away or choose another folder')
   with io.atomic_dir(path, may_replace=exists) as tmp:
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(tmp / 'tree', tree)
@@ -47,7 +46,7 @@ def load(path: str | os.PathLike, how_to_make: str = '') -> tuple[Any, dict]:
   path = Path(path).absolute()
   if not exists(path):
     hint = f'; create it with: {how_to_make}' if how_to_make else ''
-    raise FileNotFoundError(f'checkpoint not found or incomplete: {path}{hint}')
+    raise MissingInputError(f'checkpoint not found or incomplete: {path}{hint}')
   tree = ocp.StandardCheckpointer().restore(path / 'tree')
   meta = json.loads((path / _META).read_text())
   return _to_numpy(tree), meta

@@ -14,17 +14,26 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from g2sf_jax import backbones, distributed, features, methods
-from g2sf_jax.data import transforms
+from g2sf_jax import backbones, data, distributed, features, methods
+from g2sf_jax.data import kind, mvtec3d, transforms
+from g2sf_jax.errors import DataError, MissingInputError, UnscorableError
 from g2sf_jax.methods import base
 from g2sf_jax.workdir import Workdir
 
 
 @dataclasses.dataclass(frozen=True)
 class SampleScores:
-  """One sample's image score and 224×224 pixel map per row (before any test-set min–max normalisation)."""
+  """One sample's image score and 224×224 pixel map per row (before any test-set min–max normalisation).
+
+  status 'unscorable' (with the reason, and no scores) for a scan that cannot be scored honestly; problems: what
+  preprocessing worked around (e.g. 'few_border_points: … background plane not removed').
+  """
   image: dict[str, float]
   maps: dict[str, np.ndarray]
+  name: str = ''
+  status: str = 'ok'
+  reason: str = ''
+  problems: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,13 +64,13 @@ def load_config(workdir: str | Path, method: str | None = None) -> ml_collection
   found = wd.methods()
   if method is None:
     if len(found) != 1:
-      raise FileNotFoundError(f'{wd.root}: ' + (f'holds runs of several methods {found}; choose one (--method)'
+      raise MissingInputError(f'{wd.root}: ' + (f'holds runs of several methods {found}; choose one (--method)'
                                                  if found else 'no finished run of experiments.run here '
                                                                '(no <method>/config.json)'))
     method = found[0]
   path = wd.config_path(method)
   if not path.is_file():
-    raise FileNotFoundError(f'{path} not found: {wd.root} holds no finished {method!r} run '
+    raise MissingInputError(f'{path} not found: {wd.root} holds no finished {method!r} run '
                             f'(finished: {found or "none"})')
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
@@ -72,6 +81,7 @@ class Detector:
   def __init__(self, config: ml_collections.ConfigDict, scorer: base.Scorer, rgb_backbone=None,
                point_backbone=None):
     self.config = config
+    self.kind = data.get(config.dataset)
     self.method = methods.get(config.method)
     self.scorer = scorer
     self.rows = tuple(self.method.rows(config))
@@ -104,34 +114,102 @@ class Detector:
     feats = features.extract(self.rgb_backbone, self.point_backbone, samples, self.config.batch_size)
     return self.score_features(feats.get('img'), feats.get('pcd'))
 
-  def score(self, rgb: np.ndarray | None = None, xyz: np.ndarray | None = None) -> SampleScores:
-    """One new scan: `rgb` uint8 [H, W, 3] and/or organised `xyz` float32 [H, W, 3] (zeros = missing points).
+  def score_stored(self, stored: Sequence[kind.Stored], names: Sequence[str]) -> list[SampleScores]:
+    """Preprocessed scans (what `prepare` stores, or `kind.load_entry` returns) → scores, in one batched pass.
 
-    Applies the SPEC §1.4 load transforms; the maps are 224×224 (resize them to H×W for an original-size map).
+    A scan with too few valid points for the point backbone, or whose point features come out all zero (e.g. all
+    points coincide, so FPFH has no spacing), is returned as `status='unscorable'` with the reason, never scored.
     """
     mods = base.modalities(self.config)
-    sample = {}
-    if 'rgb' in mods:
-      if rgb is None:
-        raise ValueError('this detector needs an RGB image (it was trained with modalities '
-                         f'{self.config.modalities!r})')
-      rgb = np.asarray(rgb)
-      if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f'rgb: expected uint8 [H, W, 3], got {rgb.dtype} {rgb.shape}')
-      sample['rgb'] = rgb
-    if 'xyz' in mods:
-      if xyz is None:
-        raise ValueError('this detector needs an organised point cloud xyz (it was trained with modalities '
-                         f'{self.config.modalities!r})')
-      xyz = np.asarray(xyz)
+    inputs, out = [], [None] * len(stored)
+    for i, (st, name) in enumerate(zip(stored, names)):
+      missing = [m for m in mods if getattr(st, m) is None]
+      if missing:
+        raise DataError(f'{name}: this detector needs {_needs(missing)} (it was trained with modalities '
+                        f'{self.config.modalities!r})')
+      sample = transforms.model_input({m: getattr(st, m) for m in mods}, self.kind.mask_rgb_by_xyz)
+      reason = self._unscorable_input(sample)
+      if reason:
+        out[i] = SampleScores({}, {}, name, 'unscorable', reason, st.problems)
+      else:
+        inputs.append((i, dict(sample, name=name)))
+    if inputs:
+      feats = features.extract(self.rgb_backbone, self.point_backbone, [s for _, s in inputs], self.config.batch_size)
+      ok = np.ones(len(inputs), bool)
+      if 'pcd' in feats:
+        ok = ~features.background_mask(feats['pcd']).all(axis=(1, 2))
+      for (i, sample), good in zip(inputs, ok):
+        if not good:
+          out[i] = SampleScores({}, {}, sample['name'], 'unscorable', 'the point features are all zero (a '
+                                'degenerate cloud, e.g. all points coincide so FPFH has no point spacing)',
+                                stored[i].problems)
+      if ok.any():
+        scored = self.score_features(*(feats[k][ok] if k in feats else None for k in ('img', 'pcd')))
+        for (i, sample), s in zip([x for x, good in zip(inputs, ok) if good], scored):
+          out[i] = dataclasses.replace(s, name=sample['name'], problems=stored[i].problems)
+    return out
+
+  def _unscorable_input(self, sample: dict) -> str:
+    if 'xyz' not in sample:
+      return ''
+    valid = int(transforms.valid_mask(sample['xyz']).sum())
+    need = getattr(self.point_backbone, 'min_points', 1) if self.point_backbone is not None else 1
+    if valid < need:
+      return (f'{valid} valid points after preprocessing, at 224×224 (the {self.config.point_backbone} backbone '
+              f'needs at least {need})')
+    return ''
+
+  def score_entries(self, entries: Sequence) -> list[SampleScores]:
+    """Raw scans (the dataset kind's entries, e.g. from `kind.scan_entry` / `scan_folder`) → scores: each scan's
+    files are read and preprocessed exactly as `prepare` does (SPEC §1.2/§1.3), then scored in one pass."""
+    stored = [self.kind.load_entry(e, False) for e in entries]
+    return self.score_stored(stored, [e.name for e in entries])
+
+  def score_files(self, **files) -> SampleScores:
+    """One raw scan by its files (`kind.scan_files`: rgb= / xyz= paths, or sample= for Eyecandies).
+
+    Raises UnscorableError for a scan that cannot be scored honestly.
+    """
+    return _single(self.score_entries([self.kind.scan_entry(**files)])[0])
+
+  def score(self, rgb: np.ndarray | None = None, xyz: np.ndarray | None = None) -> SampleScores:
+    """One new scan as arrays read from its raw files: `rgb` uint8 [H, W, 3] and/or organised `xyz` float32
+    [H, W, 3] (zeros = missing points). Applies the dataset kind's preprocessing (MVTec: SPEC §1.2; Eyecandies:
+    `xyz` is the converted cloud, SPEC §1.3) and the §1.4 load transforms; maps are 224×224.
+
+    Raises DataError for malformed arrays and UnscorableError for a scan that cannot be scored honestly.
+    """
+    rgb = None if rgb is None else np.asarray(rgb)
+    xyz = None if xyz is None else np.asarray(xyz)
+    if rgb is not None and (rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8):
+      raise DataError(f'rgb: expected uint8 [H, W, 3], got {rgb.dtype} {rgb.shape}')
+    if xyz is not None:
       if xyz.ndim != 3 or xyz.shape[2] != 3 or not np.issubdtype(xyz.dtype, np.floating):
-        raise ValueError(f'xyz: expected float [H, W, 3], got {xyz.dtype} {xyz.shape}')
+        raise DataError(f'xyz: expected float [H, W, 3], got {xyz.dtype} {xyz.shape}')
       if not np.isfinite(xyz).all():
-        raise ValueError('xyz: contains NaN or infinite values; mark missing points with (0, 0, 0)')
-      if rgb is not None and rgb.shape[:2] != xyz.shape[:2]:
-        raise ValueError(f'rgb {rgb.shape[:2]} and xyz {xyz.shape[:2]} differ in size')
-      sample['xyz'] = xyz.astype(np.float32)
-    model_input = transforms.model_input(sample, mask_rgb_by_xyz=False)
-    if 'xyz' in model_input and not transforms.valid_mask(model_input['xyz']).any():
-      raise ValueError('xyz: the point cloud is empty (no pixel has all three coordinates non-zero)')
-    return self.score_samples([dict(model_input, name='input')])[0]
+        raise DataError('xyz: contains NaN or infinite values; mark missing points with (0, 0, 0)')
+      xyz = xyz.astype(np.float32)
+    if rgb is not None and xyz is not None and rgb.shape[:2] != xyz.shape[:2]:
+      raise DataError(f'rgb {rgb.shape[:2]} and xyz {xyz.shape[:2]} differ in size')
+    given = [x for x in (rgb, xyz) if x is not None]
+    if given and min(given[0].shape[:2]) < mvtec3d.MIN_SIDE:
+      raise DataError(f'{given[0].shape[0]}×{given[0].shape[1]} pixels, too small to score (at least '
+                      f'{mvtec3d.MIN_SIDE}×{mvtec3d.MIN_SIDE})')
+    mods = base.modalities(self.config)
+    missing = [m for m, x in (('rgb', rgb), ('xyz', xyz)) if m in mods and x is None]
+    if missing:
+      raise DataError(f'this detector needs {_needs(missing)} (it was trained with modalities '
+                      f'{self.config.modalities!r})')
+    stored = self.kind.preprocess_arrays(rgb if 'rgb' in mods else None, xyz if 'xyz' in mods else None)
+    return _single(self.score_stored([stored], ['input'])[0])
+
+
+def _needs(modalities: Sequence[str]) -> str:
+  what = {'rgb': 'an RGB image (rgb)', 'xyz': 'an organised point cloud (xyz)'}
+  return ' and '.join(what[m] for m in modalities)
+
+
+def _single(scores: SampleScores) -> SampleScores:
+  if scores.status != 'ok':
+    raise UnscorableError(f'{scores.name}: cannot be scored: {scores.reason}')
+  return scores

@@ -5,6 +5,7 @@ padded to a multiple of the device count; callers mask the padding (they know th
 that searches or trains takes the mesh it runs on from its caller (the runner makes one per run); none builds its
 own.
 """
+import os
 from typing import Sequence
 
 import jax
@@ -64,3 +65,13 @@ def replicate(x: np.ndarray | jax.Array, mesh: Mesh) -> jax.Array:
 def is_primary() -> bool:
   """True in the process that writes shared outputs (markers, reports): process 0, or the only process."""
   return jax.process_index() == 0
+
+
+def enable_compilation_cache(path: str | os.PathLike) -> None:
+  """Keeps every compiled program in JAX's persistent cache at `path`, so a later process reuses it.
+
+  Process-wide (a JAX setting): call it once at a command-line entry point, before the first compilation.
+  """
+  jax.config.update('jax_compilation_cache_dir', str(path))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)

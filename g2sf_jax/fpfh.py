@@ -32,6 +32,7 @@ import numpy as np
 import open3d as o3d
 
 from g2sf_jax.data import transforms
+from g2sf_jax.errors import ConfigError
 
 DIM = 33
 
@@ -49,7 +50,7 @@ class FpfhParams:
   def __post_init__(self):
     if not (0 < self.normal_radius and 0 < self.feature_radius and self.normal_max_nn > 0
             and self.feature_max_nn > 0 and (self.spacing is None or self.spacing > 0) and self.scale > 0):
-      raise ValueError(f'FPFH search parameters must be positive: {self}')
+      raise ConfigError(f'config.fpfh: search parameters must be positive: {self}')
 
 
 def fpfh_points(points: np.ndarray, params: FpfhParams = FpfhParams()) -> np.ndarray:
@@ -89,6 +90,7 @@ class FpfhBackbone:
 
   def __init__(self, params: FpfhParams = FpfhParams()):
     self.params = params
+    self.min_points = params.normal_max_nn  # a normal needs a neighbourhood
     self.meta = dataclasses.asdict(params)
 
   def __call__(self, xyz) -> np.ndarray:
@@ -103,6 +105,6 @@ def make_backbone(config) -> FpfhBackbone:
   overrides = dict(config.get('fpfh', None) or {})
   unknown = set(overrides) - {f.name for f in dataclasses.fields(FpfhParams)}
   if unknown:
-    raise ValueError(f'config.fpfh: unknown fields {sorted(unknown)}; '
+    raise ConfigError(f'config.fpfh: unknown fields {sorted(unknown)}; '
                      f'expected some of {[f.name for f in dataclasses.fields(FpfhParams)]}')
   return FpfhBackbone(FpfhParams(**overrides))

@@ -15,12 +15,10 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from g2sf_jax.errors import DataError, OutputExistsError
+
 # A sample's two modalities, in this order everywhere: the RGB image (PNG) and the organised cloud (xyz TIFF).
 MODALITIES = ('rgb', 'xyz')
-
-
-class DataError(ValueError):
-  """A data file or folder is missing or not what the pipeline expects."""
 
 
 def _open_image(path: Path, expected: str) -> Image.Image:
@@ -108,8 +106,8 @@ def atomic_dir(path: str | os.PathLike, may_replace: Callable[[Path], bool] = la
   """
   path = Path(path)
   if path.exists() and not may_replace(path):
-    raise FileExistsError(f'{path}: exists and is not an output this command replaces; move it away or choose '
-                          'another path')
+    raise OutputExistsError(f'{path}: exists and is not an output this command replaces; move it away or choose '
+                            'another path')
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp'))
   try:

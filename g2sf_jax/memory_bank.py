@@ -8,7 +8,8 @@ import dataclasses
 import functools
 import math
 import os
-from typing import Iterator, NamedTuple
+import time
+from typing import Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # Extra candidates per shard ranked by the fast ‖q‖²−2q·b+‖b‖² distances before the exact re-ranking; the fast
 # formula is only off by ~1e-7·(‖q‖²+‖b‖²), far below typical neighbour gaps, so 8 is ample.
 _CANDIDATE_MARGIN = 8
+BLUR_MODES = ('pil_uint8', 'float', 'none')  # SPEC §3.3: the reference's quantised Pillow blur, a float Gaussian
 QUERY_CHUNK = 784  # a quarter of the 56×56 grid: a batch of samples splits into whole chunks, no padding
 
 
@@ -133,16 +135,14 @@ def project(bank: np.ndarray, matrix: np.ndarray, normaliser: Normaliser | None 
   return z_out, dist0
 
 
-@functools.partial(jax.jit, static_argnames=('k', 'fp16'))
-def greedy_k_center(z: jax.Array, dist0: jax.Array, k: int, fp16: bool) -> jax.Array:
-  """Reference greedy k-centre on the projected bank `z [n, c]` → `[k]` int32 row indices (SPEC §3.2).
+def _greedy_dtype(fp16: bool):
+  return jnp.float16 if fp16 else jnp.float32
 
-  Starts at row 0 with running minimum `dist0`; k−1 iterations, the first re-using row 0. Each picks the first
-  argmax of the running minimum and zeroes it. `fp16=True` reproduces the reference's float16 arithmetic: the
-  bank, the differences and the distances are float16 (sums of squares accumulate in float32, as CUDA does).
-  """
-  dt = jnp.float16 if fp16 else jnp.float32
-  z = z.astype(dt)
+
+@functools.partial(jax.jit, static_argnames='fp16', donate_argnums=1)
+def _greedy_steps(z: jax.Array, carry: tuple, start: jax.Array, stop: jax.Array, *, fp16: bool) -> tuple:
+  """Iterations [start, stop) of the greedy (one compiled program for any range, so chunks cost no recompiles)."""
+  dt = _greedy_dtype(fp16)
 
   def distances(last: jax.Array) -> jax.Array:
     diff = z.astype(jnp.float32) - z[last].astype(jnp.float32)
@@ -155,8 +155,35 @@ def greedy_k_center(z: jax.Array, dist0: jax.Array, k: int, fp16: bool) -> jax.A
     j = jnp.argmax(mind).astype(jnp.int32)
     return mind.at[j].set(0), j, idx.at[i].set(j)
 
-  init = (dist0.astype(dt), jnp.int32(0), jnp.zeros((k,), jnp.int32))
-  return jax.lax.fori_loop(1, k, body, init)[2]
+  return jax.lax.fori_loop(start, stop, body, carry)
+
+
+def greedy_k_center(z: jax.Array, dist0: jax.Array, k: int, fp16: bool,
+                    progress: Callable[[int, int], None] | None = None, seconds_per_call: float = 2.0) -> np.ndarray:
+  """Reference greedy k-centre on the projected bank `z [n, c]` → `[k]` int32 row indices (SPEC §3.2).
+
+  Starts at row 0 with running minimum `dist0`; k−1 iterations, the first re-using row 0. Each picks the first
+  argmax of the running minimum and zeroes it. `fp16=True` reproduces the reference's float16 arithmetic: the
+  bank, the differences and the distances are float16 (sums of squares accumulate in float32, as CUDA does).
+
+  The iterations run in device calls of about `seconds_per_call` each; `progress(done, k)` is called after each,
+  so a multi-hour coreset reports its progress (and an ETA) instead of running silent. The chunking does not
+  change a single operation: the result is that of one loop.
+  """
+  dt = _greedy_dtype(fp16)
+  z = jnp.asarray(z).astype(dt)
+  carry = (jnp.array(dist0, dt), jnp.int32(0), jnp.zeros((k,), jnp.int32))  # a copy: the carry is donated
+  done, steps = 1, 8
+  while done < k:
+    stop = min(k, done + steps)
+    began = time.perf_counter()
+    carry = jax.block_until_ready(_greedy_steps(z, carry, jnp.int32(done), jnp.int32(stop), fp16=fp16))
+    elapsed = time.perf_counter() - began
+    steps = max(1, min(4 * steps, int(steps * seconds_per_call / max(elapsed, 1e-6))))
+    done = stop
+    if progress is not None:
+      progress(done, k)
+  return np.asarray(carry[2])
 
 
 def coreset_size(num_rows: int, fraction: float) -> int:
@@ -165,7 +192,8 @@ def coreset_size(num_rows: int, fraction: float) -> int:
 
 
 def coreset(bank: np.ndarray, fraction: float, eps: float, key: jax.Array, fp16: bool = True,
-            normaliser: Normaliser | None = None, chunk_rows: int = 16384) -> np.ndarray:
+            normaliser: Normaliser | None = None, chunk_rows: int = 16384,
+            progress: Callable[[int, int], None] | None = None) -> np.ndarray:
   """Sparse-random-projection greedy coreset of `normaliser(bank) [n, d]` → `[k]` int32 indices (SPEC §3.2).
 
   `key` seeds the projection (the reference's is unseeded). The bank stays on the host; only the projected
@@ -179,8 +207,7 @@ def coreset(bank: np.ndarray, fraction: float, eps: float, key: jax.Array, fp16:
   c = projection_dim(n, eps)
   matrix = sparse_projection_matrix(key, d, c) if c < d else np.eye(d, dtype=np.float32)
   z, dist0 = project(bank, matrix, normaliser, np.float16 if fp16 else np.float32, chunk_rows)
-  idx = greedy_k_center(jnp.asarray(z), jnp.asarray(dist0), coreset_size(n, fraction), fp16)
-  return np.asarray(idx)
+  return greedy_k_center(jnp.asarray(z), jnp.asarray(dist0), coreset_size(n, fraction), fp16, progress)
 
 
 def gather_rows(bank: np.ndarray, idx: np.ndarray, normaliser: Normaliser | None = None) -> np.ndarray:
@@ -322,7 +349,7 @@ def score_map(min_dist: np.ndarray, blur: str = 'pil_uint8', size: int = 224) ->
   elif blur == 'float':
     up = blur_ops.float_gaussian_blur(up, sigma=4.0)
   elif blur != 'none':
-    raise ValueError(f"score_map: blur must be 'pil_uint8', 'float' or 'none', got {blur!r}")
+    raise ValueError(f'score_map: blur must be one of {BLUR_MODES}, got {blur!r}')
   return np.asarray(up)
 
 
@@ -383,13 +410,13 @@ class ModalityBank:
 
 
 def build(bank: np.ndarray, normalise: bool, fraction: float, eps: float, key: jax.Array, fp16: bool = True,
-          chunk_rows: int = 16384) -> ModalityBank:
+          chunk_rows: int = 16384, progress: Callable[[int, int], None] | None = None) -> ModalityBank:
   """Full bank `[n, d]` (raw features, any background rows included) → its normalised coreset (SPEC §3.1–3.2).
 
   `normalise`: True for IMG (scalar mean/std), False for PCD. `bank` is not modified and may be a memmap.
   """
   normaliser = Normaliser.fit(bank, chunk_rows) if normalise else Normaliser.identity()
-  idx = coreset(bank, fraction, eps, key, fp16, normaliser, chunk_rows)
+  idx = coreset(bank, fraction, eps, key, fp16, normaliser, chunk_rows, progress)
   return ModalityBank(gather_rows(bank, idx, normaliser), idx, normaliser)
 
 

@@ -11,14 +11,19 @@ A stage writes its outputs first and its marker last (atomically), so a marker m
 while its output folder exists too. Stage folders carry an `inputs.key` stamp: a folder made from other inputs is
 emptied before the stage runs again, and a folder without a stamp (not made by g2sf-jax) is never touched.
 """
+import contextlib
+import datetime
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from g2sf_jax import io
+from g2sf_jax.errors import OutputExistsError, WorkdirBusyError
 
 _STAMP = 'inputs.key'
 
@@ -27,6 +32,15 @@ def stage_key(*parts: Any) -> str:
   """A short stable hash of JSON-able parts (config dicts, upstream keys, file hashes)."""
   blob = json.dumps(parts, sort_keys=True, default=str).encode()
   return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def files_fingerprint(folder: str | os.PathLike) -> str:
+  """A hash of the name, size and modification time of every file below `folder` (a user's raw class folder): a
+  fixed, replaced, added or removed file changes it, without reading the files."""
+  folder = Path(folder)
+  entries = [(str(p.relative_to(folder)), st.st_size, st.st_mtime_ns)
+             for p in sorted(folder.rglob('*')) if p.is_file() for st in (p.stat(),)]
+  return stage_key(entries)
 
 
 class Workdir:
@@ -59,6 +73,31 @@ class Workdir:
   def methods(self) -> list[str]:
     """The methods with a completed run here (a `<method>/config.json`)."""
     return sorted(p.parent.name for p in self.root.glob('*/config.json'))
+
+  @contextlib.contextmanager
+  def lock(self, what: str) -> Iterator[None]:
+    """Holds `<workdir>/.lock` while a run writes here; a second run is refused at once, naming the holder.
+
+    An OS file lock (flock): it is released when the holding process ends, however it ends.
+    """
+    self.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(self.root / '.lock', os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.read(fd, 4096).decode(errors='replace').strip() or 'an unknown process'
+      os.close(fd)
+      raise WorkdirBusyError(f'{self.root}: another run is using this work directory ({holder}); wait for it to '
+                             'finish or choose another --config.workdir') from None
+    try:
+      started = datetime.datetime.now().isoformat(timespec='seconds')
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f'pid {os.getpid()} on {socket.gethostname()} since {started}: {what}'.encode(), 0)
+      yield
+    finally:
+      os.ftruncate(fd, 0)
+      fcntl.flock(fd, fcntl.LOCK_UN)
+      os.close(fd)
 
   # Markers.
 
@@ -93,13 +132,13 @@ class Workdir:
     """The stage's output folder, emptied first when a previous (possibly interrupted) run filled it from other
     inputs; a run with the same inputs keeps what is there, which is how an interrupted stage resumes.
 
-    Refuses (FileExistsError) to touch a folder that has no `inputs.key` stamp: g2sf-jax did not make it.
+    Refuses (OutputExistsError) to touch a folder that has no `inputs.key` stamp: g2sf-jax did not make it.
     """
     path = self.stage_dir(stage_id, class_name)
     stamp = path / _STAMP
     if path.exists() and not stamp.is_file():
       if any(path.iterdir()):
-        raise FileExistsError(f'{path}: exists but was not made by g2sf-jax (no {_STAMP}); move it away or choose '
+        raise OutputExistsError(f'{path}: exists but was not made by g2sf-jax (no {_STAMP}); move it away or choose '
                               'another --config.workdir')
     elif path.exists() and stamp.read_text() != key:
       self.invalidate(stage_id, class_name)

@@ -16,7 +16,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from g2sf_jax import checkpoints
+from g2sf_jax import checkpoints, home
+from g2sf_jax.errors import MissingInputError, UserError
 
 # SHA-256 of official releases we know. The FB DINO ViT-B/8 file's hash is not known here, so it is reported as
 # "not a known official file" (informational, not an error).
@@ -26,7 +27,7 @@ KNOWN_FILES = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
   """The source file cannot be converted; the message names the file and what was expected."""
 
 
@@ -76,7 +77,7 @@ def load_torch(path: str | os.PathLike) -> Any:
   import torch  # Only the ports need torch; keep `import ports.common` cheap for everything else.
   path = Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f'checkpoint file not found: {path}')
+    raise MissingInputError(f'checkpoint file not found: {path}')
   try:
     # A DINO full training checkpoint stores its command line as an argparse.Namespace: plain data, allowed.
     with torch.serialization.safe_globals([argparse.Namespace]):
@@ -182,10 +183,13 @@ def convert(state: Mapping[str, np.ndarray], table: Mapping[str, Entry]) -> dict
   return tree
 
 
-def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
+def parse_args(argv: list[str] | None, description: str, model: str) -> argparse.Namespace:
+  """SRC and OUT_DIR; OUT_DIR defaults to where the configs look (`g2sf_jax.home.checkpoint_dir(model)`)."""
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument('src', help='the PyTorch .pth file (read only)')
-  parser.add_argument('out_dir', help='the converted checkpoint directory to write')
+  parser.add_argument('out_dir', nargs='?', default=str(home.checkpoint_dir(model)),
+                      help='the converted checkpoint directory to write (default: %(default)s, the configs\' '
+                           'default; $G2SF_HOME moves it)')
   return parser.parse_args(argv)
 
 
@@ -200,5 +204,5 @@ def run_cli(main: Callable[[], int]) -> None:
   """`python -m ports.X`: conversion errors become one `error: …` line and exit status 1."""
   try:
     sys.exit(main())
-  except (CheckpointError, FileNotFoundError, FileExistsError) as e:
+  except UserError as e:
     sys.exit(f'error: {e}')

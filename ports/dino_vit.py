@@ -1,6 +1,6 @@
 """Converts the FB DINO ViT-B/8 backbone weights to the Flax `VisionTransformer` (SPEC §2.1, §2.6).
 
-  python -m ports.dino_vit dino_vitbase8_pretrain.pth checkpoints/dino_vit_b8
+  python -m ports.dino_vit dino_vitbase8_pretrain.pth [OUT_DIR]   (default: $G2SF_HOME/checkpoints/dino_vit_b8)
 
 Accepts the flat backbone state dict (timm/FB names), a `{'model'|'state_dict': …}` wrapper, or a DINO full training
 checkpoint (the `teacher` backbone is used, `backbone.`/`module.` prefixes stripped, the `head.*` projection head
@@ -89,7 +89,7 @@ def convert_state(state: Mapping[str, np.ndarray], path: str, arch: VitArch = VI
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = common.parse_args(argv, __doc__.splitlines()[0])
+  args = common.parse_args(argv, __doc__.splitlines()[0], 'dino_vit_b8')
   state = unwrap(common.load_torch(args.src), args.src)
   tree = convert_state(state, args.src)
   meta = {'converter': 'ports.dino_vit', 'model': 'dino_vit_b8', 'arch': dataclasses.asdict(VIT_B8),

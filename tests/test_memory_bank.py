@@ -72,6 +72,17 @@ def test_greedy_on_integer_grid_matches_numpy(fp16):
   assert got[0] == 0 and len(set(got.tolist())) == 60
 
 
+def test_greedy_reports_progress_in_calls_that_change_nothing():
+  z = np.random.default_rng(4).standard_normal((3000, 8)).astype(np.float32)
+  dist0 = np.sqrt(np.sum(np.square(z - z[0]), axis=1))
+  seen = []
+  chunked = mb.greedy_k_center(z, dist0, k=300, fp16=True, progress=lambda done, total: seen.append((done, total)),
+                               seconds_per_call=1e-4)  # forces many small calls
+  assert len(seen) > 3 and seen[-1] == (300, 300) and all(a[0] < b[0] for a, b in zip(seen, seen[1:]))
+  np.testing.assert_array_equal(chunked, mb.greedy_k_center(z, dist0, k=300, fp16=True, seconds_per_call=1e9))
+  np.testing.assert_array_equal(chunked, _numpy_greedy(z, 300, True))
+
+
 @pytest.mark.parametrize('fp16', [False, True])
 def test_coreset_matches_numpy_given_projection(fp16):
   rng = np.random.default_rng(3)

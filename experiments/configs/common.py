@@ -1,8 +1,13 @@
 """Fields shared by every experiment config; each named config overrides what differs.
 
 Every reference-code quirk is one switch here (SPEC "Fidelity policy"); the default is the reference behaviour.
+`experiments.config_check.validate` checks every field before the first stage runs.
 """
 import ml_collections
+from ml_collections import config_dict
+
+from g2sf_jax import home
+
 
 def get_base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -19,9 +24,18 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.batch_size = 8                 # feature extraction batch
 
   c.checkpoints = ml_collections.ConfigDict()
-  c.checkpoints.dino_vit_b8 = 'checkpoints/dino_vit_b8'
-  c.checkpoints.point_mae = 'checkpoints/point_mae'
-  c.checkpoints.efficientnet_lite0 = 'checkpoints/efficientnet_lite0'
+  # Converted weights live under $G2SF_HOME (default ~/.cache/g2sf-jax), whatever the current directory.
+  for name in ('dino_vit_b8', 'point_mae', 'efficientnet_lite0'):
+    c.checkpoints[name] = str(home.checkpoint_dir(name))
+
+  c.fpfh = ml_collections.ConfigDict()   # the `fpfh` point backbone (g2sf_jax/fpfh.py: FpfhParams)
+  c.fpfh.normal_radius = 3.0             # in point spacings
+  c.fpfh.normal_max_nn = 30
+  c.fpfh.feature_radius = 6.0            # in point spacings
+  c.fpfh.feature_max_nn = 100
+  c.fpfh.spacing = config_dict.placeholder(float)  # data units; None = each cloud's median NN distance
+  c.fpfh.orient_to_camera = True
+  c.fpfh.scale = 11 / 200
 
   c.point_mae = ml_collections.ConfigDict()
   c.point_mae.num_group = 512      # G2SF; M3DM uses 1024

@@ -31,27 +31,47 @@ class Entry:
     return self.folder / f'{self.sample_id}_{suffix}'
 
 
-def entry_at(prefix: str | Path) -> Entry:
-  """The sample whose files are `<prefix>_depth.png`, `<prefix>_image_4.png`, … (e.g. `…/test_public/data/07`)."""
-  prefix = Path(prefix)
-  return Entry(prefix.parent, prefix.name, f'scan/{prefix.name}')
+def scan_entry(sample: str | Path) -> Entry:
+  """A new scan from its raw files: `sample` is the path prefix of `<sample>_depth.png`, `<sample>_image_4.png`,
+  `<sample>_info_depth.yaml` and `<sample>_pose.txt` (e.g. `…/test_public/data/07`)."""
+  prefix = Path(sample)
+  if not prefix.parent.is_dir():
+    raise DataError(f'{prefix.parent}: folder not found (expected an Eyecandies data folder)')
+  return Entry(prefix.parent, prefix.name, f'scan/{prefix.name}', defect='scan')
 
 
-def _list_split(class_dir: Path, split: str) -> list[Entry]:
-  """The samples of `train/data` or `test_public/data`, by the numeric id prefix of their files.
+def scan_folder(folder: Path) -> list[Entry]:
+  """Every sample of an Eyecandies `data/` folder (by the numeric id prefix of its files)."""
+  return [dataclasses.replace(e, name=f'{Path(folder).name}/{e.sample_id}', defect='scan')
+          for e in _list_samples(Path(folder))]
+
+
+def preprocess_arrays(rgb: np.ndarray | None, xyz: np.ndarray | None) -> kind.Stored:
+  """Arrays of an already converted scan (SPEC §1.3 makes the cloud from depth and pose; use `scan_entry` for the
+  raw files): stored as they are, the RGB masking happens in the load transforms."""
+  size = (xyz if xyz is not None else rgb).shape[:2]
+  return kind.Stored(rgb, xyz, None, np.zeros(size, np.uint8))
+
+
+def _list_samples(folder: Path) -> list[Entry]:
+  """The samples of a `data/` folder, by the numeric id prefix of their files.
 
   The reference counts `len(files) // 17`; counting ids gives the same samples on a complete download and does not
   silently drop the last sample when one file (e.g. a mask) is missing.
   """
-  folder = class_dir / ('train' if split == 'train' else 'test_public') / 'data'
   if not folder.is_dir():
     raise DataError(f'{folder}: folder not found (expected the Eyecandies layout <Class>/train/data and '
                     '<Class>/test_public/data)')
   ids = sorted({p.name.split('_', 1)[0] for p in folder.iterdir() if p.name.split('_', 1)[0].isdigit()}, key=int)
   if not ids:
     raise DataError(f'{folder}: no samples (expected {FILES_PER_SAMPLE} files per sample, e.g. 000_depth.png)')
-  return [Entry(folder, i, f'train/good/{int(i):03d}' if split == 'train' else f'test/?/{int(i):03d}')
-          for i in ids]
+  return [Entry(folder, i, f'{int(i):03d}') for i in ids]
+
+
+def _list_split(class_dir: Path, split: str) -> list[Entry]:
+  folder = class_dir / ('train' if split == 'train' else 'test_public') / 'data'
+  prefix = 'train/good' if split == 'train' else 'test/?'
+  return [dataclasses.replace(e, name=f'{prefix}/{e.name}') for e in _list_samples(folder)]
 
 
 def list_class(class_dir: Path) -> kind.Listing:
@@ -109,5 +129,5 @@ def load_entry(entry: Entry, keep_orig: bool = False) -> kind.Stored:
   return kind.Stored(rgb, xyz, None, mask, tuple(str(p) for p in problems))
 
 
-KIND = kind.DatasetKind('eyecandies', CLASSES, list_class, load_entry, mask_rgb_by_xyz=True,
-                        synthesis='eyecandies')
+KIND = kind.DatasetKind('eyecandies', CLASSES, list_class, load_entry, ('sample',), scan_entry, scan_folder,
+                        preprocess_arrays, mask_rgb_by_xyz=True, synthesis='eyecandies')

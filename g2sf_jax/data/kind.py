@@ -37,6 +37,7 @@ class Stored:
   xyz_orig: np.ndarray | None
   mask: np.ndarray
   problems: tuple[str, ...] = ()
+  raw_size: tuple[int, int] | None = None  # (H, W) of the raw files before any padding; None = the stored size
 
   def arrays(self) -> dict[str, np.ndarray]:
     """The stored schema (`prepared.tfds_features`): an absent array is [0, 0, 3]."""
@@ -71,12 +72,19 @@ class DatasetKind:
   """One dataset kind.
 
   list_class(class_dir) → Listing; load_entry(entry, keep_orig) → Stored (reads the raw files and applies the
-  kind's preprocessing; `keep_orig` keeps `xyz_orig`); mask_rgb_by_xyz: SPEC §1.4's Eyecandies RGB masking;
-  synthesis: which anomaly-synthesis rules apply (SPEC §4.2: 'mvtec', or 'eyecandies' for the rules marked E).
+  kind's preprocessing; `keep_orig` keeps `xyz_orig`). For new scans: scan_entry(**files) → an entry from the
+  user's raw files (`scan_files` names the keywords, e.g. ('rgb', 'xyz') or ('sample',)); scan_folder(folder) →
+  the entries of a folder of raw scans; preprocess_arrays(rgb, xyz) → Stored, the same preprocessing on arrays
+  already read. mask_rgb_by_xyz: SPEC §1.4's Eyecandies RGB masking; synthesis: which anomaly-synthesis rules apply
+  (SPEC §4.2: 'mvtec', or 'eyecandies' for the rules marked E).
   """
   name: str
   classes: tuple[str, ...]
   list_class: Callable[[Path], Listing]
   load_entry: Callable[[Any, bool], Stored]
+  scan_files: tuple[str, ...]
+  scan_entry: Callable[..., Any]
+  scan_folder: Callable[[Path], list[Any]]
+  preprocess_arrays: Callable[[np.ndarray | None, np.ndarray | None], Stored]
   mask_rgb_by_xyz: bool = False
   synthesis: str = 'mvtec'

@@ -14,6 +14,7 @@ from g2sf_jax.data import kind, preprocessing
 from g2sf_jax.io import DataError
 
 CLASSES = ('bagel', 'cable_gland', 'carrot', 'cookie', 'dowel', 'foam', 'peach', 'potato', 'rope', 'tire')
+MIN_SIDE = 8  # pixels: a smaller image or cloud (0×0, 1×1, …) cannot be resized to the 224² model input honestly
 RANSAC_SEED = 0  # The reference leaves Open3D's RANSAC unseeded; one fixed seed makes preparation reproducible.
 _SUBFOLDERS = {'rgb': ('rgb', '.png', 'image'), 'xyz': ('xyz', '.tiff', 'point cloud')}
 
@@ -35,13 +36,16 @@ def _describe(modalities: tuple[str, ...]) -> str:
   return ' and '.join(f'{m}/*{_SUBFOLDERS[m][1]}' for m in modalities)
 
 
-def _list_folder(folder: Path, split: str) -> tuple[tuple[str, ...], list[Entry]]:
-  """The modalities one defect folder holds (those with files) and its samples; stems must match across them."""
+def _list_folder(folder: Path, split: str, with_gt: bool = True) -> tuple[tuple[str, ...], list[Entry]]:
+  """The modalities one defect folder holds (those with files) and its samples; stems must match across them.
+
+  `with_gt`: a folder other than `good/` needs a `gt/*.png` per sample (False for new scans: no ground truth).
+  """
   files = {m: _files(folder / sub, suffix) for m, (sub, suffix, _) in _SUBFOLDERS.items()}
   modalities = tuple(m for m in io.MODALITIES if files[m])
   if not modalities:
     raise DataError(f'{folder}: no samples (expected rgb/*.png and/or xyz/*.tiff)')
-  gt = _files(folder / 'gt', '.png') if folder.name != 'good' else None
+  gt = _files(folder / 'gt', '.png') if with_gt and folder.name != 'good' else None
   entries = []
   for stem in sorted(set().union(*(files[m].keys() for m in modalities))):
     for m in modalities:
@@ -98,6 +102,8 @@ def read_entry(entry: Entry) -> tuple[np.ndarray | None, np.ndarray | None, np.n
     raise DataError(f'{entry.rgb}: image size {rgb.shape[:2]} differs from its point cloud {entry.xyz} '
                     f'{xyz.shape[:2]}')
   reference, size = (entry.xyz, xyz.shape[:2]) if xyz is not None else (entry.rgb, rgb.shape[:2])
+  if min(size) < MIN_SIDE:
+    raise DataError(f'{reference}: {size[0]}×{size[1]} pixels, too small to score (at least {MIN_SIDE}×{MIN_SIDE})')
   if entry.gt is None:
     return xyz, rgb, np.zeros(size, np.uint8)
   mask = io.read_mask_png(entry.gt)
@@ -110,11 +116,12 @@ def read_entry(entry: Entry) -> tuple[np.ndarray | None, np.ndarray | None, np.n
 def preprocess(xyz: np.ndarray | None, rgb: np.ndarray | None, mask: np.ndarray, keep_orig: bool) -> kind.Stored:
   """SPEC §1.2 on one sample's arrays (`xyz_orig` only if `keep_orig`). Image only: just the square padding, since
   the plane and the clusters are found in the point cloud."""
+  size = tuple(mask.shape[:2])
   if xyz is None:
-    return kind.Stored(preprocessing.pad_square(rgb), None, None, preprocessing.pad_square(mask))
+    return kind.Stored(preprocessing.pad_square(rgb), None, None, preprocessing.pad_square(mask), raw_size=size)
   sample = preprocessing.preprocess_mvtec(xyz, rgb, mask, seed=RANSAC_SEED)
   return kind.Stored(sample.rgb, sample.xyz, sample.xyz_orig if keep_orig else None, sample.mask,
-                     tuple(str(p) for p in sample.problems))
+                     tuple(str(p) for p in sample.problems), raw_size=size)
 
 
 def load_entry(entry: Entry, keep_orig: bool = False) -> kind.Stored:
@@ -122,4 +129,29 @@ def load_entry(entry: Entry, keep_orig: bool = False) -> kind.Stored:
   return preprocess(*read_entry(entry), keep_orig=keep_orig)
 
 
-KIND = kind.DatasetKind('mvtec3d', CLASSES, list_class, load_entry)
+def scan_entry(rgb: str | Path | None = None, xyz: str | Path | None = None) -> Entry:
+  """A new scan from its raw files as they lie in the dataset layout: the RGB PNG and/or the organised xyz TIFF."""
+  if rgb is None and xyz is None:
+    raise DataError('a scan needs its rgb PNG and/or its xyz TIFF')
+  stem = Path(xyz if xyz is not None else rgb).stem
+  return Entry(f'scan/{stem}', 'scan', None if rgb is None else Path(rgb), None if xyz is None else Path(xyz), None)
+
+
+def scan_folder(folder: Path) -> list[Entry]:
+  """The scans of a folder laid out like one defect folder (`rgb/*.png` and/or `xyz/*.tiff`, paired by name); a
+  `gt/` folder is ignored."""
+  folder = Path(folder)
+  if not folder.is_dir():
+    raise DataError(f'{folder}: folder not found (expected rgb/*.png and/or xyz/*.tiff)')
+  _, entries = _list_folder(folder, 'scan', with_gt=False)
+  return [dataclasses.replace(e, name=f'{folder.name}/{Path(e.name).name}', defect='scan') for e in entries]
+
+
+def preprocess_arrays(rgb: np.ndarray | None, xyz: np.ndarray | None) -> kind.Stored:
+  """SPEC §1.2 on arrays read from a scan's raw files (as `load_entry` applies it to the files)."""
+  size = (xyz if xyz is not None else rgb).shape[:2]
+  return preprocess(xyz, rgb, np.zeros(size, np.uint8), keep_orig=False)
+
+
+KIND = kind.DatasetKind('mvtec3d', CLASSES, list_class, load_entry, ('rgb', 'xyz'), scan_entry, scan_folder,
+                        preprocess_arrays)

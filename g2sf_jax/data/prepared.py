@@ -18,6 +18,7 @@ from g2sf_jax import data as kinds
 from g2sf_jax import io
 from g2sf_jax.data import kind, transforms
 from g2sf_jax.io import DataError
+from g2sf_jax.errors import MissingInputError
 
 DATASETS_DIR = Path(__file__).resolve().parents[2] / 'datasets'
 VERSION = '1.0.0'
@@ -124,7 +125,7 @@ def _read_metadata(dataset: str, data_dir: str | Path, class_name: str) -> dict:
 def _check_prepared(dataset: str, data_dir: str | Path, class_name: str) -> None:
   kinds.resolve_classes(dataset, [class_name])
   if not is_prepared(dataset, data_dir, class_name):
-    raise FileNotFoundError(
+    raise MissingInputError(
         f'{prepared_dir(dataset, data_dir, class_name)}: {dataset}/{class_name} is not prepared; create it with '
         f'g2sf_jax.data.prepare({dataset!r}, raw_dir, {str(data_dir)!r}, [{class_name!r}]) '
         '(the `prepare` stage of experiments.run)')

@@ -98,6 +98,13 @@ def pad_square(array: np.ndarray) -> np.ndarray:
   return np.pad(array, pad, mode='constant')
 
 
+def unpad_square(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """The inverse of `pad_square`: the centred [H, W, ...] region of a padded [S, S, ...] array (`size` = (H, W))."""
+  h, w = size
+  top, left = (array.shape[0] - h) // 2, (array.shape[1] - w) // 2
+  return array[top:top + h, left:left + w]
+
+
 def largest_cluster(xyz: np.ndarray, rgb: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, list[Problem]]:
   """Keeps only the most populous DBSCAN label among the valid points (SPEC §1.2 step 3); rgb may be None.
 

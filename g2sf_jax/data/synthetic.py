@@ -11,6 +11,7 @@ geometry only (`bump`, `crack`, `dent`: xyz changes, rgb does not), colour only 
 (`combined`). Every sample is a pure function of `(shape, defect, size, seed)`; the defect draws from its own
 random stream, so a defective sample and the good sample of the same seed differ only inside the mask.
 """
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -22,6 +23,7 @@ from scipy import ndimage
 
 from g2sf_jax import io
 from g2sf_jax.data import kind, mvtec3d
+from g2sf_jax.errors import OutputExistsError
 
 SHAPES = ('cube', 'cylinder', 'torus', 'sphere')
 DEFECT_KINDS = {
@@ -306,7 +308,7 @@ def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: 
     if final.exists():
       if meta.is_file() and _stored_params(meta) == params:
         continue
-      raise ValueError(f'{final} exists but was not generated with {params} (see {meta}); '
+      raise OutputExistsError(f'{final} exists but was not generated with {params} (see {meta}); '
                        'remove it or choose another output folder')
     with io.atomic_dir(final) as tmp:
       _write_class(tmp, shape, n_train, n_test, size, seed, modalities)
@@ -315,4 +317,4 @@ def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: 
 
 
 # The generated folders have the MVTec 3D-AD layout, so the MVTec listing and preprocessing apply unchanged.
-KIND = kind.DatasetKind('synthetic', SHAPES, mvtec3d.list_class, mvtec3d.load_entry)
+KIND = dataclasses.replace(mvtec3d.KIND, name='synthetic', classes=SHAPES)

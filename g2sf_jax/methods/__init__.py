@@ -4,6 +4,7 @@ Each entry implements `base.Method` (rows, stages, scorer); the runner (`experim
 (`g2sf_jax.detector`) are generic over them.
 """
 from g2sf_jax.methods import base, btf, patchcore
+from g2sf_jax.errors import ConfigError
 from g2sf_jax.methods.g2sf import method as g2sf
 
 REGISTRY: dict[str, base.Method] = {m.name: m for m in (patchcore.PatchCore(), btf.Btf(), g2sf.G2sf())}
@@ -12,5 +13,5 @@ REGISTRY: dict[str, base.Method] = {m.name: m for m in (patchcore.PatchCore(), b
 def get(name: str) -> base.Method:
   """The method `name` (`config.method`); an unknown name lists the known ones."""
   if name not in REGISTRY:
-    raise ValueError(f'config.method = {name!r} is not a known method; choose one of {sorted(REGISTRY)}')
+    raise ConfigError(f'config.method = {name!r} is not a known method; choose one of {sorted(REGISTRY)}')
   return REGISTRY[name]

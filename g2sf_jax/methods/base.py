@@ -23,6 +23,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from g2sf_jax.data import kind
+from g2sf_jax.errors import ConfigError
 
 
 class RowScores(NamedTuple):
@@ -140,7 +141,7 @@ def modalities(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   try:
     return kind.parse_modalities(config.modalities)
   except ValueError as e:
-    raise ValueError(f'config.modalities: {e}') from None
+    raise ConfigError(f'config.modalities: {e}') from None
 
 
 def stack_rows(per_sample: list[Mapping[str, RowScores]]) -> dict[str, RowScores]:

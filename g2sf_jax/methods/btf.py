@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 
 from g2sf_jax import features, memory_bank
+from g2sf_jax.errors import ConfigError
 from g2sf_jax.methods import base, patchcore
 
 BANK_CHECKPOINT = 'coresets'
@@ -23,18 +24,13 @@ def joint_rows(img: np.ndarray, pcd: np.ndarray, stats: Mapping[str, tuple[float
 
 
 def build_bank(ctx: base.StageContext) -> dict:
-  c = ctx.config
   feats = ctx.features('train')
   stats = {}
   for name in ('img', 'pcd'):
     fitted = memory_bank.Normaliser.fit(feats[name].reshape(-1, feats[name].shape[-1]))
     stats[name] = (fitted.mean, fitted.std)
-  bank = joint_rows(feats.pop('img'), feats.pop('pcd'), stats)
-  ctx.log('banks %s: joint bank %s → coreset of %.0f%%', ctx.class_name, bank.shape,
-          100 * c.memory_bank.coreset_fraction)
-  joint = memory_bank.build(bank, normalise=False, fraction=c.memory_bank.coreset_fraction,
-                            eps=c.memory_bank.coreset_eps, key=ctx.key('coreset', 'joint'),
-                            fp16=c.memory_bank.coreset_fp16)
+  joint = patchcore.coreset_bank(ctx, 'joint', joint_rows(feats.pop('img'), feats.pop('pcd'), stats),
+                                 normalise=False)
   memory_bank.save(ctx.out_dir / BANK_CHECKPOINT, {'joint': joint}, {'btf_stats': stats, 'class': ctx.class_name})
   return {'joint': list(joint.coreset.shape)}
 
@@ -62,7 +58,7 @@ class Btf(base.Method):
 
   def check(self, config: ml_collections.ConfigDict) -> None:
     if base.modalities(config) != ('rgb', 'xyz'):
-      raise ValueError(f"config.method='btf' needs config.modalities='rgb+xyz', got {config.modalities!r}")
+      raise ConfigError(f"config.method='btf' needs config.modalities='rgb+xyz', got {config.modalities!r}")
 
   def stages(self, config: ml_collections.ConfigDict) -> tuple[base.Stage, ...]:
     return (base.Stage('banks', build_bank, owner=self.name, deps=('extract',), keys=('memory_bank', 'seed'),

@@ -18,20 +18,28 @@ FEATURES = {'rgb': 'img', 'xyz': 'pcd'}  # modality → feature key (and bank na
 BANK_CHECKPOINT = 'coresets'
 
 
+def coreset_bank(ctx: base.StageContext, name: str, bank: np.ndarray, normalise: bool) -> memory_bank.ModalityBank:
+  """`memory_bank.build` with the config's coreset fields, the key folded with `name`, and a progress bar (ETA)."""
+  c = ctx.config.memory_bank
+  k = memory_bank.coreset_size(bank.shape[0], c.coreset_fraction)
+  ctx.log('banks %s: %s bank %s → coreset of %d rows (%.0f%%)', ctx.class_name, name, bank.shape, k,
+          100 * c.coreset_fraction)
+  bar = ctx.progress(k, f'{ctx.class_name} {name} coreset', unit='row')
+  built = memory_bank.build(bank, normalise=normalise, fraction=c.coreset_fraction, eps=c.coreset_eps,
+                            key=ctx.key('coreset', name), fp16=c.coreset_fp16,
+                            progress=lambda done, _: bar.update(done - bar.n))
+  bar.close()
+  return built
+
+
 def build_banks(ctx: base.StageContext) -> dict:
   """One coreset per modality from the class's train features, saved under `ctx.out_dir`."""
-  c = ctx.config
   feats = ctx.features('train')
   banks = {}
-  for modality in base.modalities(c):
+  for modality in base.modalities(ctx.config):
     name = FEATURES[modality]
     bank = feats.pop(name)
-    bank = bank.reshape(-1, bank.shape[-1])
-    ctx.log('banks %s: %s bank %s → coreset of %.0f%%', ctx.class_name, name, bank.shape,
-            100 * c.memory_bank.coreset_fraction)
-    banks[name] = memory_bank.build(bank, normalise=name == 'img', fraction=c.memory_bank.coreset_fraction,
-                                    eps=c.memory_bank.coreset_eps, key=ctx.key('coreset', name),
-                                    fp16=c.memory_bank.coreset_fp16)
+    banks[name] = coreset_bank(ctx, name, bank.reshape(-1, bank.shape[-1]), normalise=name == 'img')
   memory_bank.save(ctx.out_dir / BANK_CHECKPOINT, banks, {'class': ctx.class_name})
   return {m: list(b.coreset.shape) for m, b in banks.items()}
 

@@ -46,6 +46,7 @@ def test_pad_square_centred(shape, pads):
   assert np.array_equal(out[top:top + shape[0], left:left + shape[1]], image)
   assert out.sum() == pytest.approx(image.sum(), rel=1e-6)  # everything else is zero
   assert pp.pad_square(image[..., 0]).shape == (side, side)
+  assert np.array_equal(pp.unpad_square(out, shape), image)  # the inverse, used to map scores back to the scan
 
 
 def test_remove_plane_known_plane():

@@ -51,7 +51,7 @@ def test_deterministic_and_idempotent(tmp_path):
   sd.generate(tmp_path / 'a', ['cylinder'], 2, 7, SIZE, seed=3)  # same parameters: kept as is
   assert (tmp_path / 'a' / 'cylinder' / 'train' / 'good' / 'xyz' / '000.tiff').stat().st_mtime_ns == stamp
   assert json.loads((tmp_path / 'a' / 'cylinder' / 'synthetic.json').read_text())['seed'] == 3
-  with pytest.raises(ValueError, match='not generated with'):
+  with pytest.raises(FileExistsError, match='not generated with'):
     sd.generate(tmp_path / 'a', ['cylinder'], 2, 7, SIZE, seed=5)
   assert not [p for p in (tmp_path / 'a').iterdir() if p.name.startswith('.')]  # no temporary folder left
 
@@ -70,7 +70,7 @@ def test_single_modality_writes_the_same_files_minus_one_folder(tmp_path):
       assert len(list(out.rglob('gt/*.png'))) == 7  # ground truth as usual
     params = json.loads((out / 'sphere' / 'synthetic.json').read_text())
     assert params['modalities'] == ([kept] if kept else ['rgb', 'xyz'])
-  with pytest.raises(ValueError, match='not generated with'):  # same folder, other modalities: refused
+  with pytest.raises(FileExistsError, match='not generated with'):  # same folder, other modalities: refused
     sd.generate(tmp_path / 'only_rgb', ['sphere'], 2, 7, SIZE, seed=2, modalities=['xyz'])
   for bad in ('depth', (), 'rgb,normals'):
     with pytest.raises(ValueError, match='modalities must be'):
@@ -86,7 +86,7 @@ def test_folder_generated_before_modalities_option_is_kept(tmp_path):
   before = _tree(root)
   sd.generate(tmp_path, ['cube'], 1, 1, 64, seed=0)
   assert _tree(root) == before
-  with pytest.raises(ValueError, match='not generated with'):
+  with pytest.raises(FileExistsError, match='not generated with'):
     sd.generate(tmp_path, ['cube'], 1, 1, 64, seed=0, modalities='rgb')
 
 

@@ -6,6 +6,8 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import ml_collections
@@ -14,8 +16,8 @@ import pytest
 
 from experiments import pipeline, predict
 from experiments.configs import synthetic
-from g2sf_jax import io
-from g2sf_jax.data import prepared
+from g2sf_jax import detector, io
+from g2sf_jax.errors import ConfigError
 from g2sf_jax.workdir import Workdir
 
 STAGE_FILES = ('prepare', 'extract', 'patchcore/banks', 'g2sf/fusion_data', 'g2sf/train', 'g2sf/evaluate')
@@ -122,23 +124,46 @@ def test_missing_upstream_names_the_command(tmp_path):
     pipeline.run(config)
 
 
-def test_predict_gives_the_evaluation_score(finished, tmp_path):
+def check_raw_predict(workdir: Path, modalities: str, tmp_path: Path) -> None:
+  """Every test sample, scored from its raw files as they lie in the dataset layout (CLI batch, CLI single, API
+  on files and on arrays), gets exactly the evaluation's image scores and maps."""
+  method = Workdir(workdir).methods()[0]
+  with np.load(Workdir(workdir).stage_dir(f'{method}/evaluate', 'cube') / 'evaluation.npz') as z:
+    want = {k: z[k] for k in z.files}
+  names = list(want['names'])
+  rows = [k[len('score_'):] for k in want if k.startswith('score_')]
+  folders = sorted((workdir / 'raw' / 'cube' / 'test').iterdir())
+  result = predict.main(['--workdir', str(workdir), '--scans', *map(str, folders), '--out', str(tmp_path / 'batch')])
+  assert len(result['scans']) == len(names) and all(r['status'] == 'ok' for r in result['scans'])
+  for rec in result['scans']:
+    i = names.index('test/' + rec['scan'])
+    assert rec['scores'] == {row: float(want[f'score_{row}'][i]) for row in rows}, rec['scan']
+    assert io.read_mask_png(tmp_path / 'batch' / rec['map']).shape == (224, 224)
+  assert (tmp_path / 'batch' / 'scores.csv').read_text().count('\n') == len(names) + 1
+  det = detector.Detector.load(workdir, 'cube')
+  for folder in folders:
+    for stem in sorted(p.stem for p in (folder / ('rgb' if 'rgb' in modalities else 'xyz')).iterdir()):
+      files = {m: folder / m / f'{stem}.{"png" if m == "rgb" else "tiff"}' for m in modalities.split('+')}
+      i = names.index(f'test/{folder.name}/{stem}')
+      got = det.score_files(**files)
+      for row in rows:
+        assert got.image[row] == float(want[f'score_{row}'][i])
+        np.testing.assert_array_equal(got.maps[row], want[f'map_{row}'][i])
+  files = {m: folders[0] / m / f'000.{"png" if m == "rgb" else "tiff"}' for m in modalities.split('+')}
+  arrays = {'rgb': io.read_rgb_png, 'xyz': io.read_xyz_tiff}
+  got = det.score(**{m: arrays[m](p) for m, p in files.items()})
+  i = names.index(f'test/{folders[0].name}/000')
+  assert got.image == {row: float(want[f'score_{row}'][i]) for row in rows}
+  single = predict.main(['--workdir', str(workdir)] + [a for m, p in files.items() for a in (f'--{m}', str(p))] +
+                        ['--out', str(tmp_path / 'one.png'), '--size', 'original'])
+  assert single['image_scores'] == got.image
+  assert io.read_mask_png(tmp_path / 'one.png').shape == io.read_mask_png(
+      workdir / 'raw' / 'cube' / 'test' / folders[0].name / 'gt' / '000.png').shape
+
+
+def test_predict_from_raw_files_gives_the_evaluation_scores(finished, tmp_path):
   config, _ = finished
-  workdir = Path(config.workdir)
-  sample = prepared.load_split_full('synthetic', workdir / 'data', 'cube', 'test')[-1]
-  io.write_png(tmp_path / 'a.png', sample['rgb'])
-  io.write_xyz_tiff(tmp_path / 'a.tiff', sample['xyz'])
-  result = predict.main(['--workdir', str(workdir), '--rgb', str(tmp_path / 'a.png'), '--xyz',
-                         str(tmp_path / 'a.tiff'), '--out', str(tmp_path / 'map.png'), '--size', 'original',
-                         '--overlay', str(tmp_path / 'overlay.png')])
-  with np.load(workdir / 'cube' / 'g2sf' / 'evaluate' / 'evaluation.npz') as z:
-    names = list(z['names'])
-    expected = {row: float(z[f'score_{row}'][names.index(sample['name'])]) for row in ('IMG', 'PCD', 'FUS')}
-  for row, score in expected.items():
-    assert result['image_scores'][row] == pytest.approx(score, rel=1e-4)
-  written = io.read_mask_png(tmp_path / 'map.png')
-  assert written.shape == sample['rgb'].shape[:2] and written.max() > 0
-  assert io.read_rgb_png(tmp_path / 'overlay.png').shape == sample['rgb'].shape
+  check_raw_predict(Path(config.workdir), 'rgb+xyz', tmp_path)
 
 
 def test_predict_rejects_bad_scans(finished, tmp_path):
@@ -147,16 +172,40 @@ def test_predict_rejects_bad_scans(finished, tmp_path):
   io.write_png(tmp_path / 'a.png', rgb)
   io.write_xyz_tiff(tmp_path / 'empty.tiff', np.zeros((200, 200, 3), np.float32))
   io.write_xyz_tiff(tmp_path / 'small.tiff', np.ones((100, 100, 3), np.float32))
+  io.write_png(tmp_path / 'tiny.png', np.zeros((1, 1, 3), np.uint8))
+  io.write_xyz_tiff(tmp_path / 'tiny.tiff', np.ones((1, 1, 3), np.float32))
   base = ['--workdir', config.workdir, '--rgb', str(tmp_path / 'a.png'), '--out', str(tmp_path / 'm.png')]
-  with pytest.raises(SystemExit, match='empty'):
+  with pytest.raises(SystemExit, match='cannot be scored: 0 valid points'):
     predict.main(base + ['--xyz', str(tmp_path / 'empty.tiff')])
-  with pytest.raises(SystemExit, match='differ in size'):
+  with pytest.raises(SystemExit, match='differs from its point cloud'):
     predict.main(base + ['--xyz', str(tmp_path / 'small.tiff')])
-  with pytest.raises(SystemExit, match='needs an organised point cloud'):
+  with pytest.raises(SystemExit, match=r'needs an organised point cloud \(xyz\)'):
     predict.main(base)
   with pytest.raises(SystemExit, match='missing.tiff'):
     predict.main(base + ['--xyz', str(tmp_path / 'missing.tiff')])
+  with pytest.raises(SystemExit, match='1×1 pixels, too small'):
+    predict.main(['--workdir', config.workdir, '--rgb', str(tmp_path / 'tiny.png'), '--xyz',
+                  str(tmp_path / 'tiny.tiff'), '--out', str(tmp_path / 'm.png')])
   assert not (tmp_path / 'm.png').exists()
+
+
+def test_unscorable_scans_get_a_status_not_a_score(finished, tmp_path):
+  """An empty cloud and a cloud whose points all coincide (FPFH spacing 0) are reported, never scored."""
+  config, _ = finished
+  good = Path(config.workdir) / 'raw' / 'cube' / 'test' / 'good'
+  scans = tmp_path / 'scans'
+  shutil.copytree(good, scans, ignore=shutil.ignore_patterns('gt'))
+  io.write_xyz_tiff(scans / 'xyz' / '000.tiff', np.zeros((200, 200, 3), np.float32))
+  same = np.zeros((200, 200, 3), np.float32)
+  same[50:150, 50:150] = (0.01, 0.02, 0.5)  # 10,000 valid points at one position
+  io.write_xyz_tiff(scans / 'xyz' / '001.tiff', same)
+  out = predict.main(['--workdir', config.workdir, '--scans', str(scans), '--out', str(tmp_path / 'out')])
+  status = {r['scan']: (r['status'], r['reason'], r['scores']) for r in out['scans']}
+  assert status['scans/000'][:1] == ('unscorable',) and 'valid points' in status['scans/000'][1]
+  assert status['scans/001'][0] == 'unscorable' and 'all zero' in status['scans/001'][1]
+  assert status['scans/000'][2] == {} and status['scans/001'][2] == {}
+  table = (tmp_path / 'out' / 'scores.csv').read_text()
+  assert 'scans/000,unscorable' in table and 'scans/001,unscorable' in table
 
 
 @pytest.mark.parametrize('method, modalities, rows', [('btf', 'rgb+xyz', ['BTF']), ('g2sf', 'rgb', ['IMG']),
@@ -171,6 +220,8 @@ def test_baseline_and_single_modality_runs(tmp_path, method, modalities, rows):
   assert table['rows'] == rows
   assert all(0 <= v <= 1 for v in table['classes']['cube'][rows[0]].values())
   assert not (tmp_path / 'cube' / 'g2sf' / 'fusion_data').exists()  # no fusion without both modalities / for BTF
+  if method == 'g2sf':  # RGB-only and 3D-only (rgb+xyz: test_predict_from_raw_files_gives_the_evaluation_scores)
+    check_raw_predict(tmp_path, modalities, tmp_path / 'predict')
 
 
 def test_modalities_missing_from_the_data_are_named(tmp_path):
@@ -199,3 +250,92 @@ def test_methods_share_a_workdir(finished, tmp_path):
   assert _markers(shared) == before and _markers(shared, ('btf/banks', 'btf/evaluate')) == btf_markers
   assert (shared / 'btf' / 'report' / 'results.json').is_file() and (shared / 'g2sf' / 'report').is_dir()
   assert Workdir(shared).methods() == ['btf', 'g2sf']
+
+
+def test_stage_durations_in_the_log(finished):
+  config, _ = finished
+  log = (Path(config.workdir) / 'run.log').read_text()
+  assert 'g2sf/train cube: done in' in log and 'extract cube: done in' in log
+  assert 'rows IMG, PCD, FUS · stages prepare, extract, patchcore/banks' in (
+      Path(config.workdir) / 'g2sf' / 'report' / 'results.md').read_text()
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('g2sf.scoring_mode', 'maxx', r"g2sf.scoring_mode = 'maxx' is not one of .*did you mean 'max'"),
+    ('memory_bank.coreset_fraction', 1.5, r'coreset_fraction = 1.5: expected a number in \(0, 1\]'),
+    ('metrics.aupro_thresholds', 1, r'aupro_thresholds = 1: expected an integer in \[2'),
+    ('scoring.blur', 'gauss', r"scoring.blur = 'gauss' is not one of"),
+    ('point_backbone', 'pointnet', r"point_backbone = 'pointnet' is not one of"),
+    ('stages', 'prepare,fusion', r"config.stages: unknown \['fusion'\]"),
+    ('g2sf.epochs', 0, r'g2sf.epochs = 0: expected an integer in \[1'),
+    ('dataset', 'mvtec3d', 'config.raw_dir is empty'),
+])
+def test_a_bad_config_fails_before_any_stage(tmp_path, field, value, message):
+  config = tiny_config(tmp_path / 'w')
+  section, _, name = field.rpartition('.')
+  (config[section] if section else config)[name] = value
+  with pytest.raises(ConfigError, match=message):
+    pipeline.run(config)
+  assert not (tmp_path / 'w').exists()  # nothing was written
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
+  from g2sf_jax.errors import WorkdirBusyError
+  wd = Workdir(tmp_path)
+  with wd.lock('the first run'):
+    with pytest.raises(WorkdirBusyError, match=rf'another run is using this work directory \(pid {os.getpid()} '
+                                              r'on .* the first run\)'):
+      pipeline.run(tiny_config(tmp_path))
+  assert not (tmp_path / 'cube').exists()
+  with wd.lock('free again'):  # released when the holder's block ends
+    pass
+
+
+def test_a_failed_run_keeps_the_config_of_the_finished_one(finished, tmp_path):
+  config, _ = finished
+  shared = tmp_path / 'copy'
+  shutil.copytree(config.workdir, shared)
+  before = (shared / 'g2sf' / 'config.json').read_text()
+  changed = tiny_config(shared)
+  changed.g2sf.epochs = 3
+  changed.stages = 'evaluate'  # the retrained fuser does not exist: this run fails
+  with pytest.raises(FileNotFoundError, match="'g2sf/train' stage has no up-to-date output"):
+    pipeline.run(changed)
+  assert (shared / 'g2sf' / 'config.json').read_text() == before
+  assert predict.trained_classes(shared, 'g2sf') == ['cube']
+
+
+def test_changed_raw_files_are_prepared_again_and_problems_are_reported(finished, tmp_path):
+  """A user's raw folder: prepare is keyed on its files; a test cloud made empty is listed in the report."""
+  config, _ = finished
+  raw = tmp_path / 'raw'
+  shutil.copytree(Path(config.workdir) / 'raw', raw)
+  c = tiny_config(tmp_path / 'w')
+  c.raw_dir = str(raw)
+  c.method = 'patchcore'
+  pipeline.run(c)
+  before = _markers(tmp_path / 'w', ('prepare', 'extract'))
+  pipeline.run(c)
+  assert _markers(tmp_path / 'w', ('prepare', 'extract')) == before
+  io.write_xyz_tiff(raw / 'cube' / 'test' / 'crack' / 'xyz' / '000.tiff', np.zeros((200, 200, 3), np.float32))
+  table = pipeline.run(c)
+  after = _markers(tmp_path / 'w', ('prepare', 'extract'))
+  assert all(after[s] != before[s] for s in after)
+  assert table['problems'] == {'cube': ['test/crack/000: empty_cloud: the point cloud has no valid point']}
+  assert 'test/crack/000: empty_cloud' in (tmp_path / 'w' / 'patchcore' / 'report' / 'report.html').read_text()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+  root = Path(__file__).resolve().parents[2]
+  return subprocess.run([sys.executable, '-m', 'experiments.run', *args], cwd=root, capture_output=True, text=True,
+                        timeout=300)
+
+
+def test_cli_user_errors_are_one_line_without_traceback(tmp_path):
+  bad = _cli('--config', 'synthetic', '--config.g2sf.scoring_mod=max', f'--config.workdir={tmp_path}')
+  assert bad.returncode != 0 and 'Traceback' not in bad.stderr
+  assert "no such config field; did you mean 'g2sf.scoring_mode'" in bad.stderr
+  bad = _cli('--config', 'synthetic', '--config.g2sf.consistency=perrow', f'--config.workdir={tmp_path / "w"}')
+  assert bad.returncode == 1 and 'Traceback' not in bad.stderr
+  assert bad.stderr.strip().splitlines()[-1].startswith("error: config.g2sf.consistency = 'perrow'")
+  assert not (tmp_path / 'w').exists()

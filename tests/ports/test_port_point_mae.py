@@ -17,7 +17,8 @@ def test_official_hash_is_known():
   assert common.KNOWN_FILES['27ded932bb0a2625d5a8eb006df199b2578598c774aee6d86b985300b6a5fd20'].startswith('Point-MAE')
 
 
-def test_wrapped_prefixed_checkpoint_converts_and_records_provenance(tmp_path, monkeypatch):
+def _pretrain_file(tmp_path):
+  """A random Point-MAE pretrain file in the official layout (wrapped, prefixed, with decoder entries)."""
   rng = np.random.default_rng(0)
   state = {k: torch.from_numpy(rng.normal(size=e.shape).astype(np.float32)) for k, e in port.table().items()}
   ckpt = {'base_model': {'module.MAE_encoder.' + k: v for k, v in state.items()}}
@@ -27,6 +28,25 @@ def test_wrapped_prefixed_checkpoint_converts_and_records_provenance(tmp_path, m
                              'module.MAE_encoder.encoder.first_conv.1.num_batches_tracked': torch.tensor(5)})
   src = tmp_path / 'pretrain.pth'
   torch.save(ckpt, src)
+  return src, state
+
+
+def test_a_folder_of_other_files_survives_a_port_into_it(tmp_path, monkeypatch, capsys):
+  src, _ = _pretrain_file(tmp_path)
+  theirs = tmp_path / 'my_models'
+  theirs.mkdir()
+  (theirs / 'notes.txt').write_text('keep me')
+  with pytest.raises(SystemExit, match='not a g2sf-jax checkpoint'):
+    common.run_cli(lambda: port.main([str(src), str(theirs)]))
+  assert [p.name for p in theirs.iterdir()] == ['notes.txt'] and (theirs / 'notes.txt').read_text() == 'keep me'
+  monkeypatch.setenv('G2SF_HOME', str(tmp_path / 'home'))  # no OUT_DIR: where the configs look
+  assert port.main([str(src)]) == 0
+  assert checkpoints.exists(tmp_path / 'home' / 'checkpoints' / 'point_mae')
+  assert port.main([str(src)]) == 0  # an earlier conversion of ours is replaced
+
+
+def test_wrapped_prefixed_checkpoint_converts_and_records_provenance(tmp_path, monkeypatch):
+  src, state = _pretrain_file(tmp_path)
   monkeypatch.setitem(common.KNOWN_FILES, common.sha256(src), 'test release')
   assert port.main([str(src), str(tmp_path / 'out')]) == 0
   tree, meta = checkpoints.load(tmp_path / 'out')

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from g2sf_jax import features, io, memory_bank
+from g2sf_jax.errors import MissingInputError
 
 _FIELDS = ('feature', 'score', 'label', 'anchor_idx')
 _META = 'fusion_meta.json'
@@ -125,6 +126,6 @@ def load(out_dir) -> FusionData:
   """Memory-maps a finished fusion dataset (read-only)."""
   out_dir = Path(out_dir)
   if not (out_dir / _META).is_file():
-    raise FileNotFoundError(f'no finished fusion dataset in {out_dir}; build it with '
+    raise MissingInputError(f'no finished fusion dataset in {out_dir}; build it with '
                             'python -m experiments.run --config.stages=fusion_data')
   return FusionData(**{k: np.load(out_dir / f'{k}.npy', mmap_mode='r') for k in _FIELDS})

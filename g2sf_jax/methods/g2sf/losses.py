@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from g2sf_jax.models import lspn
 
+CONSISTENCY_MODES = ('reference', 'per_row')
 _E = float(jnp.e)
 EPS = 1e-5
 
@@ -70,7 +71,7 @@ def consistency(l0: jax.Array, sbar0: jax.Array, l_near: jax.Array, sbar_near: j
   elif mode == 'per_row':
     near = jax.nn.relu(l_near - magnitude * ratio * l0[None])
   else:
-    raise ValueError(f"g2sf.consistency must be 'reference' or 'per_row', got {mode!r}")
+    raise ValueError(f'g2sf.consistency must be one of {CONSISTENCY_MODES}, got {mode!r}')
   far = jax.nn.relu(l0[None] - l_far)
   near = jnp.mean(near.reshape(anchors, -1), axis=1)
   return (jnp.sum(near) + jnp.sum(jnp.mean(far, axis=1))) / anchors

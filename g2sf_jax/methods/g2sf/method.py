@@ -6,40 +6,76 @@ that modality's PatchCore row. The scorer reuses the anchors of the IMG/PCD sear
 """
 import json
 import zlib
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import ml_collections
 import numpy as np
 
 from g2sf_jax import data, features, io, memory_bank
 from g2sf_jax.data import transforms
+from g2sf_jax.config_fields import choice, number
+from g2sf_jax.errors import ConfigError, DataError
 from g2sf_jax.methods import base, patchcore
 from g2sf_jax.methods.g2sf import dataset as fusion_dataset
-from g2sf_jax.methods.g2sf import infer, synthesis
+from g2sf_jax.methods.g2sf import infer, losses, synthesis
 from g2sf_jax.methods.g2sf import train as fusion_train
 
 BANKS = 'patchcore/banks'
 
 
+class _Subset(Sequence):
+  """The samples `indices` of a lazy split, still lazy."""
+
+  def __init__(self, samples: Sequence, indices: Sequence[int]):
+    self.samples, self.indices = samples, list(indices)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i: int):
+    return self.samples[self.indices[i]]
+
+
 def _anomaly_sources(ctx: base.StageContext):
   """SPEC §4.2: `synthesis.num_sources` preprocessed training clouds per class, pooled over the run's classes.
 
-  Returns (source names 'class/split/…', load(i) → xyz [S, S, 3]); the list is saved in the stage's folder.
+  Returns (source names 'class/split/…', load(i) → xyz [S, S, 3]); the list is saved in the stage's folder. A cloud
+  with too few valid points is passed over (the next in the seeded order is taken).
   """
   c = ctx.config
   splits = {name: ctx.samples('train', full=True, class_name=name) for name in ctx.classes}
-  names = {name: [f'{name}/{s["name"]}' for s in split] for name, split in splits.items()}
-  count = min([c.synthesis.num_sources] + [len(v) for v in names.values()])
-  sources = synthesis.select_anomaly_sources(names, count, c.seed)
-  with io.atomic_write(ctx.out_dir / 'anomaly_sources.json', 'w') as f:
-    json.dump(sources, f, indent=1)
+  names = {name: [f'{name}/{s}' for s in _names(split)] for name, split in splits.items()}
   where = {n: (name, i) for name, ns in names.items() for i, n in enumerate(ns)}
 
-  def load(i: int) -> np.ndarray:
-    name, row = where[sources[i]]
+  def load_name(n: str) -> np.ndarray:
+    name, row = where[n]
     return splits[name][row]['xyz']
 
-  return sources, load
+  count = min([c.synthesis.num_sources] + [len(v) for v in names.values()])
+  sources = synthesis.select_anomaly_sources(names, count, c.seed,
+                                             usable=lambda n: synthesis.can_host_anomaly(load_name(n)))
+  with io.atomic_write(ctx.out_dir / 'anomaly_sources.json', 'w') as f:
+    json.dump(sources, f, indent=1)
+  return sources, lambda i: load_name(sources[i])
+
+
+def _names(split: Sequence[dict]) -> list[str]:
+  return [s['name'] for s in split]
+
+
+def _hosts(ctx: base.StageContext, train_full: Sequence[dict]) -> Sequence[dict]:
+  """The training samples that can receive (and donate) an anomaly; the others are named in the log."""
+  keep, left_out = [], []
+  for i, sample in enumerate(train_full):
+    (keep if synthesis.can_host_anomaly(sample['xyz']) else left_out).append(i)
+  if left_out:
+    ctx.log('fusion_data %s: %d training clouds have too few valid points to host a synthetic anomaly and are left '
+            'out of the synthesis: %s', ctx.class_name, len(left_out),
+            ', '.join(train_full[i]['name'] for i in left_out))
+  if len(keep) < 2:
+    raise DataError(f'class {ctx.class_name!r}: {len(keep)} of {len(train_full)} training clouds have enough valid '
+                    'points for anomaly synthesis (2 needed: a normal sample and a donor)')
+  return _Subset(train_full, keep)
 
 
 def _placed_coresets(ctx: base.ScorerContext, banks: Mapping[str, memory_bank.ModalityBank]):
@@ -50,7 +86,7 @@ def build_fusion_data(ctx: base.StageContext) -> dict:
   """SPEC §4.2–4.3: `synthesis.num_anomalies` synthetic anomalies → their foreground patch rows."""
   c = ctx.config
   banks = patchcore.load_banks(ctx)
-  train_full = ctx.samples('train', full=True)
+  train_full = _hosts(ctx, ctx.samples('train', full=True))
   sources, load_source = _anomaly_sources(ctx)
   rgb, point = ctx.backbones()
   profile = data.get(c.dataset).synthesis
@@ -126,8 +162,20 @@ class G2sf(base.Method):
     return unimodal + (('FUS',) if len(unimodal) == 2 else ())
 
   def check(self, config: ml_collections.ConfigDict) -> None:
+    choice(config, 'g2sf.scoring_mode', infer.SCORING_MODES)
+    choice(config, 'g2sf.consistency', losses.CONSISTENCY_MODES)
+    for field in ('g2sf.hidden', 'g2sf.emb_dim', 'g2sf.anchor', 'g2sf.epochs', 'synthesis.num_anomalies',
+                  'synthesis.num_sources'):
+      number(config, field, 1, integer=True)
+    number(config, 'g2sf.batch_size', 2, integer=True)
+    number(config, 'g2sf.dropout', 0, 1, high_open=True)
+    for field in ('g2sf.lr', 'g2sf.lr_scale'):
+      number(config, field, 0, low_open=True)
+    for field in ('g2sf.weight_decay', 'g2sf.alpha', 'g2sf.magnitude', 'g2sf.w_margin', 'g2sf.w_consistency',
+                  'g2sf.w_alignment', 'g2sf.w_scaling', 'g2sf.w_l1'):
+      number(config, field, 0)
     if 2 * config.g2sf.anchor + 1 > config.memory_bank.num_anchors:
-      raise ValueError(f'config.memory_bank.num_anchors={config.memory_bank.num_anchors} is below the '
+      raise ConfigError(f'config.memory_bank.num_anchors={config.memory_bank.num_anchors} is below the '
                        f'{2 * config.g2sf.anchor + 1} prototypes G²SF trains with (2·g2sf.anchor + 1)')
 
   def _fuses(self, config: ml_collections.ConfigDict) -> bool:

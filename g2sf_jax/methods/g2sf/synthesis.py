@@ -35,10 +35,12 @@ class SynthesisError(RuntimeError):
   """No acceptable anomaly mask could be drawn for this (normal, donor, source) triple."""
 
 
-def select_anomaly_sources(train_xyz: Mapping[str, Sequence[str]], count: int, seed: int = 0) -> list[str]:
+def select_anomaly_sources(train_xyz: Mapping[str, Sequence[str]], count: int, seed: int = 0,
+                           usable: Callable[[str], bool] = lambda _: True) -> list[str]:
   """Per class (in the mapping's order): the sorted train xyz paths, shuffled by one seeded stream, first `count`.
 
-  The caller saves the list as JSON (`anomaly_source_path.json`, SPEC §4.2).
+  `usable(path)` skips a cloud that cannot supply an anomaly (too few valid points); the next in the shuffled order
+  takes its place. The caller saves the list as JSON (`anomaly_source_path.json`, SPEC §4.2).
   """
   rng = np.random.default_rng(seed)
   chosen = []
@@ -46,8 +48,26 @@ def select_anomaly_sources(train_xyz: Mapping[str, Sequence[str]], count: int, s
     paths = sorted(str(p) for p in paths)
     if len(paths) < count:
       raise ValueError(f'class {class_name!r} has {len(paths)} training clouds; {count} anomaly sources requested')
-    chosen += [paths[i] for i in rng.permutation(len(paths))[:count]]
+    picked = []
+    for i in rng.permutation(len(paths)):
+      if len(picked) == count:
+        break
+      if usable(paths[i]):
+        picked.append(paths[i])
+    if len(picked) < count:
+      raise SynthesisError(f'class {class_name!r}: only {len(picked)} of its {len(paths)} training clouds have '
+                           f'enough valid points to be anomaly sources; {count} requested (synthesis.num_sources)')
+    chosen += picked
   return chosen
+
+
+def can_host_anomaly(xyz: np.ndarray, perlin_size: int = 512) -> bool:
+  """Whether a cloud has enough valid points for a Perlin anomaly mask (≥ 300 px at `perlin_size`², SPEC §4.2.5).
+
+  An empty or nearly empty cloud can neither receive nor supply one; drawing it would only exhaust the attempts.
+  """
+  fg = cv2.resize(foreground(xyz).astype(np.uint8), (perlin_size, perlin_size), interpolation=cv2.INTER_NEAREST)
+  return int(fg.sum()) >= MIN_TOTAL
 
 
 def foreground(xyz: np.ndarray) -> np.ndarray:
@@ -90,6 +110,9 @@ def perlin_mask(fg: np.ndarray, rng: np.random.Generator, *, perlin_size: int = 
   """
   h, w = fg.shape
   fg_small = cv2.resize(fg.astype(np.uint8), (perlin_size, perlin_size), interpolation=cv2.INTER_NEAREST) > 0
+  if fg_small.sum() < MIN_TOTAL:  # no mask can reach MIN_TOTAL: fail now, not after max_attempts draws
+    raise SynthesisError(f'the foreground has {int(fg_small.sum())} px at {perlin_size}², fewer than the {MIN_TOTAL} '
+                         'an anomaly mask needs')
   thr = threshold
   for attempt in range(max_attempts):
     if threshold_schedule and attempt > 0 and attempt % 10 == 0:

@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 from sklearn.metrics import roc_auc_score
 
 from g2sf_jax import checkpoints, distributed
+from g2sf_jax.errors import DataError
 from g2sf_jax.methods.g2sf import losses
 from g2sf_jax.models import lspn
 
@@ -55,7 +56,7 @@ def batch_size(num_rows: int, requested: int, num_devices: int) -> int:
   b = min(int(0.7 * num_rows) // 20, requested)
   b -= b % num_devices
   if b < max(num_devices, 2):
-    raise ValueError(f'fusion dataset too small: {num_rows} rows give a batch of {b} on {num_devices} devices')
+    raise DataError(f'fusion dataset too small: {num_rows} rows give a batch of {b} on {num_devices} devices')
   return b
 
 
@@ -71,7 +72,7 @@ def balanced_batches(rows: np.ndarray, labels: np.ndarray, batch: int, rng: np.r
   lab = labels[rows]
   counts = np.bincount(lab, minlength=2)
   if np.any(counts == 0):
-    raise ValueError(f'a fusion split has no {"normal" if counts[0] == 0 else "anomalous"} rows')
+    raise DataError(f'a fusion split has no {"normal" if counts[0] == 0 else "anomalous"} rows')
   p = 1.0 / counts[lab]
   draws = rng.choice(rows, size=len(rows), replace=True, p=p / p.sum())
   steps = len(rows) // batch

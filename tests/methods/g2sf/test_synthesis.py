@@ -67,6 +67,44 @@ def test_perlin_mask_gives_up_on_a_tiny_foreground():
     synthesis.perlin_mask(fg, np.random.default_rng(0), perlin_size=128, max_attempts=20)
 
 
+def test_an_empty_foreground_fails_at_once_without_drawing():
+  rng = np.random.default_rng(0)
+  state = rng.bit_generator.state
+  with pytest.raises(synthesis.SynthesisError, match='fewer than the 300'):
+    synthesis.perlin_mask(np.zeros((200, 200), bool), rng)  # would be 2000 noise draws otherwise
+  assert rng.bit_generator.state == state  # not a single attempt was drawn
+
+
+def test_clouds_that_cannot_host_an_anomaly_are_passed_over():
+  empty = dict(_disc_sample(0), xyz=np.zeros((S, S, 3), np.float32))
+  assert synthesis.can_host_anomaly(_disc_sample(0)['xyz']) and not synthesis.can_host_anomaly(empty['xyz'])
+  names = {'a': [f'a/{i}' for i in range(6)]}
+  default = synthesis.select_anomaly_sources(names, 3, seed=0)
+  skipping = synthesis.select_anomaly_sources(names, 3, seed=0, usable=lambda n: n != default[0])
+  assert skipping[:2] == default[1:] and default[0] not in skipping and len(skipping) == 3
+  with pytest.raises(synthesis.SynthesisError, match='only 2 of its 6'):
+    synthesis.select_anomaly_sources(names, 3, seed=0, usable=lambda n: n in default[1:])
+
+
+def test_fusion_data_leaves_empty_training_clouds_out_and_says_so():
+  from g2sf_jax.methods.g2sf import method
+  logged = []
+
+  class Ctx:
+    class_name = 'disc'
+
+    def log(self, msg, *args):
+      logged.append(msg % args)
+
+  train = [dict(_disc_sample(i), name=f'train/good/{i:03d}') for i in range(3)]
+  train[1] = dict(train[1], xyz=np.zeros((S, S, 3), np.float32))
+  hosts = method._hosts(Ctx(), train)
+  assert [h['name'] for h in hosts] == ['train/good/000', 'train/good/002']
+  assert logged and 'train/good/001' in logged[0] and 'too few valid points' in logged[0]
+  made = synthesis.synthesize_indexed(hosts, lambda i: train[0]['xyz'], ['s.tiff'], 'bagel', 'mvtec', 0, 3)
+  assert made['mask'].any()
+
+
 def test_geometric_augment_shares_parameters_across_channels():
   rng = np.random.default_rng(0)
   base = rng.random((S, S, 3)).astype(np.float32) + 1

@@ -1,0 +1,88 @@
+"""Checks a whole run config before the first stage: a typo must fail in a second, not after an hour of training.
+
+`validate(config)` raises `ConfigError` naming the first bad field, its value and what it accepts (a missing raw
+folder or converted checkpoint is named too); the chosen method then checks its own sections (`Method.check`). `unknown_override(...)` explains a `--config.x=…` that names
+no field, with the closest ones.
+"""
+import dataclasses
+import difflib
+import numbers
+from pathlib import Path
+
+import ml_collections
+
+from g2sf_jax import backbones, data, fpfh, memory_bank, methods
+from g2sf_jax.config_fields import choice, get, number
+from g2sf_jax.data import kind
+from g2sf_jax.errors import ConfigError, DataError
+from g2sf_jax.models import point_mae
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Every field the shared stages read, then the method's own (`Method.check`)."""
+  choice(config, 'dataset', data.KINDS)
+  data.resolve_classes(config.dataset, config.classes or None)
+  choice(config, 'method', methods.REGISTRY)
+  try:
+    kind.parse_modalities(config.modalities)
+  except ValueError as e:
+    raise ConfigError(f'config.modalities: {e}') from None
+  choice(config, 'rgb_backbone', backbones.RGB_BACKBONES)
+  choice(config, 'point_backbone', backbones.POINT_BACKBONES)
+  number(config, 'seed', integer=True)
+  number(config, 'batch_size', 1, integer=True)
+  choice(config, 'point_mae.batchnorm', point_mae.BATCHNORM_MODES)
+  choice(config, 'point_mae.drop_path', point_mae.DROP_PATH_MODES)
+  number(config, 'point_mae.num_group', 1, integer=True)
+  number(config, 'point_mae.group_size', 1, integer=True)
+  number(config, 'memory_bank.coreset_fraction', 0, 1, low_open=True)
+  number(config, 'memory_bank.coreset_eps', 0, 1, low_open=True, high_open=True)
+  number(config, 'memory_bank.num_anchors', 3, integer=True)
+  choice(config, 'scoring.blur', memory_bank.BLUR_MODES)
+  thresholds = get(config, 'metrics.aupro_thresholds')
+  if thresholds != 'exact':
+    number(config, 'metrics.aupro_thresholds', 2, integer=True)
+  limits = get(config, 'metrics.aupro_limits')
+  if not limits or any(not isinstance(x, numbers.Real) or not 0 < x <= 1 for x in limits):
+    raise ConfigError(f'config.metrics.aupro_limits = {limits!r}: expected FPR limits in (0, 1]')
+  fields = {f.name for f in dataclasses.fields(fpfh.FpfhParams)}
+  unknown = set(get(config, 'fpfh')) - fields
+  if unknown:
+    raise ConfigError(f'config.fpfh: unknown fields {sorted(unknown)}; expected some of {sorted(fields)}')
+  fpfh.FpfhParams(**dict(config.fpfh))
+  if config.dataset == 'synthetic':
+    for field in ('synthetic.n_train', 'synthetic.n_test'):
+      number(config, field, 1, integer=True)
+    number(config, 'synthetic.size', 64, integer=True)
+    data.resolve_classes('synthetic', config.synthetic.classes)
+  if config.dataset != 'synthetic' and not config.raw_dir:
+    raise ConfigError(f'config.raw_dir is empty: set it to your extracted {config.dataset} download, e.g. '
+                      f'--config.raw_dir=/data/{config.dataset}')
+  if config.raw_dir and not Path(config.raw_dir).is_dir():
+    raise DataError(f'config.raw_dir = {config.raw_dir!r}: folder not found (expected the extracted '
+                    f'{config.dataset} download)')
+  backbones.check_available(config)
+  methods.get(config.method).check(config)
+
+
+def all_fields(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
+  """Every dotted field of `config` (sections and leaves)."""
+  out = []
+  for name, value in config.items():
+    out.append(prefix + name)
+    if isinstance(value, ml_collections.ConfigDict):
+      out += all_fields(value, f'{prefix}{name}.')
+  return out
+
+
+def unknown_override(config: ml_collections.ConfigDict, field: str) -> str | None:
+  """None if `field` (dotted) is a field of `config`, else a message with the closest fields."""
+  fields = all_fields(config)
+  if field in fields:
+    return None
+  close = difflib.get_close_matches(field, fields, n=3, cutoff=0.6)
+  section = field.rsplit('.', 1)[0] if '.' in field else ''
+  siblings = sorted(f for f in fields if f.rsplit('.', 1)[0] == section and '.' in f) if section in fields else []
+  hint = f'; did you mean {" or ".join(map(repr, close))}?' if close else ''
+  listing = f' Fields of {section}: {", ".join(siblings)}.' if siblings else ''
+  return f'--config.{field}: no such config field{hint}{listing}'
