@@ -10,29 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def _torch_uniform(fan_in: int):
-  """PyTorch's default `nn.Linear` init for both weight and bias: U(±1/√fan_in) (SPEC §9.4)."""
-  bound = 1.0 / np.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-  return init
-
-
-class TorchDense(nn.Module):
-  """`nn.Linear` with PyTorch's init; kernel stored [in, out] (the transpose of torch's weight)."""
-  features: int
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    fan_in = x.shape[-1]
-    kernel = self.param('kernel', _torch_uniform(fan_in), (fan_in, self.features))
-    bias = self.param('bias', _torch_uniform(fan_in), (self.features,))
-    return jnp.dot(x, kernel, precision=_HIGHEST) + bias
-
+from g2sf_jax.models import layers
 
 class Mlp(nn.Module):
   """Linear → ReLU → Dropout → Linear, no activation after the last layer (`Model/mlp.py`)."""
@@ -42,9 +20,9 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-    x = nn.relu(TorchDense(self.hidden, name='hidden')(x))
+    x = nn.relu(layers.TorchDense(self.hidden, name='hidden')(x))
     x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
-    return TorchDense(self.out, name='out')(x)
+    return layers.TorchDense(self.out, name='out')(x)
 
 
 class LSPN(nn.Module):

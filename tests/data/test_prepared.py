@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from g2sf_jax import data, features, io
-from g2sf_jax.data import preprocessing, prepared, transforms
+from g2sf_jax.data import eyecandies, preprocessing, prepared, transforms
 from g2sf_jax.data import synthetic as synthetic_data
 from g2sf_jax.io import DataError
 
@@ -341,3 +341,8 @@ def test_eyecandies_prepare_and_load(tmp_path):
     assert np.array_equal(s['rgb'], raw_rgb)  # stored as is
     np.testing.assert_array_equal(m['rgb'], transforms.resize_rgb(np.where(valid[..., None], raw_rgb, 0).astype(np.uint8)))
     assert m['mask'].any() == (s['label'] == 1)
+    # What predict does with the same raw files (the kind's entry for the path prefix): the stored arrays exactly.
+    scan = data.get('eyecandies').load_entry(eyecandies.scan_entry(sample=cls / 'test_public' / 'data' / sid), False)
+    assert np.array_equal(scan.xyz, s['xyz']) and np.array_equal(scan.rgb, s['rgb'])
+  folder = eyecandies.scan_folder(cls / 'test_public' / 'data')
+  assert [e.name for e in folder] == ['data/00', 'data/01', 'data/02', 'data/03']

@@ -17,7 +17,7 @@ from g2sf_jax.config_fields import choice, number
 from g2sf_jax.errors import ConfigError, DataError
 from g2sf_jax.methods import base, patchcore
 from g2sf_jax.methods.g2sf import dataset as fusion_dataset
-from g2sf_jax.methods.g2sf import infer, losses, synthesis
+from g2sf_jax.methods.g2sf import infer, losses
 from g2sf_jax.methods.g2sf import train as fusion_train
 
 BANKS = 'patchcore/banks'
@@ -42,6 +42,7 @@ def _anomaly_sources(ctx: base.StageContext):
   Returns (source names 'class/split/…', load(i) → xyz [S, S, 3]); the list is saved in the stage's folder. A cloud
   with too few valid points is passed over (the next in the seeded order is taken).
   """
+  from g2sf_jax.methods.g2sf import synthesis  # albumentations and torch: only this stage needs them
   c = ctx.config
   splits = {name: ctx.samples('train', full=True, class_name=name) for name in ctx.classes}
   names = {name: [f'{name}/{s}' for s in _names(split)] for name, split in splits.items()}
@@ -65,6 +66,7 @@ def _names(split: Sequence[dict]) -> list[str]:
 
 def _hosts(ctx: base.StageContext, train_full: Sequence[dict]) -> Sequence[dict]:
   """The training samples that can receive (and donate) an anomaly; the others are named in the log."""
+  from g2sf_jax.methods.g2sf import synthesis
   keep, left_out = [], []
   for i, sample in enumerate(train_full):
     (keep if synthesis.can_host_anomaly(sample['xyz']) else left_out).append(i)
@@ -84,6 +86,7 @@ def _placed_coresets(ctx: base.ScorerContext, banks: Mapping[str, memory_bank.Mo
 
 def build_fusion_data(ctx: base.StageContext) -> dict:
   """SPEC §4.2–4.3: `synthesis.num_anomalies` synthetic anomalies → their foreground patch rows."""
+  from g2sf_jax.methods.g2sf import synthesis
   c = ctx.config
   banks = patchcore.load_banks(ctx)
   train_full = _hosts(ctx, ctx.samples('train', full=True))

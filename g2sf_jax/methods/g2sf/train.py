@@ -22,7 +22,6 @@ import ml_collections
 import numpy as np
 import optax
 from jax.sharding import Mesh
-from sklearn.metrics import roc_auc_score
 
 from g2sf_jax import checkpoints, distributed
 from g2sf_jax.errors import DataError
@@ -226,6 +225,7 @@ def train(config, data: 'FusionData', coresets: tuple[np.ndarray, np.ndarray], w
   is called after each finished epoch (after its state is saved). Re-running with the same inputs resumes from
   `workdir/state`; a finished run returns immediately.
   """
+  from sklearn.metrics import roc_auc_score  # the validation AUROC; scoring never needs scikit-learn
   workdir = Path(workdir)
   c = config.g2sf
   rep = distributed.replicated(mesh)
