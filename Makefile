@@ -9,4 +9,4 @@ run: install
 	$(PY) -m experiments.run --config synthetic
 
 test: install
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 --dist loadgroup tests

@@ -124,28 +124,46 @@ def _extract(ctx: 'Context') -> dict:
   return counts
 
 
+def _extract_variant(config: ml_collections.ConfigDict) -> str:
+  """The features' folder: the backbones and a hash of their settings (e.g. `efficientnet_lite0+fpfh-1a2b3c4d`), so
+  methods with other backbones or PointMAE groupings (M3DM and CFM use 1024 groups, G²SF 512) keep their own."""
+  mods = base.modalities(config)
+  names = [config.rgb_backbone if 'rgb' in mods else '', config.point_backbone if 'xyz' in mods else '']
+  settings = [config.get(config.point_backbone).to_dict() if 'xyz' in mods and config.point_backbone in config
+              else None, config.modalities]
+  return f'{"+".join(n for n in names if n)}-{stage_key(names, settings)[:8]}'
+
+
 PREPARE = base.Stage('prepare', _prepare, extra=_prepare_extra, keys=('dataset',),
                      complete=lambda ctx: prepared.is_prepared(ctx.config.dataset, ctx.workdir.data_dir,
                                                                ctx.class_name))
 EXTRACT = base.Stage('extract', _extract, deps=('prepare',), keys=('modalities', 'point_mae', 'seed'),
-                     extra=_extract_extra, version=2)
+                     extra=_extract_extra, version=2, variant=_extract_variant)
 
 
 def _evaluate(ctx: 'Context') -> dict:
-  """The method's scorer on every test sample → `evaluation.npz` (labels, masks, names, score_/map_ per row)."""
+  """The method's scorer on every test sample → `evaluation.npz` (labels, masks, names; per row score_/map_ and, where
+  the method computes AUPRO on other maps, pro_map_)."""
   c = ctx.config
   scorer = ctx.method.scorer(ctx)
   test = ctx.samples('test')
   feats = ctx.features('test')
+  inputs = base.scorer_inputs(scorer)
   batches = []
   for start in tqdm(range(0, len(test), c.batch_size), desc=f'{ctx.class_name} scoring', unit='batch'):
-    batches.append(scorer({k: v[start:start + c.batch_size] for k, v in feats.items()}))
+    batch = {k: v[start:start + c.batch_size] for k, v in feats.items()}
+    if inputs:
+      samples = test[start:start + c.batch_size]
+      batch.update({name: np.stack([s[name] for s in samples]) for name in inputs})
+    batches.append(scorer(batch))
   scores = base.stack_rows(batches)
   arrays = {'labels': np.array([s['label'] for s in test]), 'masks': np.stack([s['mask'] for s in test]),
             'names': np.array([s['name'] for s in test])}
-  for row, (image, maps) in scores.items():
-    arrays[f'score_{row}'] = image
-    arrays[f'map_{row}'] = maps
+  for row, r in scores.items():
+    arrays[f'score_{row}'] = r.image
+    arrays[f'map_{row}'] = r.maps
+    if r.pro_maps is not None:
+      arrays[f'pro_map_{row}'] = r.pro_maps
   io.save_npz_atomic(ctx.out_dir / 'evaluation.npz', **arrays)
   return {'rows': list(scores)}
 
@@ -165,6 +183,11 @@ def stage_graph(method: base.Method, config: ml_collections.ConfigDict) -> tuple
       raise ValueError(f'method {method.name!r}: two stages named {stage.id}')
     seen.add(stage.id)
   return graph
+
+
+def stage_folder(config: ml_collections.ConfigDict, stage_id: str) -> str:
+  """Where stage `stage_id` of `config`'s method keeps its outputs, below the class (e.g. 'extract/…-1a2b3c4d')."""
+  return {s.id: s for s in stage_graph(methods.get(config.method), config)}[stage_id].folder(config)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -203,14 +226,13 @@ class Context:
     return self.dir(self.stage.id)
 
   def dir(self, stage_id: str) -> Path:
-    scope = self.runner.stages[stage_id].scope if stage_id in self.runner.stages else 'class'
-    return self.workdir.stage_dir(stage_id, self.class_name if scope == 'class' else '')
+    return self.runner.stage_dir(stage_id, self.class_name)
 
   def key(self, *names: str) -> jax.Array:
     return _prng_key(self.config, self.class_name, *names)
 
   def features(self, split: str, class_name: str | None = None) -> dict[str, np.ndarray]:
-    return features.load_cached(self.workdir.stage_dir('extract', class_name or self.class_name) / split)
+    return features.load_cached(self.runner.stage_dir('extract', class_name or self.class_name) / split)
 
   def samples(self, split: str, full: bool = False, class_name: str | None = None):
     load = prepared.load_split_full if full else prepared.load_split
@@ -254,6 +276,11 @@ class Runner:
                          backbones.make_point_backbone(self.config) if 'xyz' in mods else None)
     return self._backbones
 
+  def stage_dir(self, stage_id: str, class_name: str) -> Path:
+    """The output folder of `stage_id` for `class_name` (its dataset's folder for a dataset-scope stage)."""
+    stage = self.stages[stage_id]
+    return self.workdir.stage_dir(stage.folder(self.config), class_name if stage.scope == 'class' else '')
+
   def scopes(self, stage: base.Stage) -> tuple[str, ...]:
     return self.classes if stage.scope == 'class' else ('',)
 
@@ -278,7 +305,7 @@ class Runner:
     return self._keys[stage_id, class_name]
 
   def is_done(self, stage: base.Stage, class_name: str) -> bool:
-    if not self.workdir.is_done(stage.id, class_name, self.key(stage.id, class_name)):
+    if not self.workdir.is_done(stage.folder(self.config), class_name, self.key(stage.id, class_name)):
       return False
     return stage.complete is None or stage.complete(Context(self, stage, class_name))
 
@@ -317,14 +344,15 @@ class Runner:
       for scope in self.dep_scopes(dep, name):
         if not self.is_done(self.stages[dep], scope):
           raise MissingInputError(
-              f'{self.workdir.stage_dir(dep, scope)}: the {dep!r} stage has no up-to-date output'
+              f'{self.stage_dir(dep, scope)}: the {dep!r} stage has no up-to-date output'
               f'{f" for class {scope!r}" if scope else ""}; run it first: your experiments.run command with '
               f'{f"--config.classes={scope} " if scope else ""}--config.stages={self.stages[dep].name}')
     key = self.key(stage.id, name)
-    self.workdir.fresh_dir(stage.id, name, key)
+    folder = stage.folder(self.config)
+    self.workdir.fresh_dir(folder, name, key)
     start = time.perf_counter()
     info = stage.run(Context(self, stage, name))
-    self.workdir.mark_done(stage.id, name, key, dict(info or {}, seconds=round(time.perf_counter() - start, 1)))
+    self.workdir.mark_done(folder, name, key, dict(info or {}, seconds=round(time.perf_counter() - start, 1)))
     log.info('%s: done in %s', where, _duration(time.perf_counter() - start))
     return True
 
@@ -340,11 +368,12 @@ class Runner:
 
   def _class_result(self, name: str) -> report.ClassResult:
     c = self.config
-    evaluation = self.workdir.stage_dir(f'{self.method.name}/evaluate', name) / 'evaluation.npz'
+    evaluation = self.stage_dir(f'{self.method.name}/evaluate', name) / 'evaluation.npz'
     with np.load(evaluation) as z:
       arrays = {k: z[k] for k in z.files}
     rows = {row: report.RowResult.compute(arrays['labels'], arrays[f'score_{row}'], arrays['masks'],
-                                          arrays[f'map_{row}'], c.metrics.aupro_limits, c.metrics.aupro_thresholds)
+                                          arrays[f'map_{row}'], c.metrics.aupro_limits, c.metrics.aupro_thresholds,
+                                          pro_maps=arrays.get(f'pro_map_{row}'))
             for row in self.method.rows(c)}
     map_row = self.method.main_row(c)
     full = prepared.load_split_full(c.dataset, self.workdir.data_dir, name, 'test')

@@ -51,12 +51,14 @@ class RowResult:
   @classmethod
   def compute(cls, labels: np.ndarray, image_scores: np.ndarray, masks: np.ndarray, maps: np.ndarray,
               limits: Sequence[float] = metrics.DEFAULT_LIMITS,
-              num_thresholds: int | str = metrics.DEFAULT_NUM_THRESHOLDS) -> 'RowResult':
-    """All metrics of one row (SPEC §5) from labels [N], image scores [N], masks [N,H,W] and maps [N,H,W]."""
+              num_thresholds: int | str = metrics.DEFAULT_NUM_THRESHOLDS,
+              pro_maps: np.ndarray | None = None) -> 'RowResult':
+    """All metrics of one row (SPEC §5) from labels [N], image scores [N], masks [N,H,W] and maps [N,H,W];
+    `pro_maps` (default `maps`) for AUPRO where the method's reference normalises them differently."""
     labels, image_scores = np.asarray(labels), np.asarray(image_scores)
     return cls(image_auroc=metrics.image_auroc(labels, image_scores),
                pixel_auroc=metrics.pixel_auroc(masks, maps),
-               aupro=metrics.aupro(masks, maps, limits, num_thresholds),
+               aupro=metrics.aupro(masks, maps if pro_maps is None else pro_maps, limits, num_thresholds),
                image_labels=labels, image_scores=image_scores)
 
 

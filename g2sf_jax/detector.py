@@ -43,11 +43,15 @@ class Outputs:
   class_name: str
   mesh: Mesh
   workdir: Workdir
-  scopes: dict[str, str]  # stage id → 'class' | 'dataset'
+  stages: dict[str, base.Stage]  # the method's stages by id
+  loaded_backbones: tuple = (None, None)
+
+  def backbones(self):
+    return self.loaded_backbones
 
   def dir(self, stage_id: str) -> Path:
-    dataset_scope = self.scopes.get(stage_id) == 'dataset'
-    return self.workdir.stage_dir(stage_id, '' if dataset_scope else self.class_name)
+    stage = self.stages[stage_id]
+    return self.workdir.stage_dir(stage.folder(self.config), '' if stage.scope == 'dataset' else self.class_name)
 
 
 def make_backbones(config: ml_collections.ConfigDict):
@@ -95,15 +99,25 @@ class Detector:
     """The detector a finished run left in `workdir` for `class_name` (`method=None`: the only method there)."""
     config = load_config(workdir, method)
     m = methods.get(config.method)
-    scopes = {s.id: s.scope for s in m.stages(config)}
-    outputs = Outputs(config, class_name, mesh if mesh is not None else distributed.make_mesh(), Workdir(workdir),
-                      scopes)
+    stages = {s.id: s for s in m.stages(config)}
     rgb, point = make_backbones(config) if with_backbones else (None, None)
+    outputs = Outputs(config, class_name, mesh if mesh is not None else distributed.make_mesh(), Workdir(workdir),
+                      stages, (rgb, point))
     return cls(config, m.scorer(outputs), rgb, point)
 
-  def score_features(self, img: np.ndarray | None, pcd: np.ndarray | None) -> list[SampleScores]:
-    """Raw features of N samples (img [N, h, w, Cr], pcd [N, 56, 56, Cp]) → one `SampleScores` per sample."""
+  def score_features(self, img: np.ndarray | None, pcd: np.ndarray | None,
+                     inputs: dict[str, np.ndarray] | None = None) -> list[SampleScores]:
+    """Raw features of N samples (img [N, h, w, Cr], pcd [N, 56, 56, Cp]) → one `SampleScores` per sample.
+
+    `inputs`: the model inputs of the same samples (`xyz` [N, 224, 224, 3], …) for a scorer that asks for them.
+    """
     feats = {k: v for k, v in (('img', img), ('pcd', pcd)) if v is not None}
+    wanted = base.scorer_inputs(self.scorer)
+    if wanted:
+      missing = [k for k in wanted if inputs is None or k not in inputs]
+      if missing:
+        raise ValueError(f'the {self.method.name} scorer also needs the model inputs {missing}')
+      feats.update({k: inputs[k] for k in wanted})
     rows = self.scorer(feats)
     n = next(iter(feats.values())).shape[0]
     return [SampleScores({row: float(r.image[i]) for row, r in rows.items()},
@@ -112,7 +126,7 @@ class Detector:
   def score_samples(self, samples: Sequence[dict]) -> list[SampleScores]:
     """Model-ready samples (`prepared.load_split` format: `rgb`, `xyz` at 224) → scores."""
     feats = features.extract(self.rgb_backbone, self.point_backbone, samples, self.config.batch_size)
-    return self.score_features(feats.get('img'), feats.get('pcd'))
+    return self.score_features(feats.get('img'), feats.get('pcd'), _stack_inputs(samples))
 
   def score_stored(self, stored: Sequence[kind.Stored], names: Sequence[str]) -> list[SampleScores]:
     """Preprocessed scans (what `prepare` stores, or `kind.load_entry` returns) → scores, in one batched pass.
@@ -144,7 +158,9 @@ class Detector:
                                 'degenerate cloud, e.g. all points coincide so FPFH has no point spacing)',
                                 stored[i].problems)
       if ok.any():
-        scored = self.score_features(*(feats[k][ok] if k in feats else None for k in ('img', 'pcd')))
+        kept = [s for (_, s), good in zip(inputs, ok) if good]
+        scored = self.score_features(*(feats[k][ok] if k in feats else None for k in ('img', 'pcd')),
+                                     _stack_inputs(kept))
         for (i, sample), s in zip([x for x, good in zip(inputs, ok) if good], scored):
           out[i] = dataclasses.replace(s, name=sample['name'], problems=stored[i].problems)
     return out
@@ -202,6 +218,11 @@ class Detector:
                       f'{self.config.modalities!r})')
     stored = self.kind.preprocess_arrays(rgb if 'rgb' in mods else None, xyz if 'xyz' in mods else None)
     return _single(self.score_stored([stored], ['input'])[0])
+
+
+def _stack_inputs(samples: Sequence[dict]) -> dict[str, np.ndarray]:
+  """The model inputs (`rgb`, `xyz` at 224) of model-ready samples, stacked."""
+  return {k: np.stack([s[k] for s in samples]) for k in ('rgb', 'xyz') if samples and k in samples[0]}
 
 
 def _needs(modalities: Sequence[str]) -> str:

@@ -193,8 +193,10 @@ def coreset_size(num_rows: int, fraction: float) -> int:
 
 def coreset(bank: np.ndarray, fraction: float, eps: float, key: jax.Array, fp16: bool = True,
             normaliser: Normaliser | None = None, chunk_rows: int = 16384,
-            progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+            progress: Callable[[int, int], None] | None = None, size: int | None = None) -> np.ndarray:
   """Sparse-random-projection greedy coreset of `normaliser(bank) [n, d]` → `[k]` int32 indices (SPEC §3.2).
+
+  k = `size`, or `coreset_size(n, fraction)` when it is None.
 
   `key` seeds the projection (the reference's is unseeded). The bank stays on the host; only the projected
   `[n, c]` bank (c ≈ 340; float16 when `fp16`) goes to the device. When c ≥ d (FPFH's 33 dimensions; never for
@@ -207,7 +209,10 @@ def coreset(bank: np.ndarray, fraction: float, eps: float, key: jax.Array, fp16:
   c = projection_dim(n, eps)
   matrix = sparse_projection_matrix(key, d, c) if c < d else np.eye(d, dtype=np.float32)
   z, dist0 = project(bank, matrix, normaliser, np.float16 if fp16 else np.float32, chunk_rows)
-  return greedy_k_center(jnp.asarray(z), jnp.asarray(dist0), coreset_size(n, fraction), fp16, progress)
+  k = size if size is not None else coreset_size(n, fraction)
+  if not 1 <= k <= n:
+    raise ValueError(f'coreset: {k} rows requested from a bank of {n}')
+  return greedy_k_center(jnp.asarray(z), jnp.asarray(dist0), k, fp16, progress)
 
 
 def gather_rows(bank: np.ndarray, idx: np.ndarray, normaliser: Normaliser | None = None) -> np.ndarray:
@@ -353,8 +358,8 @@ def score_map(min_dist: np.ndarray, blur: str = 'pil_uint8', size: int = 224) ->
   return np.asarray(up)
 
 
-def _reweighted_score(feats: np.ndarray, bank: ShardedBank, min_dist: np.ndarray,
-                      min_idx: np.ndarray) -> np.float32:
+def _reweighted_score(feats: np.ndarray, bank: ShardedBank, min_dist: np.ndarray, min_idx: np.ndarray,
+                      eps: float) -> np.float32:
   """PatchCore re-weighting of the max patch distance with the 2nd and 3rd neighbours of m* (SPEC §3.3 step 2)."""
   p = int(np.argmax(min_dist))
   s_star = min_dist[p]
@@ -363,16 +368,17 @@ def _reweighted_score(feats: np.ndarray, bank: ShardedBank, min_dist: np.ndarray
   neighbours = bank_rows(bank, nn[0, 1:])
   knn_dist = np.sqrt(np.sum(np.square(feats[p][None] - neighbours), axis=1, dtype=np.float32))
   root_d = np.sqrt(np.float32(feats.shape[1]))
-  w = 1 - np.exp(s_star / root_d) / (np.sum(np.exp(knn_dist / root_d)) + np.float32(1e-5))
+  w = 1 - np.exp(s_star / root_d) / (np.sum(np.exp(knn_dist / root_d)) + np.float32(eps))
   return np.float32(w * s_star)
 
 
 def unimodal_scores_batch(feats: np.ndarray, coreset_rows: np.ndarray | ShardedBank, mesh: Mesh | None = None,
                           blur: str = 'pil_uint8', num_anchors: int = 20, map_size: int = 224,
-                          query_chunk: int = QUERY_CHUNK) -> list[UnimodalResult]:
+                          query_chunk: int = QUERY_CHUNK, reweight_eps: float = 1e-5) -> list[UnimodalResult]:
   """`feats [B, P, D]` (normalised) against a coreset → one `UnimodalResult` per sample (SPEC §3.3).
 
   All B·P patches go through one sharded search; place the coreset once per class with `place_bank`.
+  `reweight_eps` is the ε in the re-weighting's denominator (G²SF 1e-5; M3DM's three-bank scoring has none).
   """
   feats = np.asarray(feats, np.float32)
   bank = place_bank(coreset_rows, mesh)
@@ -385,7 +391,7 @@ def unimodal_scores_batch(feats: np.ndarray, coreset_rows: np.ndarray | ShardedB
     # Column 0 of our ascending search already is the argmin (first index on ties), i.e. the reference's
     # "topk with column 0 overwritten by argmin".
     min_dist, min_idx = dist[s, :, 0], idx[s, :, 0]
-    score = _reweighted_score(feats[s], bank, min_dist, min_idx)
+    score = _reweighted_score(feats[s], bank, min_dist, min_idx, reweight_eps)
     out.append(UnimodalResult(score, min_dist, min_idx, idx[s], score_map(min_dist, blur, map_size)))
   return out
 
@@ -410,13 +416,17 @@ class ModalityBank:
 
 
 def build(bank: np.ndarray, normalise: bool, fraction: float, eps: float, key: jax.Array, fp16: bool = True,
-          chunk_rows: int = 16384, progress: Callable[[int, int], None] | None = None) -> ModalityBank:
+          chunk_rows: int = 16384, progress: Callable[[int, int], None] | None = None,
+          normaliser: Normaliser | None = None, size: int | None = None) -> ModalityBank:
   """Full bank `[n, d]` (raw features, any background rows included) → its normalised coreset (SPEC §3.1–3.2).
 
-  `normalise`: True for IMG (scalar mean/std), False for PCD. `bank` is not modified and may be a memmap.
+  `normalise`: True for IMG (scalar mean/std of this bank), False for PCD; a given `normaliser` replaces that choice
+  (M3DM normalises all its banks with statistics of two of them). `size` fixes k instead of `fraction`. `bank` is
+  not modified and may be a memmap.
   """
-  normaliser = Normaliser.fit(bank, chunk_rows) if normalise else Normaliser.identity()
-  idx = coreset(bank, fraction, eps, key, fp16, normaliser, chunk_rows, progress)
+  if normaliser is None:
+    normaliser = Normaliser.fit(bank, chunk_rows) if normalise else Normaliser.identity()
+  idx = coreset(bank, fraction, eps, key, fp16, normaliser, chunk_rows, progress, size)
   return ModalityBank(gather_rows(bank, idx, normaliser), idx, normaliser)
 
 

@@ -76,6 +76,35 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.g2sf.consistency = 'reference'       # reference (B×B broadcast, SPEC §4.5c) | per_row
   c.g2sf.scoring_mode = 'min'            # min | max | average | zero
 
+  c.m3dm = ml_collections.ConfigDict()   # M3DM (g2sf_jax/methods/m3dm/): the official code's choices by default
+  c.m3dm.normalisation = 'reference'     # reference (every bank: the point bank's mean, the RGB bank's std) | per_bank
+  c.m3dm.coreset_sizes = 'reference'     # reference (RGB and fused: fraction × the point coreset) | per_bank
+  c.m3dm.uff_pairing = 'reference'       # reference (scrambled RGB/point training pairs) | aligned
+  c.m3dm.uff_keep = 'reference'          # reference (no exact zero in the point feature) | foreground (not all 0)
+  c.m3dm.lambdas = (1.0, 0.1, 1.0)       # DLF input weights: point, RGB, fused
+  c.m3dm.ocsvm_nu = 0.5
+  c.m3dm.ocsvm_max_iter = 1000
+  c.m3dm.uff = ml_collections.ConfigDict()
+  c.m3dm.uff.schedule = 'paper'          # paper (steps, warm-up in updates) | code (epochs, warm-up over 1 epoch)
+  c.m3dm.uff.steps = 750                 # paper: 750 updates ...
+  c.m3dm.uff.warmup_steps = 250          # ... the first 250 warming up from 0
+  c.m3dm.uff.epochs = 3                  # code schedule
+  c.m3dm.uff.warmup_epochs = 1           # code schedule
+  c.m3dm.uff.lr = 0.003
+  c.m3dm.uff.betas = (0.9, 0.95)
+  c.m3dm.uff.weight_decay = 0.01         # torch's AdamW default: the script ignores --weight_decay
+  c.m3dm.uff.batch_size = 16             # samples per contrastive batch (every kept patch of them is a negative)
+  c.m3dm.uff.accum = 16                  # contrastive batches per update (16 × 16 = 256 samples)
+  c.m3dm.uff.temperature = 1.0
+
+  c.cfm = ml_collections.ConfigDict()    # CFM (g2sf_jax/methods/cfm/): the official code's choices by default
+  c.cfm.epochs = 50
+  c.cfm.batch_size = 4                   # training images per batch
+  c.cfm.lr = 1e-3
+  c.cfm.distance = 'euclid'              # euclid (the code: ‖n(pred) − n(obs)‖) | cosine (1 − cos)
+  c.cfm.normalisation = 'reference'      # reference (the code's three per-image normalisations) | none
+  c.cfm.cache_gb = 4.0                   # hold the training set's 224² point features in memory up to this size
+
   c.metrics = ml_collections.ConfigDict()
   c.metrics.aupro_thresholds = 100       # int, or 'exact' for the full curve
   c.metrics.aupro_limits = (0.3, 0.1, 0.05, 0.01)

@@ -27,14 +27,24 @@ from g2sf_jax.errors import ConfigError
 
 
 class RowScores(NamedTuple):
-  """One row's scores of B samples: image [B] float32, maps [B, 224, 224] float32 (before any test-set min–max)."""
+  """One row's scores of B samples: image [B] float32, maps [B, 224, 224] float32 (before any test-set min–max).
+
+  `pro_maps` [B, 224, 224]: where a method's reference code computes AUPRO on other maps than the pixel AUROC
+  (CFM normalises them differently), those; None = `maps` for both.
+  """
   image: np.ndarray
   maps: np.ndarray
+  pro_maps: np.ndarray | None = None
 
 
 class Scorer(Protocol):
-  """Scores raw backbone features: `{'img': [B, h, w, Cr], 'pcd': [B, 56, 56, Cp]}` (the modalities of the run)."""
+  """Scores raw backbone features: `{'img': [B, h, w, Cr], 'pcd': [B, 56, 56, Cp]}` (the modalities of the run).
+
+  A scorer that also needs model inputs names them in `inputs` (e.g. ('xyz',) for [B, 224, 224, 3] clouds); the
+  caller adds them to the dict.
+  """
   rows: tuple[str, ...]
+  inputs: tuple[str, ...]
 
   def __call__(self, feats: Mapping[str, np.ndarray]) -> dict[str, RowScores]:
     ...
@@ -48,6 +58,9 @@ class ScorerContext(Protocol):
 
   def dir(self, stage_id: str) -> Path:
     """The output folder of stage `stage_id` for this class (or the dataset, for a dataset-scope stage)."""
+
+  def backbones(self) -> tuple[Any, Any]:
+    """(rgb backbone or None, point backbone or None), for a scorer that runs a backbone itself."""
 
 
 class StageContext(ScorerContext, Protocol):
@@ -68,9 +81,6 @@ class StageContext(ScorerContext, Protocol):
   def samples(self, split: str, full: bool = False, class_name: str | None = None):
     """The prepared samples of a split: model-ready (`prepared.load_split`) or at stored resolution (`_full`)."""
 
-  def backbones(self) -> tuple[Any, Any]:
-    """(rgb backbone or None, point backbone or None) of the run's modalities, loaded once per run."""
-
   def progress(self, total: int, desc: str, unit: str = 'img'):
     """A progress bar (tqdm) for `total` steps."""
 
@@ -88,7 +98,9 @@ class Stage:
   `extra(ctx)` adds what is not a config field (backbone weights, the run's class list). Raise `version` when the
   code starts computing something else from the same inputs. scope: 'class' (once per class) or 'dataset' (once per
   run, over all its classes; its deps are then taken for every class). `complete(ctx)` checks outputs that live
-  outside the stage's folder (the prepared data); by default the marker and the folder suffice.
+  outside the stage's folder (the prepared data); by default the marker and the folder suffice. `variant(config)`
+  names a sub-folder per setting, so runs that need different outputs of the same stage (features of other
+  backbones) keep each instead of overwriting one another.
   """
   name: str
   run: Callable[[StageContext], dict | None]
@@ -100,6 +112,7 @@ class Stage:
   scope: str = 'class'
   extra: Callable[[StageContext], Any] | None = None
   complete: Callable[[StageContext], bool] | None = None
+  variant: Callable[[ml_collections.ConfigDict], str] | None = None
 
   def __post_init__(self):
     if self.scope not in ('class', 'dataset'):
@@ -108,6 +121,10 @@ class Stage:
   @property
   def id(self) -> str:
     return f'{self.owner}/{self.name}' if self.owner else self.name
+
+  def folder(self, config: ml_collections.ConfigDict) -> str:
+    """The stage's folder below its class (or the work directory): its id, plus its variant's sub-folder."""
+    return f'{self.id}/{self.variant(config)}' if self.variant else self.id
 
 
 class Method(abc.ABC):
@@ -144,7 +161,14 @@ def modalities(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     raise ConfigError(f'config.modalities: {e}') from None
 
 
-def stack_rows(per_sample: list[Mapping[str, RowScores]]) -> dict[str, RowScores]:
+def stack_rows(batches: list[Mapping[str, RowScores]]) -> dict[str, RowScores]:
   """Concatenates the `{row: RowScores}` of several batches, in order."""
-  return {row: RowScores(np.concatenate([p[row].image for p in per_sample]),
-                         np.concatenate([p[row].maps for p in per_sample])) for row in per_sample[0]}
+  def cat(row: str, field: str) -> np.ndarray | None:
+    parts = [getattr(b[row], field) for b in batches]
+    return None if parts[0] is None else np.concatenate(parts)
+  return {row: RowScores(cat(row, 'image'), cat(row, 'maps'), cat(row, 'pro_maps')) for row in batches[0]}
+
+
+def scorer_inputs(scorer: Scorer) -> tuple[str, ...]:
+  """The model inputs a scorer asks for besides the features (`Scorer.inputs`; none if it does not say)."""
+  return tuple(getattr(scorer, 'inputs', ()))

@@ -18,16 +18,20 @@ FEATURES = {'rgb': 'img', 'xyz': 'pcd'}  # modality → feature key (and bank na
 BANK_CHECKPOINT = 'coresets'
 
 
-def coreset_bank(ctx: base.StageContext, name: str, bank: np.ndarray, normalise: bool) -> memory_bank.ModalityBank:
-  """`memory_bank.build` with the config's coreset fields, the key folded with `name`, and a progress bar (ETA)."""
+def coreset_bank(ctx: base.StageContext, name: str, bank: np.ndarray, normalise: bool,
+                 normaliser: memory_bank.Normaliser | None = None, size: int | None = None) -> memory_bank.ModalityBank:
+  """`memory_bank.build` with the config's coreset fields, the key folded with `name`, and a progress bar (ETA).
+
+  `normaliser` / `size` override the bank's own statistics and `coreset_fraction` (M3DM's reference sizing).
+  """
   c = ctx.config.memory_bank
-  k = memory_bank.coreset_size(bank.shape[0], c.coreset_fraction)
-  ctx.log('banks %s: %s bank %s → coreset of %d rows (%.0f%%)', ctx.class_name, name, bank.shape, k,
-          100 * c.coreset_fraction)
+  k = size if size is not None else memory_bank.coreset_size(bank.shape[0], c.coreset_fraction)
+  ctx.log('banks %s: %s bank %s → coreset of %d rows (%.1f%%)', ctx.class_name, name, bank.shape, k,
+          100 * k / bank.shape[0])
   bar = ctx.progress(k, f'{ctx.class_name} {name} coreset', unit='row')
   built = memory_bank.build(bank, normalise=normalise, fraction=c.coreset_fraction, eps=c.coreset_eps,
                             key=ctx.key('coreset', name), fp16=c.coreset_fp16,
-                            progress=lambda done, _: bar.update(done - bar.n))
+                            progress=lambda done, _: bar.update(done - bar.n), normaliser=normaliser, size=k)
   bar.close()
   return built
 

@@ -20,6 +20,8 @@ from g2sf_jax import detector, io
 from g2sf_jax.errors import ConfigError
 from g2sf_jax.workdir import Workdir
 
+# The tests of the module-scoped run go to one xdist worker (`--dist loadgroup`), so the run is made once.
+ONE_RUN = pytest.mark.xdist_group('finished')
 STAGE_FILES = ('prepare', 'extract', 'patchcore/banks', 'g2sf/fusion_data', 'g2sf/train', 'g2sf/evaluate')
 
 
@@ -44,10 +46,12 @@ def finished(tmp_path_factory):
   return config, pipeline.run(config)
 
 
-def _markers(workdir, stages=STAGE_FILES):
-  return {s: os.stat(Workdir(workdir).marker(s, 'cube')).st_mtime_ns for s in stages}
+def _markers(workdir, stages=STAGE_FILES, config=None):
+  config = config or tiny_config(workdir)
+  return {s: os.stat(Workdir(workdir).marker(pipeline.stage_folder(config, s), 'cube')).st_mtime_ns for s in stages}
 
 
+@ONE_RUN
 def test_every_stage_ran_and_reported(finished):
   config, table = finished
   workdir = config.workdir
@@ -64,6 +68,7 @@ def test_every_stage_ran_and_reported(finished):
   assert json.loads(open(f'{workdir}/g2sf/config.json').read())['dataset'] == 'synthetic'
 
 
+@ONE_RUN
 def test_rerun_skips_finished_stages(finished):
   config, table = finished
   before = _markers(Path(config.workdir))
@@ -72,6 +77,7 @@ def test_rerun_skips_finished_stages(finished):
   assert again['classes'] == table['classes']
 
 
+@ONE_RUN
 def test_changed_scoring_field_reruns_only_evaluation(finished):
   config, _ = finished
   workdir = Path(config.workdir)
@@ -124,7 +130,7 @@ def test_missing_upstream_names_the_command(tmp_path):
     pipeline.run(config)
 
 
-def check_raw_predict(workdir: Path, modalities: str, tmp_path: Path) -> None:
+def check_raw_predict(workdir: Path, modalities: str, tmp_path: Path, cli_single: bool = False) -> None:
   """Every test sample, scored from its raw files as they lie in the dataset layout (CLI batch, CLI single, API
   on files and on arrays), gets exactly the evaluation's image scores and maps."""
   method = Workdir(workdir).methods()[0]
@@ -141,31 +147,33 @@ def check_raw_predict(workdir: Path, modalities: str, tmp_path: Path) -> None:
     assert io.read_mask_png(tmp_path / 'batch' / rec['map']).shape == (224, 224)
   assert (tmp_path / 'batch' / 'scores.csv').read_text().count('\n') == len(names) + 1
   det = detector.Detector.load(workdir, 'cube')
-  for folder in folders:
-    for stem in sorted(p.stem for p in (folder / ('rgb' if 'rgb' in modalities else 'xyz')).iterdir()):
-      files = {m: folder / m / f'{stem}.{"png" if m == "rgb" else "tiff"}' for m in modalities.split('+')}
-      i = names.index(f'test/{folder.name}/{stem}')
-      got = det.score_files(**files)
-      for row in rows:
-        assert got.image[row] == float(want[f'score_{row}'][i])
-        np.testing.assert_array_equal(got.maps[row], want[f'map_{row}'][i])
+  kind = det.kind
+  entries = [e for folder in folders for e in kind.scan_folder(folder)]
+  for entry, got in zip(entries, det.score_entries(entries)):  # the API, batched: maps too
+    i = names.index('test/' + entry.name)
+    for row in rows:
+      assert got.image[row] == float(want[f'score_{row}'][i])
+      np.testing.assert_array_equal(got.maps[row], want[f'map_{row}'][i])
   files = {m: folders[0] / m / f'000.{"png" if m == "rgb" else "tiff"}' for m in modalities.split('+')}
-  arrays = {'rgb': io.read_rgb_png, 'xyz': io.read_xyz_tiff}
-  got = det.score(**{m: arrays[m](p) for m, p in files.items()})
   i = names.index(f'test/{folders[0].name}/000')
-  assert got.image == {row: float(want[f'score_{row}'][i]) for row in rows}
-  single = predict.main(['--workdir', str(workdir)] + [a for m, p in files.items() for a in (f'--{m}', str(p))] +
-                        ['--out', str(tmp_path / 'one.png'), '--size', 'original'])
-  assert single['image_scores'] == got.image
-  assert io.read_mask_png(tmp_path / 'one.png').shape == io.read_mask_png(
-      workdir / 'raw' / 'cube' / 'test' / folders[0].name / 'gt' / '000.png').shape
+  one = det.score_files(**files)  # the API, one scan by its files
+  assert one.image == {row: float(want[f'score_{row}'][i]) for row in rows}
+  arrays = {'rgb': io.read_rgb_png, 'xyz': io.read_xyz_tiff}
+  assert det.score(**{m: arrays[m](p) for m, p in files.items()}).image == one.image  # on arrays read from them
+  if cli_single:
+    single = predict.main(['--workdir', str(workdir)] + [a for m, p in files.items() for a in (f'--{m}', str(p))] +
+                          ['--out', str(tmp_path / 'one.png'), '--size', 'original'])
+    assert single['image_scores'] == one.image
+    assert io.read_mask_png(tmp_path / 'one.png').shape == io.read_mask_png(folders[0] / 'gt' / '000.png').shape
 
 
+@ONE_RUN
 def test_predict_from_raw_files_gives_the_evaluation_scores(finished, tmp_path):
   config, _ = finished
-  check_raw_predict(Path(config.workdir), 'rgb+xyz', tmp_path)
+  check_raw_predict(Path(config.workdir), 'rgb+xyz', tmp_path, cli_single=True)
 
 
+@ONE_RUN
 def test_predict_rejects_bad_scans(finished, tmp_path):
   config, _ = finished
   rgb = np.zeros((200, 200, 3), np.uint8)
@@ -189,6 +197,7 @@ def test_predict_rejects_bad_scans(finished, tmp_path):
   assert not (tmp_path / 'm.png').exists()
 
 
+@ONE_RUN
 def test_unscorable_scans_get_a_status_not_a_score(finished, tmp_path):
   """An empty cloud and a cloud whose points all coincide (FPFH spacing 0) are reported, never scored."""
   config, _ = finished
@@ -233,6 +242,7 @@ def test_modalities_missing_from_the_data_are_named(tmp_path):
     pipeline.run(config)
 
 
+@ONE_RUN
 def test_methods_share_a_workdir(finished, tmp_path):
   """BTF after G²SF in one work directory reuses the prepared data and features and keeps G²SF's outputs."""
   config, table = finished
@@ -244,14 +254,15 @@ def test_methods_share_a_workdir(finished, tmp_path):
   btf_table = pipeline.run(btf)
   assert btf_table['rows'] == ['BTF']
   assert _markers(shared) == before  # prepare and extract reused, G²SF untouched
-  btf_markers = _markers(shared, ('btf/banks', 'btf/evaluate'))
+  btf_markers = _markers(shared, ('btf/banks', 'btf/evaluate'), btf)
   assert pipeline.run(tiny_config(shared))['classes'] == table['classes']
   assert pipeline.run(btf)['classes'] == btf_table['classes']
-  assert _markers(shared) == before and _markers(shared, ('btf/banks', 'btf/evaluate')) == btf_markers
+  assert _markers(shared) == before and _markers(shared, ('btf/banks', 'btf/evaluate'), btf) == btf_markers
   assert (shared / 'btf' / 'report' / 'results.json').is_file() and (shared / 'g2sf' / 'report').is_dir()
   assert Workdir(shared).methods() == ['btf', 'g2sf']
 
 
+@ONE_RUN
 def test_stage_durations_in_the_log(finished):
   config, _ = finished
   log = (Path(config.workdir) / 'run.log').read_text()
@@ -291,6 +302,7 @@ def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
     pass
 
 
+@ONE_RUN
 def test_a_failed_run_keeps_the_config_of_the_finished_one(finished, tmp_path):
   config, _ = finished
   shared = tmp_path / 'copy'
@@ -305,6 +317,7 @@ def test_a_failed_run_keeps_the_config_of_the_finished_one(finished, tmp_path):
   assert predict.trained_classes(shared, 'g2sf') == ['cube']
 
 
+@ONE_RUN
 def test_changed_raw_files_are_prepared_again_and_problems_are_reported(finished, tmp_path):
   """A user's raw folder: prepare is keyed on its files; a test cloud made empty is listed in the report."""
   config, _ = finished
@@ -314,12 +327,12 @@ def test_changed_raw_files_are_prepared_again_and_problems_are_reported(finished
   c.raw_dir = str(raw)
   c.method = 'patchcore'
   pipeline.run(c)
-  before = _markers(tmp_path / 'w', ('prepare', 'extract'))
+  before = _markers(tmp_path / 'w', ('prepare', 'extract'), c)
   pipeline.run(c)
-  assert _markers(tmp_path / 'w', ('prepare', 'extract')) == before
+  assert _markers(tmp_path / 'w', ('prepare', 'extract'), c) == before
   io.write_xyz_tiff(raw / 'cube' / 'test' / 'crack' / 'xyz' / '000.tiff', np.zeros((200, 200, 3), np.float32))
   table = pipeline.run(c)
-  after = _markers(tmp_path / 'w', ('prepare', 'extract'))
+  after = _markers(tmp_path / 'w', ('prepare', 'extract'), c)
   assert all(after[s] != before[s] for s in after)
   assert table['problems'] == {'cube': ['test/crack/000: empty_cloud: the point cloud has no valid point']}
   assert 'test/crack/000: empty_cloud' in (tmp_path / 'w' / 'patchcore' / 'report' / 'report.html').read_text()
@@ -339,3 +352,47 @@ def test_cli_user_errors_are_one_line_without_traceback(tmp_path):
   assert bad.returncode == 1 and 'Traceback' not in bad.stderr
   assert bad.stderr.strip().splitlines()[-1].startswith("error: config.g2sf.consistency = 'perrow'")
   assert not (tmp_path / 'w').exists()
+
+
+@ONE_RUN
+def test_m3dm_and_cfm_run_on_the_shared_features(finished, tmp_path):
+  """Both baselines end to end on the tiny set, in the G²SF work directory: features reused, rows and overlays."""
+  config, _ = finished
+  shared = tmp_path / 'shared'
+  shutil.copytree(config.workdir, shared)
+  before = _markers(shared, ('prepare', 'extract'))
+  for method, rows in (('m3dm', ['IMG', 'PCD', 'M3DM']), ('cfm', ['CFM'])):
+    c = tiny_config(shared)
+    c.method = method
+    c.m3dm.uff.update(steps=4, warmup_steps=1, batch_size=2, accum=1)
+    c.m3dm.uff_keep = 'foreground'
+    c.cfm.epochs = 2
+    table = pipeline.run(c)
+    assert table['rows'] == rows
+    assert all(0 <= v <= 1 for row in rows for v in table['classes']['cube'][row].values())
+    html = (shared / method / 'report' / 'report.html').read_text()
+    assert 'cube/roc.png' in html and 'overlays/' in html
+  assert _markers(shared, ('prepare', 'extract')) == before
+  assert Workdir(shared).methods() == ['cfm', 'g2sf', 'm3dm']
+  with np.load(shared / 'cube' / 'cfm' / 'evaluate' / 'evaluation.npz') as z:
+    assert 'pro_map_CFM' in z.files and not np.array_equal(z['pro_map_CFM'], z['map_CFM'])
+  # The generic detector scores a raw scan with CFM (whose scorer runs the point backbone on the cloud itself) as
+  # the evaluation did.
+  scan = shared / 'raw' / 'cube' / 'test' / 'crack'
+  got = predict.main(['--workdir', str(shared), '--method', 'cfm', '--rgb', str(scan / 'rgb' / '000.png'),
+                      '--xyz', str(scan / 'xyz' / '000.tiff'), '--out', str(tmp_path / 'cfm.png')])
+  with np.load(shared / 'cube' / 'cfm' / 'evaluate' / 'evaluation.npz') as z:
+    assert got['image_scores']['CFM'] == float(z['score_CFM'][list(z['names']).index('test/crack/000')])
+
+
+def test_single_modality_baselines(tmp_path):
+  config = tiny_config(tmp_path)
+  config.method = 'cfm'
+  config.modalities = 'rgb'
+  with pytest.raises(ConfigError, match="'cfm' maps each modality onto the other"):
+    pipeline.run(config)
+  m3dm = tiny_config(tmp_path)
+  m3dm.method = 'm3dm'
+  m3dm.modalities = 'xyz'
+  assert pipeline.stage_graph(pipeline.methods.get('m3dm'), m3dm)[2].id == 'patchcore/banks'
+  assert pipeline.methods.get('m3dm').rows(m3dm) == ('PCD',)

@@ -16,7 +16,8 @@ def test_unknown_config_lists_known_ones():
     run.resolve_config_argv(['run', '--config', 'mvtek'])
 
 
-@pytest.mark.parametrize('name', ['synthetic', 'mvtec', 'eyecandies', 'btf'])
+@pytest.mark.parametrize('name', ['synthetic', 'mvtec', 'eyecandies', 'btf', 'm3dm', 'cfm', 'm3dm_synthetic',
+                                  'cfm_synthetic'])
 def test_configs_load_with_docstrings(name):
   import importlib
   from experiments import pipeline
@@ -27,3 +28,5 @@ def test_configs_load_with_docstrings(name):
   assert config.stages == 'all' and config.method in methods.REGISTRY
   assert pipeline.stage_graph(methods.get(config.method), config)[-1].name == 'evaluate'
   assert config.synthesis.num_sources == (24 if name == 'eyecandies' else 8)  # SPEC §4.2
+  if name in ('m3dm', 'cfm'):
+    assert config.point_mae.num_group == 1024  # M3DM's and CFM's grouping

@@ -62,7 +62,7 @@ def test_registered_method_runs_end_to_end(tmp_path, monkeypatch):
   # The generic detector loads the new method's scorer and reproduces the evaluation from the cached features.
   det = detector.Detector.load(tmp_path, 'cube', with_backbones=False)
   assert det.rows == ('SPREAD',) and det.main_row == 'SPREAD'
-  feats = load_cached(wd.stage_dir('extract', 'cube') / 'test')
+  feats = load_cached(wd.stage_dir(pipeline.stage_folder(c, 'extract'), 'cube') / 'test')
   scores = det.score_features(feats.get('img'), feats.get('pcd'))
   with np.load(wd.stage_dir('spread/evaluate', 'cube') / 'evaluation.npz') as z:
     np.testing.assert_array_equal([s.image['SPREAD'] for s in scores], z['score_SPREAD'])
@@ -73,7 +73,7 @@ def test_unknown_method_lists_the_registry(tmp_path):
   c = synthetic.get_config()
   c.workdir = str(tmp_path)
   c.method = 'g2fs'
-  with pytest.raises(ValueError, match=r"config.method = 'g2fs' is not one of \['btf', 'g2sf', 'patchcore'\]"):
+  with pytest.raises(ValueError, match=r"config.method = 'g2fs' is not one of \['btf', 'cfm', 'g2sf', 'm3dm', 'patchcore'\]"):
     pipeline.Runner(c)
 
 
