@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from g2sf_jax import distributed
 from g2sf_jax import memory_bank as mb
 
 
@@ -66,8 +67,9 @@ def main() -> None:
   del z
   k = mb.coreset_size(args.rows, args.fraction)
   iters = min(args.iterations or k - 1, k - 1)
-  phase('greedy compile', lambda: mb.greedy_k_center(*z_dev, k=2, fp16=fp16))
-  idx = phase(f'greedy {iters} iters', lambda: mb.greedy_k_center(*z_dev, k=iters + 1, fp16=fp16))
+  mesh = distributed.make_mesh()
+  phase('greedy compile', lambda: mb.greedy_k_center(*z_dev, k=2, fp16=fp16, mesh=mesh))
+  idx = phase(f'greedy {iters} iters', lambda: mb.greedy_k_center(*z_dev, k=iters + 1, fp16=fp16, mesh=mesh))
   assert len(set(np.asarray(idx).tolist())) == iters + 1, 'greedy picked a row twice'
   rows = phase('gather coreset rows', lambda: mb.gather_rows(bank, np.asarray(idx), normaliser))
   per_iter = timings[f'greedy {iters} iters'] / iters

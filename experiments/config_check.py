@@ -38,6 +38,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   number(config, 'memory_bank.coreset_fraction', 0, 1, low_open=True)
   number(config, 'memory_bank.coreset_eps', 0, 1, low_open=True, high_open=True)
   number(config, 'memory_bank.num_anchors', 3, integer=True)
+  choice(config, 'memory_bank.coreset_mode', memory_bank.GREEDY_MODES)
   choice(config, 'scoring.blur', memory_bank.BLUR_MODES)
   thresholds = get(config, 'metrics.aupro_thresholds')
   if thresholds != 'exact':

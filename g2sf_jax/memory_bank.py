@@ -135,49 +135,90 @@ def project(bank: np.ndarray, matrix: np.ndarray, normaliser: Normaliser | None 
   return z_out, dist0
 
 
+GREEDY_MODES = ('reference', 'fast')
+
+
 def _greedy_dtype(fp16: bool):
   return jnp.float16 if fp16 else jnp.float32
 
 
-@functools.partial(jax.jit, static_argnames='fp16', donate_argnums=1)
-def _greedy_steps(z: jax.Array, carry: tuple, start: jax.Array, stop: jax.Array, *, fp16: bool) -> tuple:
-  """Iterations [start, stop) of the greedy (one compiled program for any range, so chunks cost no recompiles)."""
+@functools.partial(jax.jit, static_argnames=('fp16', 'mode', 'mesh'), donate_argnums=1)
+def _greedy_steps(z: jax.Array, carry: tuple, sq_norms: jax.Array, start: jax.Array, stop: jax.Array, *,
+                  fp16: bool, mode: str, mesh: Mesh) -> tuple:
+  """Iterations [start, stop) of the greedy on the row-sharded `z`; one compiled program for any range.
+
+  Each shard updates the running minimum of its rows; the shards' maxima are gathered and the largest wins, ties
+  to the lowest device and so the lowest global row (each shard's own argmax takes its first max), exactly the
+  first argmax of one device; the winner's row is broadcast (a psum of it and zeros) as the next centre.
+  """
   dt = _greedy_dtype(fp16)
+  axis = distributed.axis_name(mesh)
 
-  def distances(last: jax.Array) -> jax.Array:
-    diff = z.astype(jnp.float32) - z[last].astype(jnp.float32)
-    diff = diff.astype(dt).astype(jnp.float32)
-    return jnp.sqrt(jnp.sum(diff * diff, axis=1)).astype(dt)
+  def local(z, mind, sq, last_row, idx, start, stop):
+    rows = z.shape[0]
+    offset = jax.lax.axis_index(axis) * rows
 
-  def body(i, carry):
-    mind, last, idx = carry
-    mind = jnp.minimum(mind, distances(last))
-    j = jnp.argmax(mind).astype(jnp.int32)
-    return mind.at[j].set(0), j, idx.at[i].set(j)
+    def distances(last_row):
+      if mode == 'fast':  # ‖z‖² − 2 z·zₗ + ‖zₗ‖², one matrix-vector product over the bank
+        zl = last_row.astype(jnp.float32)
+        d2 = sq - 2 * jnp.dot(z.astype(jnp.float32), zl, precision=_HIGHEST) + jnp.dot(zl, zl, precision=_HIGHEST)
+        return jnp.sqrt(jnp.maximum(d2, 0)).astype(dt)
+      diff = z.astype(jnp.float32) - last_row.astype(jnp.float32)
+      diff = diff.astype(dt).astype(jnp.float32)
+      return jnp.sqrt(jnp.sum(diff * diff, axis=1)).astype(dt)
 
-  return jax.lax.fori_loop(start, stop, body, carry)
+    def body(i, carry):
+      mind, last_row, idx = carry
+      mind = jnp.minimum(mind, distances(last_row))
+      j_local = jnp.argmax(mind).astype(jnp.int32)
+      values = jax.lax.all_gather(mind[j_local], axis)
+      winners = jax.lax.all_gather(j_local + offset, axis)
+      j = winners[jnp.argmax(values)]
+      here = j - offset
+      mine = (here >= 0) & (here < rows)
+      here = jnp.clip(here, 0, rows - 1)
+      mind = jnp.where(mine, mind.at[here].set(0), mind)
+      last_row = jax.lax.psum(jnp.where(mine, z[here].astype(jnp.float32), 0.0), axis).astype(z.dtype)
+      return mind, last_row, idx.at[i].set(j)
+
+    return jax.lax.fori_loop(start, stop, body, (mind, last_row, idx))
+
+  spec = P(axis)
+  return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, P(), P(), P(), P()),
+                       out_specs=(spec, P(), P()), check_vma=False)(z, carry[0], sq_norms, carry[1], carry[2],
+                                                                     start, stop)
 
 
-def greedy_k_center(z: jax.Array, dist0: jax.Array, k: int, fp16: bool,
-                    progress: Callable[[int, int], None] | None = None, seconds_per_call: float = 2.0) -> np.ndarray:
+def greedy_k_center(z: np.ndarray | jax.Array, dist0: np.ndarray | jax.Array, k: int, fp16: bool, *, mesh: Mesh,
+                    progress: Callable[[int, int], None] | None = None, seconds_per_call: float = 2.0,
+                    mode: str = 'reference') -> np.ndarray:
   """Reference greedy k-centre on the projected bank `z [n, c]` → `[k]` int32 row indices (SPEC §3.2).
 
   Starts at row 0 with running minimum `dist0`; k−1 iterations, the first re-using row 0. Each picks the first
   argmax of the running minimum and zeroes it. `fp16=True` reproduces the reference's float16 arithmetic: the
   bank, the differences and the distances are float16 (sums of squares accumulate in float32, as CUDA does).
+  `mode='fast'` computes the distances as ‖z‖² − 2 z·zₗ + ‖zₗ‖² (one matrix-vector product; other rounding, so
+  other picks among near ties: BENCHMARKS.md measures the cost and the effect).
 
+  The bank's rows are split over `mesh` (one running minimum per shard, the same picks on any number of devices).
   The iterations run in device calls of about `seconds_per_call` each; `progress(done, k)` is called after each,
   so a multi-hour coreset reports its progress (and an ETA) instead of running silent. The chunking does not
   change a single operation: the result is that of one loop.
   """
+  if mode not in GREEDY_MODES:
+    raise ValueError(f'greedy_k_center: mode must be one of {GREEDY_MODES}, got {mode!r}')
   dt = _greedy_dtype(fp16)
-  z = jnp.asarray(z).astype(dt)
-  carry = (jnp.array(dist0, dt), jnp.int32(0), jnp.zeros((k,), jnp.int32))  # a copy: the carry is donated
+  z_host = np.asarray(z).astype(dt)
+  z_dev = distributed.shard_rows(z_host, mesh)
+  sq = distributed.shard_rows(np.einsum('ij,ij->i', z_host.astype(np.float32), z_host.astype(np.float32)), mesh)
+  mind = distributed.shard_rows(np.asarray(dist0).astype(dt), mesh, value=-np.inf)  # padding is never the max
+  carry = (mind, distributed.replicate(z_host[0], mesh), distributed.replicate(np.zeros((k,), np.int32), mesh))
   done, steps = 1, 8
   while done < k:
     stop = min(k, done + steps)
     began = time.perf_counter()
-    carry = jax.block_until_ready(_greedy_steps(z, carry, jnp.int32(done), jnp.int32(stop), fp16=fp16))
+    carry = jax.block_until_ready(_greedy_steps(z_dev, carry, sq, jnp.int32(done), jnp.int32(stop), fp16=fp16,
+                                                mode=mode, mesh=mesh))
     elapsed = time.perf_counter() - began
     steps = max(1, min(4 * steps, int(steps * seconds_per_call / max(elapsed, 1e-6))))
     done = stop
@@ -193,7 +234,8 @@ def coreset_size(num_rows: int, fraction: float) -> int:
 
 def coreset(bank: np.ndarray, fraction: float, eps: float, key: jax.Array, fp16: bool = True,
             normaliser: Normaliser | None = None, chunk_rows: int = 16384,
-            progress: Callable[[int, int], None] | None = None, size: int | None = None) -> np.ndarray:
+            progress: Callable[[int, int], None] | None = None, size: int | None = None, *, mesh: Mesh,
+            mode: str = 'reference') -> np.ndarray:
   """Sparse-random-projection greedy coreset of `normaliser(bank) [n, d]` → `[k]` int32 indices (SPEC §3.2).
 
   k = `size`, or `coreset_size(n, fraction)` when it is None.
@@ -212,7 +254,7 @@ def coreset(bank: np.ndarray, fraction: float, eps: float, key: jax.Array, fp16:
   k = size if size is not None else coreset_size(n, fraction)
   if not 1 <= k <= n:
     raise ValueError(f'coreset: {k} rows requested from a bank of {n}')
-  return greedy_k_center(jnp.asarray(z), jnp.asarray(dist0), k, fp16, progress)
+  return greedy_k_center(z, dist0, k, fp16, mesh=mesh, progress=progress, mode=mode)
 
 
 def gather_rows(bank: np.ndarray, idx: np.ndarray, normaliser: Normaliser | None = None) -> np.ndarray:
@@ -417,7 +459,8 @@ class ModalityBank:
 
 def build(bank: np.ndarray, normalise: bool, fraction: float, eps: float, key: jax.Array, fp16: bool = True,
           chunk_rows: int = 16384, progress: Callable[[int, int], None] | None = None,
-          normaliser: Normaliser | None = None, size: int | None = None) -> ModalityBank:
+          normaliser: Normaliser | None = None, size: int | None = None, *, mesh: Mesh,
+          mode: str = 'reference') -> ModalityBank:
   """Full bank `[n, d]` (raw features, any background rows included) → its normalised coreset (SPEC §3.1–3.2).
 
   `normalise`: True for IMG (scalar mean/std of this bank), False for PCD; a given `normaliser` replaces that choice
@@ -426,7 +469,7 @@ def build(bank: np.ndarray, normalise: bool, fraction: float, eps: float, key: j
   """
   if normaliser is None:
     normaliser = Normaliser.fit(bank, chunk_rows) if normalise else Normaliser.identity()
-  idx = coreset(bank, fraction, eps, key, fp16, normaliser, chunk_rows, progress, size)
+  idx = coreset(bank, fraction, eps, key, fp16, normaliser, chunk_rows, progress, size, mesh=mesh, mode=mode)
   return ModalityBank(gather_rows(bank, idx, normaliser), idx, normaliser)
 
 

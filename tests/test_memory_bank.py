@@ -67,7 +67,7 @@ def test_greedy_on_integer_grid_matches_numpy(fp16):
   # and float16 rounding produces many exact ties (resolved to the first index).
   z = np.random.default_rng(2).integers(-6, 7, size=(400, 5)).astype(np.float32)
   dist0 = np.sqrt(np.sum(np.square(z - z[0]), axis=1))
-  got = np.asarray(mb.greedy_k_center(z, dist0, k=60, fp16=fp16))
+  got = np.asarray(mb.greedy_k_center(z, dist0, k=60, fp16=fp16, mesh=MESH))
   np.testing.assert_array_equal(got, _numpy_greedy(z, 60, fp16))
   assert got[0] == 0 and len(set(got.tolist())) == 60
 
@@ -76,10 +76,11 @@ def test_greedy_reports_progress_in_calls_that_change_nothing():
   z = np.random.default_rng(4).standard_normal((3000, 8)).astype(np.float32)
   dist0 = np.sqrt(np.sum(np.square(z - z[0]), axis=1))
   seen = []
-  chunked = mb.greedy_k_center(z, dist0, k=300, fp16=True, progress=lambda done, total: seen.append((done, total)),
-                               seconds_per_call=1e-4)  # forces many small calls
+  chunked = mb.greedy_k_center(z, dist0, k=300, fp16=True, mesh=MESH, seconds_per_call=1e-4,  # many small calls
+                               progress=lambda done, total: seen.append((done, total)))
   assert len(seen) > 3 and seen[-1] == (300, 300) and all(a[0] < b[0] for a, b in zip(seen, seen[1:]))
-  np.testing.assert_array_equal(chunked, mb.greedy_k_center(z, dist0, k=300, fp16=True, seconds_per_call=1e9))
+  one_call = mb.greedy_k_center(z, dist0, k=300, fp16=True, mesh=MESH, seconds_per_call=1e9)
+  np.testing.assert_array_equal(chunked, one_call)
   np.testing.assert_array_equal(chunked, _numpy_greedy(z, 300, True))
 
 
@@ -89,11 +90,11 @@ def test_coreset_matches_numpy_given_projection(fp16):
   bank = rng.standard_normal((1500, 200)).astype(np.float32) * 2 + 0.3
   norm = mb.Normaliser.fit(bank)
   key = jax.random.key(7)
-  idx = mb.coreset(bank, 0.1, 0.9, key, fp16=fp16, normaliser=norm, chunk_rows=256)
+  idx = mb.coreset(bank, 0.1, 0.9, key, fp16=fp16, normaliser=norm, chunk_rows=256, mesh=MESH)
   assert mb.projection_dim(1500, 0.9) == 180
   matrix = mb.sparse_projection_matrix(key, 200, 180)
   z32 = (norm(bank).astype(np.float64) @ matrix.astype(np.float64)).astype(np.float32)
-  z, dist0 = mb.project(bank, matrix, norm, chunk_rows=256)
+  z, dist0 = mb.project(bank, matrix, norm, chunk_rows=256, mesh=MESH)
   np.testing.assert_allclose(z, z32, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(dist0, np.sqrt(np.sum(np.square(z - z[0]), axis=1)), rtol=1e-6)
   assert idx.shape == (150,) and idx.dtype == np.int32
@@ -104,9 +105,9 @@ def test_coreset_of_low_dimensional_bank_uses_the_rows_themselves():
   # 24 dims < the JL dimension (180 for 1500 rows): no projection up, the greedy sees the normalised rows exactly.
   bank = np.random.default_rng(5).standard_normal((1500, 24)).astype(np.float32) * 2 + 0.3
   norm = mb.Normaliser.fit(bank)
-  idx = mb.coreset(bank, 0.1, 0.9, jax.random.key(7), fp16=False, normaliser=norm, chunk_rows=256)
+  idx = mb.coreset(bank, 0.1, 0.9, jax.random.key(7), fp16=False, normaliser=norm, chunk_rows=256, mesh=MESH)
   np.testing.assert_array_equal(idx, _numpy_greedy(norm(bank), 150, fp16=False))
-  other_key = mb.coreset(bank, 0.1, 0.9, jax.random.key(8), fp16=False, normaliser=norm, chunk_rows=256)
+  other_key = mb.coreset(bank, 0.1, 0.9, jax.random.key(8), fp16=False, normaliser=norm, chunk_rows=256, mesh=MESH)
   np.testing.assert_array_equal(other_key, idx)  # nothing random is left
 
 
@@ -239,8 +240,8 @@ def test_build_save_load_round_trip(tmp_path):
   rng = np.random.default_rng(8)
   img = rng.standard_normal((400, 12)).astype(np.float32) * 5 + 2
   pcd = rng.standard_normal((500, 9)).astype(np.float32)
-  banks = {'img': mb.build(img, True, 0.1, 0.9, jax.random.key(0)),
-           'pcd': mb.build(pcd, False, 0.1, 0.9, jax.random.key(0), fp16=False)}
+  banks = {'img': mb.build(img, True, 0.1, 0.9, jax.random.key(0), mesh=MESH),
+           'pcd': mb.build(pcd, False, 0.1, 0.9, jax.random.key(0), fp16=False, mesh=MESH)}
   assert banks['img'].coreset.shape == (40, 12) and banks['pcd'].coreset.shape == (50, 9)
   np.testing.assert_allclose(banks['img'].coreset, (img[banks['img'].coreset_idx] - img.mean()) / img.std(ddof=1),
                              rtol=1e-5, atol=1e-5)

@@ -47,6 +47,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.memory_bank.coreset_fraction = 0.1
   c.memory_bank.coreset_eps = 0.9
   c.memory_bank.coreset_fp16 = True      # the reference's fp16 greedy distances (SPEC §3.2)
+  c.memory_bank.coreset_mode = 'reference'  # reference (differences, as the code) | fast (‖z‖²−2z·zₗ+‖zₗ‖²)
   c.memory_bank.num_anchors = 20
 
   c.scoring = ml_collections.ConfigDict()

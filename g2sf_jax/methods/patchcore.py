@@ -31,7 +31,8 @@ def coreset_bank(ctx: base.StageContext, name: str, bank: np.ndarray, normalise:
   bar = ctx.progress(k, f'{ctx.class_name} {name} coreset', unit='row')
   built = memory_bank.build(bank, normalise=normalise, fraction=c.coreset_fraction, eps=c.coreset_eps,
                             key=ctx.key('coreset', name), fp16=c.coreset_fp16,
-                            progress=lambda done, _: bar.update(done - bar.n), normaliser=normaliser, size=k)
+                            progress=lambda done, _: bar.update(done - bar.n), normaliser=normaliser, size=k,
+                            mesh=ctx.mesh, mode=c.coreset_mode)
   bar.close()
   return built
 

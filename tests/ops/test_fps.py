@@ -52,6 +52,15 @@ def test_duplicates_and_exact_ties():
   np.testing.assert_array_equal(got[0], kernel_fps(cloud, 40))
 
 
+def test_exact_ties_on_a_non_integer_lattice_follow_the_kernel_order():
+  # Spacing 0.1 (not exact in float32): a fused multiply-add would round dx·dx + dy·dy once instead of twice and
+  # break the many exact ties of this lattice differently from the kernel's order of operations.
+  axis = np.arange(1, 9, dtype=np.float32) * np.float32(0.1)
+  grid = np.stack(np.meshgrid(axis, axis, axis, indexing='ij'), -1).reshape(-1, 3).astype(np.float32)
+  got = run([grid], 64)
+  np.testing.assert_array_equal(got[0], kernel_fps(grid, 64))
+
+
 def test_near_origin_points_are_skipped_but_index_zero_starts():
   rng = np.random.default_rng(1)
   cloud = rng.uniform(-1, 1, size=(200, 3)).astype(np.float32)
