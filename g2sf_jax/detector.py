@@ -54,11 +54,11 @@ class Outputs:
     return self.workdir.stage_dir(stage.folder(self.config), '' if stage.scope == 'dataset' else self.class_name)
 
 
-def make_backbones(config: ml_collections.ConfigDict):
-  """(rgb backbone or None, point backbone or None) for the config's modalities."""
+def make_backbones(config: ml_collections.ConfigDict, mesh: Mesh):
+  """(rgb backbone or None, point backbone or None) for the config's modalities, data parallel over `mesh`."""
   mods = base.modalities(config)
-  rgb = backbones.make_rgb_backbone(config) if 'rgb' in mods else None
-  point = backbones.make_point_backbone(config) if 'xyz' in mods else None
+  rgb = backbones.make_rgb_backbone(config, mesh) if 'rgb' in mods else None
+  point = backbones.make_point_backbone(config, mesh) if 'xyz' in mods else None
   return rgb, point
 
 
@@ -100,9 +100,9 @@ class Detector:
     config = load_config(workdir, method)
     m = methods.get(config.method)
     stages = {s.id: s for s in m.stages(config)}
-    rgb, point = make_backbones(config) if with_backbones else (None, None)
-    outputs = Outputs(config, class_name, mesh if mesh is not None else distributed.make_mesh(), Workdir(workdir),
-                      stages, (rgb, point))
+    mesh = mesh if mesh is not None else distributed.make_mesh()
+    rgb, point = make_backbones(config, mesh) if with_backbones else (None, None)
+    outputs = Outputs(config, class_name, mesh, Workdir(workdir), stages, (rgb, point))
     return cls(config, m.scorer(outputs), rgb, point)
 
   def score_features(self, img: np.ndarray | None, pcd: np.ndarray | None,

@@ -58,8 +58,31 @@ def shard_rows(x: np.ndarray | jax.Array, mesh: Mesh, value: float = 0) -> jax.A
   return jax.device_put(x, row_sharded(mesh))
 
 
-def replicate(x: np.ndarray | jax.Array, mesh: Mesh) -> jax.Array:
+def replicate(x, mesh: Mesh):
+  """`x` (an array or a pytree of them, e.g. model variables) copied to every device of `mesh`."""
   return jax.device_put(x, replicated(mesh))
+
+
+def batch_parallel(fn, mesh: Mesh, replicated: int, batched: int):
+  """`fn(*replicated_args, *batch_args)` jitted data parallel: every device runs `fn` on its slice of the batch
+  (`shard_batch`) with the replicated arguments (weights, keys) whole; the result stays split along the batch.
+
+  Each device computes exactly what one device would for those rows, so the features do not depend on the device
+  count (per-sample randomness such as stochastic DropPath is the exception: each device draws its own).
+  """
+  axis = axis_name(mesh)
+  specs = (P(),) * replicated + (P(axis),) * batched
+  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P(axis), check_vma=False))
+
+
+def shard_batch(x: np.ndarray | jax.Array, mesh: Mesh) -> jax.Array:
+  """A batch `[B, ...]` split along B over `mesh` (data parallel), padded to a multiple of the device count by
+  repeating its last sample; the caller keeps the first B rows of the result."""
+  x = np.asarray(x)
+  rows = padded_rows(x.shape[0], mesh)
+  if rows > x.shape[0]:
+    x = np.concatenate([x, np.repeat(x[-1:], rows - x.shape[0], axis=0)])
+  return jax.device_put(x, row_sharded(mesh))
 
 
 def is_primary() -> bool:

@@ -94,7 +94,7 @@ def test_coreset_matches_numpy_given_projection(fp16):
   assert mb.projection_dim(1500, 0.9) == 180
   matrix = mb.sparse_projection_matrix(key, 200, 180)
   z32 = (norm(bank).astype(np.float64) @ matrix.astype(np.float64)).astype(np.float32)
-  z, dist0 = mb.project(bank, matrix, norm, chunk_rows=256, mesh=MESH)
+  z, dist0 = mb.project(bank, matrix, norm, chunk_rows=256)
   np.testing.assert_allclose(z, z32, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(dist0, np.sqrt(np.sum(np.square(z - z[0]), axis=1)), rtol=1e-6)
   assert idx.shape == (150,) and idx.dtype == np.int32
@@ -255,3 +255,34 @@ def test_build_save_load_round_trip(tmp_path):
     assert loaded[name].normaliser == banks[name].normaliser
   with pytest.raises(FileNotFoundError, match='make it'):
     mb.load(tmp_path / 'nope', how_to_make='make it')
+
+
+_GREEDY_DEVICES = textwrap.dedent('''
+  import os, sys
+  os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+  import jax, numpy as np
+  from g2sf_jax import distributed, memory_bank as mb
+  z = np.random.default_rng(0).standard_normal((1003, 24)).astype(np.float32)  # not a multiple of 8 rows
+  z[500] = z[20]  # an exact tie between rows on different devices
+  dist0 = np.sqrt(np.sum(np.square(z - z[0]), axis=1))
+  out = {}
+  for fp16 in (True, False):
+    for n in (1, 8):
+      mesh = distributed.make_mesh(devices=jax.devices()[:n])
+      out[f'{fp16}-{n}'] = mb.greedy_k_center(z, dist0, k=150, fp16=fp16, mesh=mesh, seconds_per_call=0.01)
+  np.savez(sys.argv[1], **out)
+''')
+
+
+def test_greedy_coreset_picks_the_same_rows_on_one_and_eight_devices(tmp_path):
+  (tmp_path / 'run.py').write_text(_GREEDY_DEVICES)
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+  env.pop('XLA_FLAGS', None)
+  subprocess.run([sys.executable, str(tmp_path / 'run.py'), str(tmp_path / 'out.npz')], check=True, env=env,
+                 timeout=300)
+  got = np.load(tmp_path / 'out.npz')
+  z = np.random.default_rng(0).standard_normal((1003, 24)).astype(np.float32)
+  z[500] = z[20]
+  for fp16 in (True, False):
+    np.testing.assert_array_equal(got[f'{fp16}-8'], got[f'{fp16}-1'])
+    np.testing.assert_array_equal(got[f'{fp16}-1'], _numpy_greedy(z, 150, fp16))

@@ -21,6 +21,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from g2sf_jax import distributed
 
 
 # (repeats, kernel, stride of the first block, expand ratio, output channels) for each stage; EfficientNet-Lite0
@@ -175,17 +179,20 @@ class EfficientNetLite0Backbone:
   name = 'efficientnet_lite0'
 
   def __init__(self, variables: dict, stages: tuple[str, ...] = FEATURE_STAGES, grid: int = GRID,
-               weights_sha256: str = ''):
+               weights_sha256: str = '', mesh: Mesh | None = None):
     params = {k: v for k, v in variables['params'].items() if k != 'fc'}
-    self.variables = jax.tree.map(jnp.asarray, {'params': params, 'batch_stats': variables['batch_stats']})
+    self.mesh = mesh if mesh is not None else distributed.make_mesh()
+    self.variables = distributed.replicate({'params': params, 'batch_stats': variables['batch_stats']}, self.mesh)
     self.stages = tuple(stages)
     self.grid = grid
     self.dim = sum(stage_channels(s) for s in self.stages)
     self.meta = {'stages': list(self.stages), 'grid': grid, 'weights_sha256': weights_sha256,
                  'pooling': 'local 3x3 mean (in-map cells), bilinear to grid'}
-    self._fn = jax.jit(functools.partial(patch_features, stages=self.stages, grid=grid))
+    self._fn = distributed.batch_parallel(functools.partial(patch_features, stages=self.stages, grid=grid), self.mesh,
+                                          replicated=1, batched=1)
 
   def __call__(self, rgb: jax.Array) -> jax.Array:
     if rgb.ndim != 4 or rgb.shape[1:] != (224, 224, 3):
       raise ValueError(f'{self.name}: expected rgb [B,224,224,3] ImageNet-normalised, got shape {rgb.shape}')
-    return self._fn(self.variables, jnp.asarray(rgb, jnp.float32))
+    n = rgb.shape[0]  # data parallel: the batch is split over the mesh, the weights replicated
+    return self._fn(self.variables, distributed.shard_batch(np.asarray(rgb, np.float32), self.mesh))[:n]
