@@ -78,6 +78,31 @@ def main() -> None:
   if iters < k - 1:
     print(f'extrapolated full greedy loop ({k - 1} iterations): {per_iter * (k - 1) / 3600:.2f} h')
   print(f'peak RSS {_peak_rss_gb():.2f} GiB')
+  _against_the_floor(z_dev, iters, per_iter, fp16, mesh, idx)
+
+
+def _against_the_floor(z_dev, iters: int, per_iter: float, fp16: bool, mesh, idx) -> None:
+  """Each greedy iteration reads the whole projected bank once, so one read pass at this machine's memory
+  bandwidth is its floor: measured here on the same bank (NumPy's integer sum over its bytes, fastest of 5), then
+  the reference-arithmetic loop and the `fast` mode as multiples of it, and how many picks the fast mode keeps."""
+  flat = np.asarray(z_dev[0]).reshape(-1).view(np.uint8)
+  raw = flat[:flat.size - flat.size % 8].view(np.uint64)
+  passes = []
+  for _ in range(5):
+    start = time.perf_counter()
+    raw.sum()
+    passes.append(time.perf_counter() - start)
+  floor = min(passes)
+  print(f'memory floor: one read pass over the projected bank ({raw.nbytes / 1e6:.0f} MB) {floor * 1e3:.1f} ms '
+        f'= {raw.nbytes / floor / 1e9:.1f} GB/s')
+  print(f'greedy reference mode: {per_iter / floor:.2f}x the floor')
+  mb.greedy_k_center(*z_dev, k=2, fp16=fp16, mesh=mesh, mode='fast')
+  start = time.perf_counter()
+  fast_idx = mb.greedy_k_center(*z_dev, k=iters + 1, fp16=fp16, mesh=mesh, mode='fast')
+  fast = (time.perf_counter() - start) / iters
+  same = int(np.cumprod(np.asarray(fast_idx) == np.asarray(idx)).sum())
+  print(f'greedy fast mode: {fast * 1e3:.1f} ms/iteration = {fast / floor:.2f}x the floor; its first {same} of '
+        f'{iters + 1} picks equal the reference mode\'s')
 
 
 if __name__ == '__main__':

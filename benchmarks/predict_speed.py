@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument('--workdir', default='runs/synthetic')
   p.add_argument('--class_name', default='cube')
   p.add_argument('--scans', type=int, default=24, help='scans in the batch-mode call')
+  p.add_argument('--method', default='g2sf', help='the method whose detector to load (a work directory may hold several)')
   args = p.parse_args(argv)
   workdir = Path(args.workdir).absolute()
   raw = workdir / 'raw' / args.class_name / 'test'
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     raise SystemExit(f'{raw}: not found; run `make run` (or pass --workdir of a finished synthetic run)')
   pairs = sorted((f / 'rgb' / p.name.replace('.tiff', '.png'), p) for f in sorted(raw.iterdir())
                  for p in sorted((f / 'xyz').glob('*.tiff')))[:args.scans]
-  base = [sys.executable, '-m', 'experiments.predict', '--workdir', str(workdir), '--class_name', args.class_name]
+  base = [sys.executable, '-m', 'experiments.predict', '--workdir', str(workdir), '--class_name', args.class_name,
+          '--method', args.method]
   with tempfile.TemporaryDirectory() as tmp:
     env = dict(os.environ, G2SF_HOME=str(Path(tmp) / 'home'))
     one = base + ['--rgb', str(pairs[0][0]), '--xyz', str(pairs[0][1]), '--out', str(Path(tmp) / 'map.png')]

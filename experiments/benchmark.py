@@ -51,6 +51,8 @@ REPO = Path(__file__).resolve().parents[1]
 # bank_rss runs first: a child process inherits its parent's RSS high-water mark (Linux copies it into the child's
 # mm at fork and keeps it across exec), so after the big stages the subprocess would report this process's peak.
 STAGES = ('bank_rss', 'peak', 'group', 'vit', 'point_mae', 'coreset', 'knn', 'aupro', 'lspn')
+# A stage measured while the 1-minute load average was above this (other jobs on the machine) is marked.
+LOAD_LIMIT = 1.5
 # Everything below this line of an existing --out file is kept when the file is regenerated.
 KEEP_MARKER = '<!-- Hand-written notes below this line are kept when the file is regenerated. -->'
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -108,6 +110,7 @@ class Row:
   reference: str
   gflop: float = math.nan   # analytic FLOPs of one call (matmul-bound stages only)
   note: str = ''
+  load: tuple[float, float] = (math.nan, math.nan)  # 1-minute load average before and after the stage
 
   @property
   def ratio(self) -> float:
@@ -123,6 +126,7 @@ class Limit:
   torch_value: float
   unit: str
   note: str = ''
+  load: tuple[float, float] = (math.nan, math.nan)
 
 
 def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
@@ -402,8 +406,20 @@ def bench_bank_rss(sizes: Sizes, repeats: int) -> list[Limit]:
     note += f'; greedy fp16 {per_iter.group(1)} ms/iteration'
   if full:
     note += f', full loop EXTRAPOLATED to {full.group(1)} h'
-  return [Limit('bank_rss', f'peak RSS building a {int(bank.group(1)):,}×{int(bank.group(2))} bank (fill, '
-                'normaliser, projection, greedy, gather)', rss[-1], math.nan, 'GiB', note=note)]
+  out_rows = [Limit('bank_rss', f'peak RSS building a {int(bank.group(1)):,}×{int(bank.group(2))} bank (fill, '
+                    'normaliser, projection, greedy, gather)', rss[-1], math.nan, 'GiB', note=note)]
+  floor = re.search(r'memory floor: .*\(([\d.]+) MB\) ([\d.]+) ms = ([\d.]+) GB/s', out)
+  ref = re.search(r'greedy reference mode: ([\d.]+)x the floor', out)
+  fast = re.search(r'greedy fast mode: ([\d.]+) ms/iteration = ([\d.]+)x the floor; its first (\d+) of (\d+)', out)
+  if floor and ref and fast:
+    out_rows.append(Limit(
+        'bank_rss', 'greedy coreset iteration on that bank ÷ one read pass over its projected fp16 bank (the '
+        'memory-bandwidth floor)', float(ref.group(1)), math.nan, '× floor',
+        note=f'floor {floor.group(2)} ms ({floor.group(1)} MB at {floor.group(3)} GB/s, NumPy read pass, same run); '
+             f'reference-arithmetic mode {per_iter.group(1) if per_iter else "?"} ms/iteration; `fast` mode '
+             f'{fast.group(1)} ms/iteration = {fast.group(2)}× the floor, its first {fast.group(3)} of '
+             f'{fast.group(4)} picks equal the reference mode\'s'))
+  return out_rows
 
 
 BENCHES = {'peak': bench_peak, 'group': bench_group, 'vit': bench_vit, 'point_mae': bench_point_mae,
@@ -422,10 +438,10 @@ def run(only: Sequence[str] = STAGES, quick: bool = False, repeats: int = 3,
   for stage in STAGES:
     if stage not in only:
       continue
-    start = time.perf_counter()
-    out = BENCHES[stage](sizes, repeats)
+    start, before = time.perf_counter(), os.getloadavg()[0]
+    out = [dataclasses.replace(x, load=(before, os.getloadavg()[0])) for x in BENCHES[stage](sizes, repeats)]
     (limits if stage in ('peak', 'bank_rss') else rows).extend(out)
-    log(f'[{stage}] done in {time.perf_counter() - start:.1f} s')
+    log(f'[{stage}] done in {time.perf_counter() - start:.1f} s, load {before:.2f} → {out[-1].load[1]:.2f}')
   return rows, limits
 
 
@@ -461,28 +477,37 @@ def _percent(gflop: float, seconds: float, peak: float | None) -> str:
   return f'{100 * gflop / seconds / peak:.0f}%'
 
 
+def _load(load: tuple[float, float]) -> str:
+  """`before → after` 1-minute load average, flagged when either is above LOAD_LIMIT (the numbers are suspect)."""
+  if not all(map(math.isfinite, load)):
+    return '–'
+  cell = f'{load[0]:.1f} → {load[1]:.1f}'
+  return f'**{cell} ⚠**' if max(load) > LOAD_LIMIT else cell
+
+
 def table(rows: Sequence[Row], limits: Sequence[Limit]) -> str:
   """The markdown tables (stage times, then machine limits) with numbered notes."""
   peak = {l.stage: l for l in limits}.get('peak')
   lines = ['| # | stage | ours (s) | ours compile ≈ (s) | reference (s) | ratio ref/ours | ours % of peak | '
-           'ref % of peak | reference |', '|---|---|---:|---:|---:|---:|---:|---:|---|']
+           'ref % of peak | load | reference |', '|---|---|---:|---:|---:|---:|---:|---:|---|---|']
   for i, r in enumerate(rows, 1):
     verdict = '' if r.ratio >= 1 else ' (ours slower)'
     lines.append(f'| {i} | {r.what} | {_fmt(r.ours_s)} | {_fmt(r.compile_s, 2)} | {_fmt(r.ref_s)} | '
                  f'**{r.ratio:.2f}×**{verdict} | {_percent(r.gflop, r.ours_s, peak and peak.jax_value)} | '
-                 f'{_percent(r.gflop, r.ref_s, peak and peak.torch_value)} | {r.reference} |')
+                 f'{_percent(r.gflop, r.ref_s, peak and peak.torch_value)} | {_load(r.load)} | {r.reference} |')
   lines += ['', 'Notes:', '']
   lines += [f'{i}. {r.note}' + (f' Analytic work: {r.gflop:,.1f} GFLOP.' if math.isfinite(r.gflop) else '')
             for i, r in enumerate(rows, 1) if r.note or math.isfinite(r.gflop)]
   if limits:
-    lines += ['', '| measurement | JAX | torch | unit | note |', '|---|---:|---:|---|---|']
-    lines += [f'| {l.what} | {_fmt(l.jax_value)} | {_fmt(l.torch_value)} | {l.unit} | {l.note} |' for l in limits]
+    lines += ['', '| measurement | JAX | torch | unit | load | note |', '|---|---:|---:|---|---|---|']
+    lines += [f'| {l.what} | {_fmt(l.jax_value)} | {_fmt(l.torch_value)} | {l.unit} | {_load(l.load)} | {l.note} |'
+              for l in limits]
   return '\n'.join(lines)
 
 
 def markdown(rows: Sequence[Row], limits: Sequence[Limit], info: dict[str, str], command: str,
              load: tuple[tuple[float, ...], tuple[float, ...]], repeats: int, quick: bool) -> str:
-  loaded = max(load[0][0], load[1][0]) > 2.5
+  loaded = max(load[0][0], load[1][0]) > LOAD_LIMIT
   header = [
       '# Benchmarks: g2sf-jax against PyTorch CPU references', '',
       f'Generated by `{command}` on {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}'
@@ -497,7 +522,9 @@ def markdown(rows: Sequence[Row], limits: Sequence[Limit], info: dict[str, str],
          'slowed.**' if loaded else '.'),
       f'* Each stage: one warm-up call (JAX compiles there; "compile ≈" = first call − median), then the median of '
       f'{repeats} calls. Ratio = reference / ours, so > 1 means ours (JAX) is faster. "% of peak" = analytic '
-      'FLOPs / time / the float32 matmul peak measured below for the same framework.', '']
+      'FLOPs / time / the float32 matmul peak measured below for the same framework. "load" = the 1-minute load '
+      f'average before → after the stage; ⚠ marks a stage measured above {LOAD_LIMIT} (another job was running: '
+      'rerun it with `--only`).', '']
   return '\n'.join(header) + '\n' + table(rows, limits) + '\n'
 
 

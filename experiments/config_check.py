@@ -31,6 +31,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   choice(config, 'point_backbone', backbones.POINT_BACKBONES)
   number(config, 'seed', integer=True)
   number(config, 'batch_size', 1, integer=True)
+  _distributed(config)
   choice(config, 'point_mae.batchnorm', point_mae.BATCHNORM_MODES)
   choice(config, 'point_mae.drop_path', point_mae.DROP_PATH_MODES)
   number(config, 'point_mae.num_group', 1, integer=True)
@@ -87,3 +88,18 @@ def unknown_override(config: ml_collections.ConfigDict, field: str) -> str | Non
   hint = f'; did you mean {" or ".join(map(repr, close))}?' if close else ''
   listing = f' Fields of {section}: {", ".join(siblings)}.' if siblings else ''
   return f'--config.{field}: no such config field{hint}{listing}'
+
+
+def _distributed(config: ml_collections.ConfigDict) -> None:
+  d = get(config, 'distributed')
+  number(config, 'distributed.num_processes', 0, integer=True)
+  number(config, 'distributed.process_id', -1, integer=True)
+  number(config, 'distributed.heartbeat_timeout_s', 1, integer=True)
+  if not d.coordinator and d.num_processes == 0 and d.process_id == -1:
+    return
+  host, _, port = str(d.coordinator).rpartition(':')
+  if not host or not port.isdigit():
+    raise ConfigError(f'config.distributed.coordinator = {d.coordinator!r}: expected host:port of process 0')
+  if d.num_processes < 1 or not 0 <= d.process_id < d.num_processes:
+    raise ConfigError(f'config.distributed: num_processes={d.num_processes}, process_id={d.process_id}: expected '
+                      '0 ≤ process_id < num_processes with the coordinator set')

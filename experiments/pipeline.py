@@ -10,6 +10,7 @@ A stage's marker (`g2sf_jax.workdir`) records a hash of the config fields it dec
 (backbone weights, raw files) and of its upstream stages' hashes, so changing a field re-runs exactly the stages it
 affects, and two methods in one work directory share what they have in common.
 """
+import contextlib
 import dataclasses
 import json
 import logging
@@ -134,7 +135,7 @@ def _extract_variant(config: ml_collections.ConfigDict) -> str:
   return f'{"+".join(n for n in names if n)}-{stage_key(names, settings)[:8]}'
 
 
-PREPARE = base.Stage('prepare', _prepare, extra=_prepare_extra, keys=('dataset',),
+PREPARE = base.Stage('prepare', _prepare, extra=_prepare_extra, keys=('dataset',), all_processes=False,
                      complete=lambda ctx: prepared.is_prepared(ctx.config.dataset, ctx.workdir.data_dir,
                                                                ctx.class_name))
 EXTRACT = base.Stage('extract', _extract, deps=('prepare',), keys=('modalities', 'point_mae', 'seed'),
@@ -200,6 +201,7 @@ class Context:
   runner: 'Runner'
   stage: base.Stage
   class_name: str
+  scratch: Path | None = None  # a non-primary process's private output folder (multi-process runs)
 
   @property
   def config(self) -> ml_collections.ConfigDict:
@@ -223,7 +225,7 @@ class Context:
 
   @property
   def out_dir(self) -> Path:
-    return self.dir(self.stage.id)
+    return self.scratch or self.dir(self.stage.id)
 
   def dir(self, stage_id: str) -> Path:
     return self.runner.stage_dir(stage_id, self.class_name)
@@ -242,7 +244,7 @@ class Context:
     return self.runner.backbones()
 
   def progress(self, total: int, desc: str, unit: str = 'img'):
-    return tqdm(total=total, desc=desc, unit=unit)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not distributed.is_primary())
 
   def log(self, msg: str, *args) -> None:
     log.info(msg, *args)
@@ -261,8 +263,9 @@ class Runner:
     self.classes = data.resolve_classes(config.dataset, config.classes or self._default_classes())
     self.workdir = Workdir(config.workdir)
     self.workdir.root.mkdir(parents=True, exist_ok=True)
-    _log_to(self.workdir.root / 'run.log')
-    self.mesh = distributed.make_mesh()
+    self.primary = distributed.is_primary()
+    _log_to(self.workdir.root / 'run.log' if self.primary else None)
+    self.mesh = distributed.make_mesh()  # over every process's devices
     self._backbones = None
     self._keys: dict[tuple[str, str], str] = {}
 
@@ -310,11 +313,18 @@ class Runner:
     return stage.complete is None or stage.complete(Context(self, stage, class_name))
 
   def run(self) -> dict:
+    """Every selected stage for every class. In a multi-process run all processes call this together; process 0
+    holds the lock, decides what is up to date and writes every output, the others compute beside it."""
     c = self.config
     selected = [s.id for s in self.graph if s.name in self.selected]
-    with self.workdir.lock(f'method {self.method.name}, stages {",".join(selected)}'):
-      log.info('run: method %s, dataset %s, classes %s, stages %s, rows %s, workdir %s', self.method.name, c.dataset,
-               ','.join(self.classes), ','.join(selected), ','.join(self.method.rows(c)), self.workdir.root)
+    what = f'method {self.method.name}, stages {",".join(selected)}'
+    with self.workdir.lock(what) if self.primary else contextlib.nullcontext():
+      if self.primary:
+        backbones.convert_shipped_weights(c)  # once, before the other processes look for the checkpoint
+      distributed.barrier('run start')
+      log.info('run: method %s, dataset %s, classes %s, stages %s, rows %s, workdir %s, %d process(es), %d '
+               'device(s)', self.method.name, c.dataset, ','.join(self.classes), ','.join(selected),
+               ','.join(self.method.rows(c)), self.workdir.root, jax.process_count(), self.mesh.size)
       ran = []
       for stage in self.graph:
         if stage.name not in self.selected:
@@ -323,6 +333,8 @@ class Runner:
           if self._run(stage, name):
             ran.append(stage.id)
       log.info('run: ran %s', ', '.join(dict.fromkeys(ran)) or 'nothing (every selected stage was up to date)')
+      if not self.primary:
+        return {}
       if all(self.is_done(s, n) for s in self.graph for n in self.scopes(s)):
         self._save_config()
       if 'evaluate' not in self.selected:
@@ -337,24 +349,45 @@ class Runner:
   def _run(self, stage: base.Stage, name: str) -> bool:
     """Runs one stage for one class (or the dataset) unless it is up to date; True if it ran."""
     where = f'{stage.id} {name}'.strip()
-    if self.is_done(stage, name):
+    if distributed.primary_decides(self.is_done(stage, name)):
       log.info('%s: up to date', where)
       return False
     for dep in stage.deps:
       for scope in self.dep_scopes(dep, name):
-        if not self.is_done(self.stages[dep], scope):
+        if not distributed.primary_decides(self.is_done(self.stages[dep], scope)):
           raise MissingInputError(
               f'{self.stage_dir(dep, scope)}: the {dep!r} stage has no up-to-date output'
               f'{f" for class {scope!r}" if scope else ""}; run it first: your experiments.run command with '
               f'{f"--config.classes={scope} " if scope else ""}--config.stages={self.stages[dep].name}')
     key = self.key(stage.id, name)
     folder = stage.folder(self.config)
-    self.workdir.fresh_dir(folder, name, key)
+    if self.primary:
+      self.workdir.fresh_dir(folder, name, key)
+    distributed.barrier(f'{where} begins')
     start = time.perf_counter()
-    info = stage.run(Context(self, stage, name))
-    self.workdir.mark_done(folder, name, key, dict(info or {}, seconds=round(time.perf_counter() - start, 1)))
+    if self.primary:
+      info = stage.run(Context(self, stage, name))
+      self.workdir.mark_done(folder, name, key, dict(info or {}, seconds=round(time.perf_counter() - start, 1)))
+    elif stage.all_processes:
+      with self._scratch(stage, name) as scratch:
+        stage.run(Context(self, stage, name, scratch))
+    distributed.barrier(f'{where} ends')
     log.info('%s: done in %s', where, _duration(time.perf_counter() - start))
     return True
+
+  @contextlib.contextmanager
+  def _scratch(self, stage: base.Stage, name: str):
+    """A non-primary process's output folder for one stage: a copy of what process 0 starts from (a resumed stage
+    must resume the same way in every process), removed afterwards; process 0's outputs are the run's."""
+    root = self.workdir.root / f'.process-{jax.process_index()}'
+    if root.exists():  # left by a killed run
+      shutil.rmtree(root)
+    path = root / stage.folder(self.config) / (name or '_dataset')
+    shutil.copytree(self.stage_dir(stage.id, name), path)
+    try:
+      yield path
+    finally:
+      shutil.rmtree(root)
 
   def _save_config(self) -> None:
     """`<method>/config.json`: what `Detector.load` and `experiments.predict` rebuild the run from (absolute
@@ -440,12 +473,13 @@ def _selected_stages(stages: str, graph: tuple[base.Stage, ...]) -> tuple[str, .
   return chosen
 
 
-def _log_to(path: Path) -> None:
-  """INFO to the terminal and to `<workdir>/run.log` (appended: the log of every resumed run)."""
+def _log_to(path: Path | None) -> None:
+  """INFO to the terminal and to `path`, `<workdir>/run.log` (appended: the log of every resumed run), unless None
+  (the other processes of a multi-process run: their terminal only)."""
   root = logging.getLogger('g2sf')
   root.setLevel(logging.INFO)
   root.propagate = False  # absl's handler would print every line a second time
-  if not any(isinstance(h, logging.FileHandler) and h.baseFilename == str(path) for h in root.handlers):
+  if path is not None and not any(isinstance(h, logging.FileHandler) and h.baseFilename == str(path) for h in root.handlers):
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
     root.addHandler(handler)

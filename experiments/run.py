@@ -7,10 +7,16 @@
 `--config NAME` picks `experiments/configs/NAME.py` (a path to any config file works too); `--config.a.b=value`
 overrides a field. Stages cache their outputs in `config.workdir` and are skipped when their inputs did not change,
 so an interrupted run resumes where it stopped.
+
+Several processes (hosts) run one experiment together when each is started with the same command plus
+`--config.distributed.coordinator=HOST:PORT --config.distributed.num_processes=N --config.distributed.process_id=I`
+(or with none of them under SLURM, Open MPI or on a TPU pod, whose environment JAX reads); see the README.
 """
 import importlib.util
 import logging as std_logging
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from absl import app
@@ -69,19 +75,41 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # orbax and jax log every checkpoint and backend probe at INFO
-  from experiments import pipeline
+  from experiments import config_check, pipeline
   from g2sf_jax import distributed, home
   from g2sf_jax.errors import UserError
+  config = _CONFIG.value
   distributed.enable_compilation_cache(home.compilation_cache_dir())
+  multi = False
   try:
-    pipeline.run(_CONFIG.value)
+    config_check.validate(config)  # before joining other processes: a typo fails here, in a second
+    multi = distributed.initialize(**config.distributed)
+    pipeline.run(config)
   except UserError as e:  # the user's to fix: one line, also in run.log; anything else keeps its traceback
     log = std_logging.getLogger('g2sf')
     if log.handlers:  # the run got as far as opening its run.log: the line goes there and to the terminal
       log.error('error: %s', e)
     else:
       print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+    _exit(1, multi)
+  except BaseException:
+    if not multi:
+      raise
+    traceback.print_exc()
+    _exit(1, multi)
+
+
+def _exit(code: int, multi: bool) -> None:
+  """Ends the process. In a multi-process run a normal exit would wait at JAX's shutdown barrier for processes that
+  are themselves waiting for this one; ending at once lets their heartbeat monitor stop them within
+  `distributed.heartbeat_timeout_s`."""
+  if not multi:
+    sys.exit(code)
+  for handler in std_logging.getLogger('g2sf').handlers:
+    handler.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
 
 
 if __name__ == '__main__':

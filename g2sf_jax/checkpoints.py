@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -16,6 +17,7 @@ from g2sf_jax import io
 from g2sf_jax.errors import MissingInputError, OutputExistsError
 
 _META = 'g2sf_meta.json'
+_OTHER_PROCESS_TREE = 'tree.npz'
 def save(path: str | os.PathLike, tree: Any, meta: dict | None = None) -> Path:
   """Saves `tree` (a pytree of arrays) at `path` atomically, replacing an older checkpoint there.
 
@@ -26,16 +28,43 @@ def save(path: str | os.PathLike, tree: Any, meta: dict | None = None) -> Path:
   if path.exists() and not exists(path):
     raise OutputExistsError(f'{path}: exists and is not a g2sf-jax checkpoint (no {_META} and tree/); it is left '
                             'untouched: move it away or choose another folder')
+  tree = jax.tree.map(np.asarray, tree)
   with io.atomic_dir(path, may_replace=exists) as tmp:
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(tmp / 'tree', tree)
-    checkpointer.wait_until_finished()
+    if jax.process_index() == 0:
+      checkpointer = _checkpointer()
+      checkpointer.save(tmp / 'tree', tree)
+      checkpointer.wait_until_finished()
+    else:  # Orbax writes host arrays from process 0 only; the others' (scratch) checkpoints are plain .npz
+      np.savez(tmp / _OTHER_PROCESS_TREE, **_flatten(tree))
     (tmp / _META).write_text(json.dumps(meta or {}, indent=1, sort_keys=True))
   return path
 
 
 def exists(path: str | os.PathLike) -> bool:
-  return (Path(path) / _META).is_file() and (Path(path) / 'tree').is_dir()
+  path = Path(path)
+  return (path / _META).is_file() and ((path / 'tree').is_dir() or (path / _OTHER_PROCESS_TREE).is_file())
+
+
+def _flatten(tree: Any, prefix: str = '') -> dict[str, np.ndarray]:
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for key, value in tree.items():
+    if not isinstance(key, str) or '/' in key or not key:
+      raise TypeError(f'checkpoints: tree keys must be non-empty strings without "/", got {key!r}')
+    out.update(_flatten(value, f'{prefix}/{key}' if prefix else key))
+  return out
+
+
+def _unflatten(flat: dict[str, np.ndarray]) -> dict:
+  tree: dict = {}
+  for key, value in flat.items():
+    *parents, leaf = key.split('/')
+    node = tree
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return tree
 
 
 def load(path: str | os.PathLike, how_to_make: str = '') -> tuple[Any, dict]:
@@ -47,9 +76,21 @@ def load(path: str | os.PathLike, how_to_make: str = '') -> tuple[Any, dict]:
   if not exists(path):
     hint = f'; create it with: {how_to_make}' if how_to_make else ''
     raise MissingInputError(f'checkpoint not found or incomplete: {path}{hint}')
-  tree = ocp.StandardCheckpointer().restore(path / 'tree')
+  if (path / _OTHER_PROCESS_TREE).is_file():
+    with np.load(path / _OTHER_PROCESS_TREE, allow_pickle=False) as z:
+      tree = _unflatten({k: z[k] for k in z.files})
+  else:
+    tree = _checkpointer().restore(path / 'tree')
   meta = json.loads((path / _META).read_text())
   return _to_numpy(tree), meta
+
+
+def _checkpointer() -> ocp.StandardCheckpointer:
+  """Orbax for this process alone: our checkpoints hold host arrays, and in a multi-process run each process reads
+  and writes its own (process 0 the run's), so Orbax must not wait for the others."""
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(
+      multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
 
 
 def _to_numpy(tree: Any) -> Any:

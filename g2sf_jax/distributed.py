@@ -6,10 +6,11 @@ that searches or trains takes the mesh it runs on from its caller (the runner ma
 own.
 """
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
@@ -85,9 +86,62 @@ def shard_batch(x: np.ndarray | jax.Array, mesh: Mesh) -> jax.Array:
   return jax.device_put(x, row_sharded(mesh))
 
 
+def gather(x: jax.Array) -> jax.Array | np.ndarray:
+  """`x` whole in this process: itself when this process holds all of it (one process), else its shards from
+  every process, all-gathered into a host array (a data-parallel result in a multi-process run)."""
+  if x.is_fully_addressable or x.is_fully_replicated:
+    return x
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def is_primary() -> bool:
   """True in the process that writes shared outputs (markers, reports): process 0, or the only process."""
   return jax.process_index() == 0
+
+
+# Environments in which `jax.distributed.initialize()` finds the cluster by itself, and the variable that says how
+# many processes it has (a single-task allocation runs as one process, without the coordination service).
+_CLUSTER_SIZE_VARIABLES = ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'PMI_SIZE')
+
+
+def initialize(coordinator: str = '', num_processes: int = 0, process_id: int = -1, heartbeat_timeout_s: int = 100,
+               environ: Mapping[str, str] = os.environ) -> bool:
+  """Joins this process to a multi-process run (`jax.distributed`), before anything touches a device.
+
+  With `coordinator` ('host:port' of process 0), `num_processes` and `process_id` given, those are used; with all
+  three empty, JAX's own cluster detection runs when a cluster environment with more than one task is present
+  (SLURM, Open MPI, a Cloud TPU pod slice), and otherwise this is a single process. On CPU the processes talk
+  through gloo. Returns True when the run is multi-process. When a process dies, JAX's coordination service stops
+  the others after `heartbeat_timeout_s` without a heartbeat, instead of leaving them waiting.
+  """
+  explicit = bool(coordinator) or num_processes > 0 or process_id >= 0
+  if explicit and not (coordinator and num_processes > 0 and 0 <= process_id < num_processes):
+    raise ValueError('distributed: give all of coordinator (host:port), num_processes and process_id '
+                     f'(0 ≤ process_id < num_processes), got {coordinator!r}, {num_processes}, {process_id}')
+  cluster = any(int(environ.get(v, '1') or 1) > 1 for v in _CLUSTER_SIZE_VARIABLES) or \
+      ',' in environ.get('TPU_WORKER_HOSTNAMES', '')
+  if not explicit and not cluster:
+    return False
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # only read by the CPU backend
+  if explicit:
+    jax.distributed.initialize(coordinator, num_processes, process_id, heartbeat_timeout_seconds=heartbeat_timeout_s)
+  else:
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_s)
+  return jax.process_count() > 1
+
+
+def barrier(name: str) -> None:
+  """Every process waits here until all have arrived (no-op in a single process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def primary_decides(value: bool) -> bool:
+  """Process 0's `value`, in every process: decisions read from shared files (is a stage done?) must be the same
+  everywhere, or the processes' collectives would diverge."""
+  if jax.process_count() == 1:
+    return value
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(value)))
 
 
 def enable_compilation_cache(path: str | os.PathLike) -> None:

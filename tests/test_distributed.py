@@ -39,3 +39,15 @@ def test_shard_and_replicate_round_trip():
 def test_the_single_process_is_primary():
   assert distributed.is_primary()  # the only process of a test run
   assert distributed.make_mesh().size == jax.device_count()
+
+
+def test_initialize_is_a_no_op_for_one_process_and_checks_its_arguments():
+  assert not distributed.initialize(environ={})  # no fields, no cluster: a single process, nothing initialised
+  assert not distributed.initialize(environ={'SLURM_NTASKS': '1'})  # a one-task allocation is one process
+  with pytest.raises(ValueError, match='give all of coordinator'):
+    distributed.initialize('localhost:1234', num_processes=2, environ={})  # process_id missing
+  with pytest.raises(ValueError, match='0 ≤ process_id < num_processes'):
+    distributed.initialize('localhost:1234', num_processes=2, process_id=2, environ={})
+  assert jax.process_count() == 1
+  assert distributed.primary_decides(True) and not distributed.primary_decides(False)
+  distributed.barrier('one process: returns at once')

@@ -23,6 +23,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.point_backbone = 'point_mae'   # point_mae | fpfh
   c.batch_size = 8                 # feature extraction batch
 
+  # Several cooperating processes (jax.distributed; README "Many devices and hosts"). All empty: one process, or
+  # JAX's cluster detection when SLURM / Open MPI / a TPU pod started more than one task. Keys no stage.
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator = ''     # host:port of process 0, reachable from every process
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+  c.distributed.heartbeat_timeout_s = 100  # the others stop this long after one process died
+
   c.checkpoints = ml_collections.ConfigDict()
   # Converted weights live under $G2SF_HOME (default ~/.cache/g2sf-jax), whatever the current directory.
   for name in ('dino_vit_b8', 'point_mae', 'efficientnet_lite0'):

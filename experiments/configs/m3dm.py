@@ -2,7 +2,7 @@
 
 Run: python -m experiments.run --config m3dm --config.raw_dir=/path/to/mvtec_3d_anomaly_detection
 Needs the converted checkpoints (python -m ports.dino_vit …, python -m ports.point_mae …). Eyecandies:
---config.dataset=eyecandies --config.workdir=runs/eyecandies --config.synthesis.num_sources=24.
+--config.dataset=eyecandies --config.raw_dir=/path/to/Eyecandies --config.workdir=runs/eyecandies_m3dm.
 Rows: IMG, PCD (M3DM's own banks) and M3DM. The UFF trains once on every class's training patches.
 Target (paper, M3DM row, mean of 10 classes): I-AUROC 94.5, P-AUROC 99.2, AUPRO@30% 96.4.
 Not measured here: the weights and the data are not on this machine.

@@ -100,7 +100,9 @@ class Stage:
   run, over all its classes; its deps are then taken for every class). `complete(ctx)` checks outputs that live
   outside the stage's folder (the prepared data); by default the marker and the folder suffice. `variant(config)`
   names a sub-folder per setting, so runs that need different outputs of the same stage (features of other
-  backbones) keep each instead of overwriting one another.
+  backbones) keep each instead of overwriting one another. In a multi-process run every process runs every stage
+  (their device work is split over the global mesh) and process 0 writes the outputs; `all_processes=False` is for
+  a stage without device work (`prepare`'s file conversion), which process 0 runs alone while the others wait.
   """
   name: str
   run: Callable[[StageContext], dict | None]
@@ -113,6 +115,7 @@ class Stage:
   extra: Callable[[StageContext], Any] | None = None
   complete: Callable[[StageContext], bool] | None = None
   variant: Callable[[ml_collections.ConfigDict], str] | None = None
+  all_processes: bool = True
 
   def __post_init__(self):
     if self.scope not in ('class', 'dataset'):

@@ -195,4 +195,5 @@ class EfficientNetLite0Backbone:
     if rgb.ndim != 4 or rgb.shape[1:] != (224, 224, 3):
       raise ValueError(f'{self.name}: expected rgb [B,224,224,3] ImageNet-normalised, got shape {rgb.shape}')
     n = rgb.shape[0]  # data parallel: the batch is split over the mesh, the weights replicated
-    return self._fn(self.variables, distributed.shard_batch(np.asarray(rgb, np.float32), self.mesh))[:n]
+    return distributed.gather(self._fn(self.variables, distributed.shard_batch(np.asarray(rgb, np.float32),
+                                                                               self.mesh)))[:n]

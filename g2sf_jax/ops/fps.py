@@ -34,8 +34,23 @@ def squared_distance(a: jax.Array, b: jax.Array) -> jax.Array:
   backend computes `(dx² + dy²) + dz²` with three roundings, as the kernel does.
   """
   d = a - b
-  sx, sy, sz = (jnp.where(p == p, p, jnp.inf) for p in (d[..., i] * d[..., i] for i in range(3)))
+  return sum_of_squares(d[..., 0], d[..., 1], d[..., 2])
+
+
+def sum_of_squares(dx: jax.Array, dy: jax.Array, dz: jax.Array) -> jax.Array:
+  """`(dx² + dy²) + dz²` with three roundings on every backend (see `squared_distance`), on coordinates given as
+  separate arrays: the loops below keep clouds as x, y, z planes [B, N], which vectorise better than [B, N, 3]."""
+  sx, sy, sz = (jnp.where(p == p, p, jnp.inf) for p in (dx * dx, dy * dy, dz * dz))
   return (sx + sy) + sz
+
+
+def first_argmax(x: jax.Array, axis: int = -1) -> jax.Array:
+  """`jnp.argmax` (the lowest index of the maximum; `x` has no NaN) as two plain reductions: a max, then the
+  smallest index holding it. XLA:CPU runs these several times faster than argmax's paired value/index reduce."""
+  x = jnp.moveaxis(x, axis, -1)
+  iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+  top = jnp.max(x, axis=-1, keepdims=True)
+  return jnp.min(jnp.where(x == top, iota, x.shape[-1]), axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=('num_samples',))
@@ -49,12 +64,13 @@ def farthest_point_sample(points: jax.Array, valid: jax.Array, num_samples: int)
   any_eligible = jnp.any(eligible, axis=1)
   start = jnp.argmax(valid, axis=1).astype(jnp.int32)
 
+  planes = tuple(points[..., i] for i in range(3))  # x, y, z [B, N]
+
   def step(j, carry):
     indices, running, last = carry
-    last_point = jnp.take_along_axis(points, last[:, None, None], axis=1)  # [B, 1, 3]
-    d = squared_distance(points, last_point)
+    d = sum_of_squares(*(p - jnp.take_along_axis(p, last[:, None], axis=1) for p in planes))
     running = jnp.where(eligible, jnp.minimum(d, running), running)
-    best = jnp.argmax(jnp.where(eligible, running, -1.0), axis=1).astype(jnp.int32)
+    best = first_argmax(jnp.where(eligible, running, -1.0), axis=1)
     best = jnp.where(any_eligible, best, start)
     return indices.at[:, j].set(best), running, best
 

@@ -30,8 +30,10 @@ def knn_indices(points: jax.Array, valid: jax.Array, queries: jax.Array, k: int)
     valid = jnp.pad(valid, ((0, 0), (0, k - n)))
     n = k
 
+  planes = tuple(points[..., i] for i in range(3))  # x, y, z [B, N]
+
   def nearest(query):  # [B, 3] -> [B, k]
-    d = fps.squared_distance(points, query[:, None, :])
+    d = fps.sum_of_squares(*(p - query[:, i, None] for i, p in enumerate(planes)))
     d = jnp.where(valid, d, jnp.inf)
     return jax.lax.top_k(-d, k)[1]
 

@@ -20,10 +20,14 @@ def test_quick_run_has_every_row_and_writes_markdown(tmp_path):
   assert counts == {'group': 2, 'vit': 1, 'point_mae': 1, 'coreset': 2, 'knn': 1, 'aupro': 1, 'lspn': 1}
   assert all(math.isfinite(r.gflop) and r.gflop > 0 for r in rows if r.stage in ('vit', 'point_mae', 'knn', 'lspn'))
 
-  by_stage = {l.stage: l for l in limits}
-  assert set(by_stage) == {'peak', 'bank_rss'}
-  assert by_stage['peak'].jax_value > 0 and by_stage['peak'].torch_value > 0
-  assert math.isfinite(by_stage['bank_rss'].jax_value) and by_stage['bank_rss'].jax_value > 0
+  assert [l.stage for l in limits] == ['bank_rss', 'bank_rss', 'peak']
+  rss, floor, peak = limits
+  assert peak.jax_value > 0 and peak.torch_value > 0
+  assert rss.unit == 'GiB' and math.isfinite(rss.jax_value) and rss.jax_value > 0
+  assert floor.unit == '× floor' and math.isfinite(floor.jax_value) and floor.jax_value > 0
+  assert 'picks equal the reference mode' in floor.note
+  for r in rows + limits:  # the load average around every stage is recorded
+    assert all(math.isfinite(x) and x >= 0 for x in r.load), r.what
 
   text = out.read_text()
   for r in rows + limits:
@@ -45,3 +49,9 @@ def test_flop_counts_match_hand_counts():
 def test_unknown_stage_is_named():
   with pytest.raises(ValueError, match='nope'):
     benchmark.run(['vit', 'nope'], quick=True)
+
+
+def test_a_loaded_stage_is_flagged():
+  assert benchmark._load((0.4, 1.2)) == '0.4 → 1.2'
+  assert '⚠' in benchmark._load((0.4, benchmark.LOAD_LIMIT + 0.1))
+  assert benchmark._load((float('nan'), 1.0)) == '–'

@@ -6,8 +6,10 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import ml_collections
@@ -35,6 +37,7 @@ def tiny_config(workdir):
   c.synthetic.n_test = 8
   c.synthesis.num_anomalies = 8
   c.g2sf.epochs = 2
+  c.g2sf.batch_size = 40  # below the data's min(0.7·rows // 20) and a multiple of 1, 2, 4 and 8 devices
   c.batch_size = 4
   return c
 
@@ -280,6 +283,8 @@ def test_stage_durations_in_the_log(finished):
     ('stages', 'prepare,fusion', r"config.stages: unknown \['fusion'\]"),
     ('g2sf.epochs', 0, r'g2sf.epochs = 0: expected an integer in \[1'),
     ('dataset', 'mvtec3d', 'config.raw_dir is empty'),
+    ('distributed.coordinator', 'node0', r"distributed.coordinator = 'node0': expected host:port"),
+    ('distributed.process_id', 0, r'distributed.coordinator = \'\': expected host:port'),
 ])
 def test_a_bad_config_fails_before_any_stage(tmp_path, field, value, message):
   config = tiny_config(tmp_path / 'w')
@@ -396,3 +401,98 @@ def test_single_modality_baselines(tmp_path):
   m3dm.modalities = 'xyz'
   assert pipeline.stage_graph(pipeline.methods.get('m3dm'), m3dm)[2].id == 'patchcore/banks'
   assert pipeline.methods.get('m3dm').rows(m3dm) == ('PCD',)
+
+
+_CLI_FIELDS = ('workdir', 'checkpoints.efficientnet_lite0', 'synthetic.classes', 'synthetic.size', 'synthetic.n_train',
+               'synthetic.n_test', 'synthesis.num_anomalies', 'memory_bank.coreset_fraction', 'g2sf.epochs',
+               'g2sf.batch_size', 'batch_size')
+
+
+def _cli_flags(config) -> list[str]:
+  """The fields `tiny_config` and the tests set, as command-line overrides of the synthetic config."""
+  def value(field):
+    v = config
+    for part in field.split('.'):
+      v = v[part]
+    return v
+  return [f'--config.{f}={value(f)}' for f in _CLI_FIELDS]
+
+
+def _processes(flags: list[str], n: int, tmp_path: Path, devices: int, *extra: str) -> list[subprocess.Popen]:
+  """`n` cooperating `experiments.run` processes on this machine, each with `devices` forced CPU devices."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu',
+             G2SF_HOME=str(tmp_path / 'home'))
+  root = Path(__file__).resolve().parents[2]
+  return [subprocess.Popen([sys.executable, '-m', 'experiments.run', '--config', 'synthetic', *flags,
+                            f'--config.distributed.coordinator=127.0.0.1:{port}',
+                            f'--config.distributed.num_processes={n}', f'--config.distributed.process_id={i}',
+                            *extra], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+          for i in range(n)]
+
+
+def test_two_processes_give_the_one_process_results(tmp_path):
+  """The tiny run as 2 cooperating processes × 2 CPU devices (jax.distributed, gloo collectives): the features,
+  banks, search and LSPN training are split over 4 devices of 2 hosts, and results.json is the 1-process run's.
+  (Smaller coresets and one epoch: every greedy step is a collective, slow over gloo on one machine.)"""
+  one = tiny_config(tmp_path / 'one')
+  one.memory_bank.coreset_fraction = 0.03
+  one.g2sf.epochs = 1
+  table = pipeline.run(one)
+  two = ml_collections.ConfigDict(one.to_dict())
+  two.workdir = str(tmp_path / 'two')
+  procs = _processes(_cli_flags(two), 2, tmp_path, 2)
+  outs = [p.communicate(timeout=900) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], '\n'.join(
+      f'process {i}: {err[-2500:]}' for i, (_, err) in enumerate(outs))
+  workdir = Path(two.workdir)
+  assert '2 process(es), 4 device(s)' in (workdir / 'run.log').read_text()
+  got = json.loads((workdir / 'g2sf' / 'report' / 'results.json').read_text())
+  assert got['classes'] == table['classes']
+  a, b = (np.load(Path(w) / 'cube' / 'g2sf' / 'evaluate' / 'evaluation.npz') for w in (one.workdir, workdir))
+  for name in a.files:  # features, banks and search are exact; the LSPN's gradients are summed in another order
+    if name == 'score_FUS':
+      np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    elif name.endswith('_FUS'):  # a pixel near a level of the reference's uint8 blur may land on the next one
+      assert np.mean(~np.isclose(b[name], a[name], rtol=1e-5, atol=1e-6)) < 1e-4, name
+    else:
+      np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+  assert not list(workdir.glob('.process-*'))  # the second process's scratch outputs are gone
+  assert Workdir(workdir).methods() == ['g2sf']
+
+
+def test_the_other_processes_stop_when_one_dies(tmp_path):
+  """Process 1 is killed once the run is under way; process 0 stops with an error naming the cause instead of
+  waiting forever, and leaves no finished-run config behind."""
+  config = tiny_config(tmp_path / 'w')
+  procs = _processes(_cli_flags(config), 2, tmp_path, 1, '--config.distributed.heartbeat_timeout_s=5')
+  marker = Workdir(config.workdir).marker('prepare', 'cube')
+  deadline = time.monotonic() + 300
+  while not marker.is_file() and time.monotonic() < deadline and procs[0].poll() is None:
+    time.sleep(0.5)
+  assert marker.is_file(), procs[0].stderr.read()[-3000:] if procs[0].poll() is not None else 'prepare never ended'
+  procs[1].kill()
+  _, err = procs[0].communicate(timeout=120)
+  procs[1].communicate()
+  assert procs[0].returncode != 0
+  causes = ('Connection closed by peer', 'Connection reset by peer', 'another task died', 'heartbeat')
+  assert any(c in err for c in causes), err[-3000:]  # gloo sees the peer go, or JAX's heartbeat monitor does
+  assert not (Path(config.workdir) / 'g2sf' / 'config.json').exists()
+
+
+@ONE_RUN
+def test_method_footprint_measures_a_finished_run(finished):
+  from benchmarks import method_footprint
+  config, _ = finished
+  r = method_footprint.measure(config.workdir, 'cube', 'g2sf', repeats=1)
+  assert r['rows'] == ['IMG', 'PCD', 'FUS'] and r['samples'] == config.synthetic.n_test
+  from g2sf_jax import memory_bank
+  from g2sf_jax.methods import patchcore
+  banks, _ = memory_bank.load(Path(config.workdir) / 'cube' / 'patchcore' / 'banks' / patchcore.BANK_CHECKPOINT)
+  coresets = sum(b.coreset.nbytes for b in banks.values())
+  assert coresets <= r["state_bytes"] < 8 * coresets  # the coresets on the host and placed (padded), norms, LSPN
+  assert r['per_sample_s'] > 0 and r['first_s'] > 0
+  g2sf, cfm = method_footprint.full_size_state(244)
+  assert '19,129 × 768 + 76,518 × 1152' in g2sf[1]  # bagel's coresets (BENCHMARKS.md, bank search row)

@@ -204,7 +204,9 @@ def train(config: ml_collections.ConfigDict, rows: np.ndarray, offsets: np.ndarr
     opt_state = jax.tree.unflatten(jax.tree.structure(opt_state), opt_leaves)
     update, epoch, window, lr = meta['update'], meta['epoch'], meta['window'], meta['lr']
     log(f'UFF training: resuming at update {update} (epoch {epoch})')
-  params, opt_state = jax.device_put((params, opt_state), distributed.replicated(mesh))
+  params, opt_state, zeros, grads_sum = jax.device_put((params, opt_state, zeros, grads_sum),
+                                                       distributed.replicated(mesh))
+  rows_sh = distributed.row_sharded(mesh)
   while update < total:
     order = np.random.default_rng([*seed, epoch]).permutation(num_samples)
     if c.schedule == 'code':  # the reference's zero_grad at each epoch start drops an incomplete window
@@ -219,7 +221,8 @@ def train(config: ml_collections.ConfigDict, rows: np.ndarray, offsets: np.ndarr
       n = _bucket(len(batch), mesh.size)
       keep = np.arange(n) < len(batch)
       batch = np.concatenate([batch, np.zeros((n - len(batch), batch.shape[1]), np.float32)])
-      loss, grads = grad_fn(params, batch[:, :point_dim], batch[:, point_dim:], keep, np.float32(1 / c.accum))
+      point, rgb, keep = jax.device_put((batch[:, :point_dim], batch[:, point_dim:], keep), rows_sh)
+      loss, grads = grad_fn(params, point, rgb, keep, np.float32(1 / c.accum))
       grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
       window += 1
       if window == c.accum:
