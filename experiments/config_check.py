@@ -56,6 +56,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field in ('synthetic.n_train', 'synthetic.n_test'):
       number(config, field, 1, integer=True)
     number(config, 'synthetic.size', 64, integer=True)
+    number(config, 'synthetic.fov', 0.01)
     data.resolve_classes('synthetic', config.synthetic.classes)
   if config.dataset != 'synthetic' and not config.raw_dir:
     raise ConfigError(f'config.raw_dir is empty: set it to your extracted {config.dataset} download, e.g. '

@@ -53,7 +53,10 @@ def _prepare_extra(ctx: 'Context') -> Any:
   if c.raw_dir:
     class_dir = Path(c.raw_dir).absolute() / ctx.class_name
     return str(class_dir), files_fingerprint(class_dir) if class_dir.is_dir() else None, prepared.VERSION
-  return {k: v for k, v in c.synthetic.to_dict().items() if k != 'classes'}, c.seed, prepared.VERSION
+  params = {k: v for k, v in c.synthetic.to_dict().items() if k != 'classes'}
+  if params.get('fov') == synthetic.FOV:  # the field is newer than some work directories: keep their keys
+    del params['fov']
+  return params, c.seed, prepared.VERSION
 
 
 def _raw_dir(ctx: 'Context') -> Path:
@@ -67,7 +70,8 @@ def _prepare(ctx: 'Context') -> dict:
   if c.dataset == 'synthetic' and not c.raw_dir:
     ctx.log('prepare: generating synthetic class %s in %s', ctx.class_name, raw_dir)
     synthetic.generate(raw_dir, classes=[ctx.class_name], n_train=c.synthetic.n_train, n_test=c.synthetic.n_test,
-                       size=c.synthetic.size, seed=c.seed, modalities=c.synthetic.modalities)
+                       size=c.synthetic.size, seed=c.seed, modalities=c.synthetic.modalities,
+                       fov=c.synthetic.fov)
   target = prepared.prepared_dir(c.dataset, ctx.workdir.data_dir, ctx.class_name)
   if target.exists():  # prepared from other raw inputs (this stage's key changed): ours to rebuild
     if not (target / 'dataset_info.json').is_file():

@@ -37,9 +37,9 @@ def row_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(axis_name(mesh)))
 
 
-def padded_rows(num_rows: int, mesh: Mesh) -> int:
-  """Smallest multiple of the device count that is ≥ num_rows (and ≥ 1 row per device)."""
-  n = mesh.size
+def padded_rows(num_rows: int, mesh: Mesh, multiple: int = 1) -> int:
+  """Smallest multiple of `multiple` × the device count that is ≥ num_rows (and ≥ `multiple` rows per device)."""
+  n = mesh.size * multiple
   return max(n, -(-num_rows // n) * n)
 
 
@@ -53,9 +53,10 @@ def pad_rows(x: np.ndarray, num_rows: int, value: float = 0) -> np.ndarray:
   return np.concatenate([x, pad])
 
 
-def shard_rows(x: np.ndarray | jax.Array, mesh: Mesh, value: float = 0) -> jax.Array:
-  """Pads `x [n, ...]` to a multiple of the device count and places it row-sharded on `mesh`."""
-  x = pad_rows(np.asarray(x), padded_rows(x.shape[0], mesh), value)
+def shard_rows(x: np.ndarray | jax.Array, mesh: Mesh, value: float = 0, multiple: int = 1) -> jax.Array:
+  """Pads `x [n, ...]` with `value` rows to `padded_rows(n, mesh, multiple)` and places it row-sharded on `mesh`
+  (each device then holds a multiple of `multiple` rows)."""
+  x = pad_rows(np.asarray(x), padded_rows(x.shape[0], mesh, multiple), value)
   return jax.device_put(x, row_sharded(mesh))
 
 

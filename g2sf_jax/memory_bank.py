@@ -18,6 +18,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from g2sf_jax import checkpoints
 from g2sf_jax import distributed
+from g2sf_jax.ops import fps
 from g2sf_jax.ops import blur as blur_ops
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -142,14 +143,25 @@ def _greedy_dtype(fp16: bool):
   return jnp.float16 if fp16 else jnp.float32
 
 
-@functools.partial(jax.jit, static_argnames=('fp16', 'mode', 'mesh'), donate_argnums=1)
+# Rows per tile of the greedy's distance pass. XLA:CPU runs one [n, c] row-reduction fusion ~5× slower than the
+# same work as a loop over [8192, c] tiles (5.5 MB of fp16 at c = 334, L2/L3-sized), which reaches ~1.3× one read
+# pass over the bank at MVTec size (BENCHMARKS.md); the tiling changes no operation of any row.
+GREEDY_TILE = 8192
+
+
+def _greedy_tile(num_rows: int, mesh: Mesh, tile: int) -> int:
+  """Tile rows for a bank of `num_rows` on `mesh`: `tile`, or one tile per device for a smaller bank."""
+  return max(1, min(tile, -(-num_rows // mesh.size)))
+
+
+@functools.partial(jax.jit, static_argnames=('fp16', 'mode', 'mesh', 'tile'), donate_argnums=1)
 def _greedy_steps(z: jax.Array, carry: tuple, sq_norms: jax.Array, start: jax.Array, stop: jax.Array, *,
-                  fp16: bool, mode: str, mesh: Mesh) -> tuple:
+                  fp16: bool, mode: str, mesh: Mesh, tile: int) -> tuple:
   """Iterations [start, stop) of the greedy on the row-sharded `z`; one compiled program for any range.
 
-  Each shard updates the running minimum of its rows; the shards' maxima are gathered and the largest wins, ties
-  to the lowest device and so the lowest global row (each shard's own argmax takes its first max), exactly the
-  first argmax of one device; the winner's row is broadcast (a psum of it and zeros) as the next centre.
+  Each shard updates the running minimum of its rows, `tile` rows at a time; the shards' maxima are gathered and
+  the largest wins, ties to the lowest device and so the lowest global row (each shard takes its first max),
+  exactly the first argmax of one device; the winner's row is broadcast (a psum of it and zeros) as the next centre.
   """
   dt = _greedy_dtype(fp16)
   axis = distributed.axis_name(mesh)
@@ -157,27 +169,28 @@ def _greedy_steps(z: jax.Array, carry: tuple, sq_norms: jax.Array, start: jax.Ar
   def local(z, mind, sq, last_row, idx, start, stop):
     rows = z.shape[0]
     offset = jax.lax.axis_index(axis) * rows
+    tiles = (z.reshape(rows // tile, tile, z.shape[1]), sq.reshape(rows // tile, tile))
 
-    def distances(last_row):
+    def tile_distances(zl, zt, sqt):
       if mode == 'fast':  # ‖z‖² − 2 z·zₗ + ‖zₗ‖², one matrix-vector product over the bank
-        zl = last_row.astype(jnp.float32)
-        d2 = sq - 2 * jnp.dot(z.astype(jnp.float32), zl, precision=_HIGHEST) + jnp.dot(zl, zl, precision=_HIGHEST)
+        d2 = sqt - 2 * jnp.dot(zt.astype(jnp.float32), zl, precision=_HIGHEST) + jnp.dot(zl, zl, precision=_HIGHEST)
         return jnp.sqrt(jnp.maximum(d2, 0)).astype(dt)
-      diff = z.astype(jnp.float32) - last_row.astype(jnp.float32)
-      diff = diff.astype(dt).astype(jnp.float32)
+      diff = (zt.astype(jnp.float32) - zl).astype(dt).astype(jnp.float32)
       return jnp.sqrt(jnp.sum(diff * diff, axis=1)).astype(dt)
 
     def body(i, carry):
       mind, last_row, idx = carry
-      mind = jnp.minimum(mind, distances(last_row))
-      j_local = jnp.argmax(mind).astype(jnp.int32)
+      zl = last_row.astype(jnp.float32)
+      d = jax.lax.map(lambda t: tile_distances(zl, *t), tiles).reshape(rows)
+      mind = jnp.minimum(mind, d)
+      j_local = fps.first_argmax(mind)
       values = jax.lax.all_gather(mind[j_local], axis)
       winners = jax.lax.all_gather(j_local + offset, axis)
-      j = winners[jnp.argmax(values)]
+      j = winners[fps.first_argmax(values)]
       here = j - offset
       mine = (here >= 0) & (here < rows)
       here = jnp.clip(here, 0, rows - 1)
-      mind = jnp.where(mine, mind.at[here].set(0), mind)
+      mind = mind.at[here].set(jnp.where(mine, 0, mind[here]))
       last_row = jax.lax.psum(jnp.where(mine, z[here].astype(jnp.float32), 0.0), axis).astype(z.dtype)
       return mind, last_row, idx.at[i].set(j)
 
@@ -191,7 +204,7 @@ def _greedy_steps(z: jax.Array, carry: tuple, sq_norms: jax.Array, start: jax.Ar
 
 def greedy_k_center(z: np.ndarray | jax.Array, dist0: np.ndarray | jax.Array, k: int, fp16: bool, *, mesh: Mesh,
                     progress: Callable[[int, int], None] | None = None, seconds_per_call: float = 2.0,
-                    mode: str = 'reference') -> np.ndarray:
+                    mode: str = 'reference', tile: int = GREEDY_TILE) -> np.ndarray:
   """Reference greedy k-centre on the projected bank `z [n, c]` → `[k]` int32 row indices (SPEC §3.2).
 
   Starts at row 0 with running minimum `dist0`; k−1 iterations, the first re-using row 0. Each picks the first
@@ -202,23 +215,29 @@ def greedy_k_center(z: np.ndarray | jax.Array, dist0: np.ndarray | jax.Array, k:
 
   The bank's rows are split over `mesh` (one running minimum per shard, the same picks on any number of devices).
   The iterations run in device calls of about `seconds_per_call` each; `progress(done, k)` is called after each,
-  so a multi-hour coreset reports its progress (and an ETA) instead of running silent. The chunking does not
-  change a single operation: the result is that of one loop.
+  so a multi-hour coreset reports its progress (and an ETA) instead of running silent. Neither this chunking nor
+  the `tile` rows per distance pass (speed only) changes a single operation: the result is that of one loop.
   """
   if mode not in GREEDY_MODES:
     raise ValueError(f'greedy_k_center: mode must be one of {GREEDY_MODES}, got {mode!r}')
   dt = _greedy_dtype(fp16)
-  z_host = np.asarray(z).astype(dt)
-  z_dev = distributed.shard_rows(z_host, mesh)
-  sq = distributed.shard_rows(np.einsum('ij,ij->i', z_host.astype(np.float32), z_host.astype(np.float32)), mesh)
-  mind = distributed.shard_rows(np.asarray(dist0).astype(dt), mesh, value=-np.inf)  # padding is never the max
+  z_host = np.asarray(z, dtype=dt)
+  tile = _greedy_tile(z_host.shape[0], mesh, tile)
+  z_dev = distributed.shard_rows(z_host, mesh, multiple=tile)
+  if mode == 'fast':
+    z32 = z_dev.astype(jnp.float32)
+    sq = jnp.sum(z32 * z32, axis=1)
+    del z32
+  else:
+    sq = jnp.zeros(z_dev.shape[:1], jnp.float32, device=z_dev.sharding)  # unused by the reference arithmetic
+  mind = distributed.shard_rows(np.asarray(dist0).astype(dt), mesh, value=-np.inf, multiple=tile)  # padding: never the max
   carry = (mind, distributed.replicate(z_host[0], mesh), distributed.replicate(np.zeros((k,), np.int32), mesh))
   done, steps = 1, 8
   while done < k:
     stop = min(k, done + steps)
     began = time.perf_counter()
     carry = jax.block_until_ready(_greedy_steps(z_dev, carry, sq, jnp.int32(done), jnp.int32(stop), fp16=fp16,
-                                                mode=mode, mesh=mesh))
+                                                mode=mode, mesh=mesh, tile=tile))
     elapsed = time.perf_counter() - began
     steps = max(1, min(4 * steps, int(steps * seconds_per_call / max(elapsed, 1e-6))))
     done = stop

@@ -269,7 +269,9 @@ _GREEDY_DEVICES = textwrap.dedent('''
   for fp16 in (True, False):
     for n in (1, 8):
       mesh = distributed.make_mesh(devices=jax.devices()[:n])
-      out[f'{fp16}-{n}'] = mb.greedy_k_center(z, dist0, k=150, fp16=fp16, mesh=mesh, seconds_per_call=0.01)
+      for tile in (mb.GREEDY_TILE, 48):  # one tile per device; several tiles per device, padded rows in the last
+        out[f'{fp16}-{n}-{tile}'] = mb.greedy_k_center(z, dist0, k=150, fp16=fp16, mesh=mesh, seconds_per_call=0.01,
+                                                       tile=tile)
   np.savez(sys.argv[1], **out)
 ''')
 
@@ -283,6 +285,9 @@ def test_greedy_coreset_picks_the_same_rows_on_one_and_eight_devices(tmp_path):
   got = np.load(tmp_path / 'out.npz')
   z = np.random.default_rng(0).standard_normal((1003, 24)).astype(np.float32)
   z[500] = z[20]
+  assert len(got.files) == 8
   for fp16 in (True, False):
-    np.testing.assert_array_equal(got[f'{fp16}-8'], got[f'{fp16}-1'])
-    np.testing.assert_array_equal(got[f'{fp16}-1'], _numpy_greedy(z, 150, fp16))
+    want = _numpy_greedy(z, 150, fp16)
+    for n in (1, 8):
+      for tile in (mb.GREEDY_TILE, 48):
+        np.testing.assert_array_equal(got[f'{fp16}-{n}-{tile}'], want, err_msg=f'fp16={fp16}, {n} devices, tile {tile}')

@@ -123,5 +123,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.synthetic.n_train = 16
   c.synthetic.n_test = 42
   c.synthetic.size = 320
+  c.synthetic.fov = 0.32                # metres across the view: 0.32 frames the object small, 0.16 as MVTec does
   c.synthetic.modalities = 'rgb+xyz'    # which files to generate: rgb+xyz | rgb | xyz
   return c

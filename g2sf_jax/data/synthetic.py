@@ -32,7 +32,7 @@ DEFECT_KINDS = {
 }
 DEFECTS = tuple(sorted(DEFECT_KINDS))
 
-_FOV = 0.32          # metres spanned by the image at the plane distance
+FOV = 0.32           # metres spanned by the image at the plane distance (the default)
 _DISTANCE = 0.5      # camera to plane, metres
 _DEPTH_NOISE = 2e-4  # metres, along the viewing ray
 _DROPOUT = 0.003     # fraction of pixels with no measurement
@@ -79,9 +79,9 @@ def _height(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
   return np.where(rho < radius, radius + np.sqrt(np.maximum(radius**2 - rho**2, 0.0)), zero)
 
 
-def _scene(shape: str, size: int, rng: np.random.Generator) -> dict:
+def _scene(shape: str, size: int, rng: np.random.Generator, fov: float) -> dict:
   """Clean geometry of one view: plane points, object height, local coordinates, surface normals."""
-  focal = size * _DISTANCE / _FOV
+  focal = size * _DISTANCE / fov
   centre = (size - 1) / 2
   v, u = np.mgrid[0:size, 0:size].astype(np.float32)
   rays = np.stack([(u - centre) / focal, (v - centre) / focal, np.ones_like(u)], -1)
@@ -207,20 +207,23 @@ def _defect(defect: str, scene: dict, rng: np.random.Generator) -> tuple[np.ndar
   raise ValueError(f'unknown defect {defect!r}; supported: good, {", ".join(DEFECTS)}')
 
 
-def render_sample(shape: str, defect: str, size: int, seed: int | Sequence[int]) -> tuple[np.ndarray, ...]:
+def render_sample(shape: str, defect: str, size: int, seed: int | Sequence[int],
+                  fov: float = FOV) -> tuple[np.ndarray, ...]:
   """One view: `(rgb uint8 [S,S,3], xyz float32 [S,S,3], gt uint8 [S,S] in {0, 255})`.
 
   `defect` is 'good' or one of `DEFECTS`. The scene, texture and sensor draw from one stream of `seed` and the
   defect from another, so `render_sample(s, 'good', n, k)` is the defect-free twin of `render_sample(s, d, n, k)`.
   `gt` marks the changed surface (including the few pixels there that the sensor misses). Below size ~200 the pixel
   pitch exceeds 1.5 mm and DBSCAN (eps 6 mm, 30 points, SPEC §1.2) starts labelling the object as noise.
+  `fov` (metres seen across at the plane) zooms: the default frames the object like the synthetic default set;
+  0.16 fills about half the frame, as MVTec 3D-AD does (~25k valid points at 224²).
   """
   _check_shape(shape)
   if defect != 'good' and defect not in DEFECT_KINDS:
     raise ValueError(f'unknown defect {defect!r}; supported: good, {", ".join(DEFECTS)}')
   scene_seq, defect_seq = np.random.SeedSequence(seed).spawn(2)
   rng = np.random.default_rng(scene_seq)
-  scene = _scene(shape, size, rng)
+  scene = _scene(shape, size, rng, fov)
   albedo = _albedo(shape, scene, rng)
   depth_noise = rng.standard_normal((size, size), dtype=np.float32) * np.float32(_DEPTH_NOISE)
   colour_noise = rng.standard_normal((size, size, 3), dtype=np.float32) * np.float32(0.012)
@@ -257,14 +260,14 @@ def _test_counts(n_test: int) -> dict[str, int]:
 
 
 def _write_class(root: Path, shape: str, n_train: int, n_test: int, size: int, seed: int,
-                 modalities: tuple[str, ...]) -> None:
+                 modalities: tuple[str, ...], fov: float) -> None:
   shape_id = SHAPES.index(shape)
   plan = [('train', 'good', n_train), ('validation', 'good', max(1, n_train // 4))]
   plan += [('test', folder, n) for folder, n in _test_counts(n_test).items()]
   for split_id, (split, folder, count) in enumerate(plan):
     folder_id = 0 if folder == 'good' else 1 + DEFECTS.index(folder)
     for i in range(count):
-      rgb, xyz, gt = render_sample(shape, folder, size, (seed, shape_id, split_id, folder_id, i))
+      rgb, xyz, gt = render_sample(shape, folder, size, (seed, shape_id, split_id, folder_id, i), fov)
       base = root / split / folder
       if 'rgb' in modalities:
         io.write_png(base / 'rgb' / f'{i:03d}.png', rgb)
@@ -275,18 +278,19 @@ def _write_class(root: Path, shape: str, n_train: int, n_test: int, size: int, s
 
 
 def _stored_params(meta: Path) -> dict:
-  """A class's `synthetic.json`; those written before `modalities` existed hold both modalities."""
-  return dict({'modalities': list(io.MODALITIES)}, **json.loads(meta.read_text()))
+  """A class's `synthetic.json`; those written before `modalities` or `fov` existed hold both modalities at the
+  default field of view."""
+  return dict({'modalities': list(io.MODALITIES), 'fov': FOV}, **json.loads(meta.read_text()))
 
 
 def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: int, n_test: int, size: int,
-             seed: int, modalities: str | Sequence[str] = io.MODALITIES) -> Path:
+             seed: int, modalities: str | Sequence[str] = io.MODALITIES, fov: float = FOV) -> Path:
   """Writes `<out_dir>/<class>/{train,validation}/good/{rgb,xyz}` and `<class>/test/<folder>/{rgb,xyz,gt}`.
 
   `n_test` is the test total per class, split evenly over `good` and `DEFECTS`; validation gets `n_train // 4`
   (at least 1). `modalities` ('rgb', 'xyz' or both) chooses which of the rgb/ and xyz/ folders are written: the
   samples are rendered the same either way, so a single-modality class holds exactly the files of the two-modality
-  one (its ground truth too, even for defects the missing modality alone shows).
+  one (its ground truth too, even for defects the missing modality alone shows). `fov`: see `render_sample`.
   Each class is written to a temporary folder and renamed into place, with its parameters in
   `<class>/synthetic.json`: a class already generated with the same parameters is kept (resumable, idempotent);
   one generated with other parameters is an error rather than silently mixed.
@@ -295,14 +299,14 @@ def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: 
     classes = [c.strip() for c in classes.split(',') if c.strip()]
   for shape in classes:
     _check_shape(shape)
-  if n_train < 1 or n_test < 1 or size < 64:
-    raise ValueError(f'need n_train >= 1, n_test >= 1, size >= 64; got {n_train}, {n_test}, {size}')
+  if n_train < 1 or n_test < 1 or size < 64 or not fov > 0:
+    raise ValueError(f'need n_train >= 1, n_test >= 1, size >= 64, fov > 0; got {n_train}, {n_test}, {size}, {fov}')
   modalities = kind.parse_modalities(modalities)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   for shape in classes:
     params = dict(shape=shape, n_train=n_train, n_test=n_test, size=size, seed=seed, version=_FORMAT_VERSION,
-                  modalities=list(modalities))
+                  modalities=list(modalities), fov=fov)
     final = out_dir / shape
     meta = final / 'synthetic.json'
     if final.exists():
@@ -311,7 +315,7 @@ def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: 
       raise OutputExistsError(f'{final} exists but was not generated with {params} (see {meta}); '
                        'remove it or choose another output folder')
     with io.atomic_dir(final) as tmp:
-      _write_class(tmp, shape, n_train, n_test, size, seed, modalities)
+      _write_class(tmp, shape, n_train, n_test, size, seed, modalities, fov)
       (tmp / 'synthetic.json').write_text(json.dumps(params, indent=1, sort_keys=True))
   return out_dir
 

@@ -1,0 +1,198 @@
+"""Full-scale rehearsal: one synthetic class at MVTec 3D-AD size through the `mvtec` pipeline with the paper's
+architecture (DINO ViT-B/8 and PointMAE 512×128, random weights in the official layouts converted by `ports/`,
+10% coresets, 800 synthetic anomalies, the reference's LSPN schedule).
+
+  python -m benchmarks.full_scale                      # 200 train, 100 test, 800 anomalies: every stage measured
+  python -m benchmarks.full_scale --fraction 0.1       # a tenth of the samples and anomalies; full size extrapolated
+
+The class is MVTec-sized: `--train` good training samples (plus the synthetic layout's `train // 4` validation
+samples), `--test` test samples, `--size`² rgb/xyz, framed with `--fov` so that ~25k points survive the SPEC §1.2
+cleaning at 224² as on MVTec. Every stage runs as its own `python -m experiments.run --config mvtec
+--config.stages=<stage>` process in `--workdir`, so its wall time (start-up and compilation included) and peak RSS
+are its own; the stage's own time is read from its completion marker. Re-running the command resumes: stages
+that are up to date are reported from their markers (no RSS then).
+
+Below fraction 1 the samples and anomalies are scaled by f, every other size is the paper's, and each stage's time
+is extrapolated to f = 1 by its cost law, printed in the table: linear in the samples (prepare, extract, LSPN
+training) or quadratic (the greedy coreset: k ∝ n iterations over n rows; the anomaly and test searches: samples ×
+coreset rows). The quadratic law also scales the stage's linear parts, so those estimates are upper bounds. Peak
+RSS is the one measured at the fraction run. On a GPU machine the same command runs on the GPU (JAX's default
+backend); the dataset and weights are made on the host.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+METHOD = 'g2sf'
+
+# Exponent of the cost law in the fraction f of the samples, per stage name (see the module docstring).
+COST_LAW = {'prepare': 1, 'extract': 1, 'banks': 2, 'fusion_data': 2, 'train': 1, 'evaluate': 2}
+
+
+def random_state(table: dict, seed: int) -> dict:
+  """Random tensors for every key of a `ports` table, at its shapes: 1/√fan-in weights, norm scales near 1,
+  positive batch-norm variances, so the converted network computes finite, non-trivial features."""
+  import torch
+  gen = torch.Generator().manual_seed(seed)
+  state = {}
+  for key, entry in table.items():
+    t = torch.randn(entry.shape, generator=gen)
+    if key.endswith('running_var'):
+      t = 1.0 + 0.2 * t.abs()
+    elif key.endswith('running_mean') or key.endswith('bias'):
+      t = 0.1 * t
+    elif len(entry.shape) == 1:  # LayerNorm / BatchNorm scale
+      t = 1.0 + 0.2 * t
+    elif key in ('cls_token', 'pos_embed'):
+      t = 0.5 * t
+    else:
+      t = t * float(np.prod(entry.shape[1:])) ** -0.5
+    state[key] = t
+  return state
+
+
+def convert_random_weights(out_dir: Path, seed: int) -> dict[str, Path]:
+  """DINO ViT-B/8 and Point-MAE checkpoints with random weights, saved as the official files are laid out
+  (DINO: the flat backbone dict; Point-MAE: `{'base_model': {'module.MAE_encoder.…'}}`) and converted by the
+  `ports` command-line entry points into `out_dir/<name>`; kept when already converted."""
+  import torch
+  from ports import dino_vit, point_mae
+  done = {}
+  for name, port, wrap in (('dino_vit_b8', dino_vit, lambda s: s),
+                           ('point_mae', point_mae,
+                            lambda s: {'base_model': {f'module.MAE_encoder.{k}': v for k, v in s.items()}})):
+    target = out_dir / name
+    if not (target / 'meta.json').is_file() and not any(target.glob('*')):
+      out_dir.mkdir(parents=True, exist_ok=True)
+      with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        src = Path(tmp) / f'{name}.pth'
+        torch.save(wrap(random_state(port.table(), seed)), src)
+        if port.main([str(src), str(target)]) != 0:
+          raise RuntimeError(f'ports.{port.__name__} failed on {src}')
+    done[name] = target
+  return done
+
+
+def scaled(count: int, fraction: float) -> int:
+  return max(1, round(count * fraction))
+
+
+def overrides(args: argparse.Namespace, checkpoints: dict[str, Path]) -> dict:
+  """The config fields (flattened names) that turn the `mvtec` config into this rehearsal."""
+  f = args.fraction
+  flags = {
+      'dataset': 'synthetic', 'method': METHOD, 'workdir': str(args.workdir / 'run'), 'seed': args.seed,
+      'synthetic.classes': args.class_name, 'synthetic.n_train': scaled(args.train, f),
+      'synthetic.n_test': scaled(args.test, f), 'synthetic.size': args.size, 'synthetic.fov': args.fov,
+      'synthesis.num_anomalies': scaled(args.anomalies, f),
+  }
+  flags.update({f'checkpoints.{k}': str(v) for k, v in checkpoints.items()})
+  return flags
+
+
+def stage_names_and_markers(fields: dict) -> list[tuple[str, Path]]:
+  """(stage name, its completion marker) in graph order, for the class, from the same config the runs use."""
+  from experiments import pipeline
+  from experiments.configs import mvtec
+  from g2sf_jax import methods
+  from g2sf_jax.workdir import Workdir
+  config = mvtec.get_config()
+  config.update_from_flattened_dict(fields)
+  graph = pipeline.stage_graph(methods.get(config.method), config)
+  wd = Workdir(config.workdir)
+  scope = lambda stage: config.synthetic.classes if stage.scope == 'class' else ''
+  return [(s.name, wd.marker(s.folder(config), scope(s))) for s in graph]
+
+
+def run_stage(name: str, flags: list[str], log: Path) -> dict:
+  """One stage in its own process: wall seconds and peak RSS (GiB) of that process."""
+  cmd = [sys.executable, '-m', 'experiments.run', '--config', 'mvtec', f'--config.stages={name}'] + flags
+  start = time.perf_counter()
+  with open(log, 'a') as out:
+    out.write(f'$ {" ".join(cmd)}\n')
+    out.flush()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(proc.pid, 0)
+  wall = time.perf_counter() - start
+  if os.waitstatus_to_exitcode(status) != 0:
+    raise RuntimeError(f'stage {name} failed (exit {os.waitstatus_to_exitcode(status)}); see {log}')
+  return {'wall_s': wall, 'rss_gib': usage.ru_maxrss / 2 ** 20}
+
+
+def extrapolate(seconds: float, fraction: float, law: int) -> float:
+  """The stage's time at fraction 1 from its time at `fraction`, by its cost law (exponent `law`)."""
+  return seconds / fraction ** law
+
+
+def table(rows: list[dict], fraction: float) -> str:
+  """The markdown table: measured at the fraction, and at full size (extrapolated below fraction 1)."""
+  full = fraction >= 1
+  head = ('| stage | stage time | process wall | peak RSS | '
+          + ('' if full else 'cost law | full size (extrapolated) | ') + '\n')
+  head += '|---' * (4 if full else 6) + '|\n'
+  lines = []
+  for r in rows:
+    rss = f'{r["rss_gib"]:.2f} GiB' if r.get('rss_gib') is not None else '— (cached)'
+    wall = f'{r["wall_s"]:.0f} s' if r.get('wall_s') is not None else '—'
+    line = f'| {r["stage"]} | {r["seconds"]:.0f} s | {wall} | {rss} |'
+    if not full:
+      law = COST_LAW[r['stage']]
+      line += f' × (1/f){"²" if law == 2 else ""} | {r["full_s"] / 60:.1f} min{" (upper bound)" if law == 2 else ""} |'
+    lines.append(line)
+  total = sum(r['seconds'] for r in rows)
+  summary = f'| total | {total / 60:.1f} min | | |' + ('' if full else f' | {sum(r["full_s"] for r in rows) / 60:.1f} min |')
+  return head + '\n'.join(lines + [summary]) + '\n'
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--workdir', type=Path, default=REPO / 'runs' / 'full_scale')
+  parser.add_argument('--fraction', type=float, default=1.0, help='share of samples and anomalies to run, (0, 1]')
+  parser.add_argument('--train', type=int, default=200)
+  parser.add_argument('--test', type=int, default=100)
+  parser.add_argument('--anomalies', type=int, default=800)
+  parser.add_argument('--size', type=int, default=800)
+  parser.add_argument('--fov', type=float, default=0.16)
+  parser.add_argument('--class_name', default='cube')
+  parser.add_argument('--seed', type=int, default=0)
+  args = parser.parse_args(argv)
+  if not 0 < args.fraction <= 1:
+    parser.error(f'--fraction must be in (0, 1], got {args.fraction}')
+  args.workdir = args.workdir.absolute()
+  args.workdir.mkdir(parents=True, exist_ok=True)
+  checkpoints = convert_random_weights(args.workdir / 'checkpoints', args.seed)
+  fields = overrides(args, checkpoints)
+  flags = [f'--config.{k}={v}' for k, v in fields.items()]
+  log = args.workdir / 'full_scale.log'
+  print(f'full-scale rehearsal in {args.workdir} (fraction {args.fraction}; stage logs: {log})', flush=True)
+  rows = []
+  for name, marker in stage_names_and_markers(fields):
+    before = marker.stat().st_mtime_ns if marker.is_file() else None
+    measured = run_stage(name, flags, log)  # the runner skips a stage that is up to date
+    if not marker.is_file():
+      raise RuntimeError(f'stage {name} wrote no marker {marker}; see {log}')
+    if marker.stat().st_mtime_ns == before:
+      measured = None  # cached: this process only checked it
+    seconds = json.loads(marker.read_text())['info']['seconds']
+    row = dict(stage=name, seconds=seconds, **(measured or {}),
+               full_s=extrapolate(seconds, args.fraction, COST_LAW[name]))
+    rows.append(row)
+    print(f'{name}: {seconds:.1f} s' + (f', peak RSS {measured["rss_gib"]:.2f} GiB' if measured else ' (cached)'),
+          flush=True)
+  out = table(rows, args.fraction)
+  print(out)
+  (args.workdir / 'full_scale.json').write_text(json.dumps(
+      {'args': {k: str(v) for k, v in vars(args).items()}, 'rows': rows}, indent=1))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
