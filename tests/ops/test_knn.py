@@ -37,6 +37,19 @@ def test_exact_ties_pick_lowest_index():
   assert got[1, 0] == 13 and got[1, 1] == 13 + 27  # the centre, then its duplicate
 
 
+def test_block_pruning_keeps_exact_ties_and_padding():
+  # 8³ lattice twice (1,024 points, every distance tied at least twice) plus padding: k = 16 prunes to the 16
+  # blocks of 8 points with the smallest minima, among equal minima the earlier blocks, as a stable top_k does.
+  grid = np.stack(np.meshgrid(*[np.arange(8, dtype=np.float32)] * 3, indexing='ij'), -1).reshape(-1, 3) * 0.1
+  cloud = np.concatenate([grid, grid])
+  assert knn._block_size(2048, 16) == 16
+  points, valid = buckets.pad_batch([cloud, cloud[:700]], buckets=(2048,))
+  queries = np.stack([grid[[0, 77, 300, 511]], grid[[5, 64, 200, 400]] + 0.05])
+  got = np.asarray(knn.knn_indices(points, valid, queries, 16))
+  np.testing.assert_array_equal(got[0], numpy_knn(cloud, queries[0], 16))
+  np.testing.assert_array_equal(got[1], numpy_knn(cloud[:700], queries[1], 16))
+
+
 def test_fewer_valid_points_than_k_repeat_the_nearest():
   cloud = np.array([[0, 0, 0], [1, 0, 0], [3, 0, 0], [6, 0, 0]], np.float32)
   points, valid = buckets.pad_batch([cloud[:3]], buckets=(4,))
