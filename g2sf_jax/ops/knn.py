@@ -1,7 +1,7 @@
 """Brute-force k nearest neighbours and PointMAE grouping (SPEC §2.2).
 
 Distances are exact float32 differences (not the |a|²-2ab+|b|² expansion), computed in query chunks so that
-[chunk, N] distance blocks stay small (1024 centres × 50k points would be 200 MB per cloud at once). Ties go to
+[chunk, N] distance blocks stay small (1024 centres × 50k points would be 200 MB per cloud at once) and in cache. Ties go to
 the lowest point index (`lax.top_k` is stable; the block pruning of `_smallest_k` keeps that). Padded points
 (`valid == False`) are never neighbours.
 
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from g2sf_jax.ops import fps
 
-_CHUNK_ELEMENTS = 1 << 24  # distance-block budget per chunk: 64 MB of float32.
+_CHUNK_ELEMENTS = 1 << 22  # distance-block budget per chunk: 16 MB of float32 (cache-sized: 1.7x faster than 64 MB)
 
 
 def _block_size(n: int, k: int) -> int:

@@ -60,7 +60,7 @@ def test_fewer_valid_points_than_k_repeat_the_nearest():
 def test_chunked_path_with_remainder():
   rng = np.random.default_rng(1)
   cloud = rng.uniform(-1, 1, size=(300_000, 3)).astype(np.float32)
-  queries = cloud[rng.choice(len(cloud), 70, replace=False)]  # 2**24 // 300k = 55 per chunk, remainder 15
+  queries = cloud[rng.choice(len(cloud), 70, replace=False)]  # 2**22 // 300k = 13 per chunk, remainder 5
   got = np.asarray(knn.knn_indices(cloud[None], np.ones((1, len(cloud)), bool), queries[None], 8))[0]
   np.testing.assert_array_equal(got, numpy_knn(cloud, queries, 8))
 
