@@ -12,11 +12,12 @@ cleaning at 224² as on MVTec. Every stage runs as its own `python -m experiment
 are its own; the stage's own time is read from its completion marker. Re-running the command resumes: stages
 that are up to date are reported from their markers (no RSS then).
 
-Below fraction 1 the samples and anomalies are scaled by f, every other size is the paper's, and each stage's time
-is extrapolated to f = 1 by its cost law, printed in the table: linear in the samples (prepare, extract, LSPN
-training) or quadratic (the greedy coreset: k ∝ n iterations over n rows; the anomaly and test searches: samples ×
-coreset rows). The quadratic law also scales the stage's linear parts, so those estimates are upper bounds. Peak
-RSS is the one measured at the fraction run. On a GPU machine the same command runs on the GPU (JAX's default
+Below fraction 1 the samples and anomalies are scaled by f (and with `--epoch_fraction e` the LSPN runs e of its
+80 epochs); every other size is the paper's. Each stage's time is extrapolated to full size by its cost law in f,
+printed in the table: linear (prepare, extract, LSPN training, also × 1/e), quadratic (the greedy coreset: k ∝ n
+iterations over n rows), or between the two where a linear part (synthesising and extracting the anomalies, the
+test features) meets a quadratic one (their searches in coresets that grow with n): those get a range. Peak RSS
+is the one measured at the fraction run. On a GPU machine the same command runs on the GPU (JAX's default
 backend); the dataset and weights are made on the host.
 """
 import argparse
@@ -28,18 +29,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 METHOD = 'g2sf'
 
-# Exponent of the cost law in the fraction f of the samples, per stage name (see the module docstring).
-COST_LAW = {'prepare': 1, 'extract': 1, 'banks': 2, 'fusion_data': 2, 'train': 1, 'evaluate': 2}
+# (lowest, highest) exponent of each stage's cost in the fraction f of the samples (see the module docstring).
+COST_LAW = {'prepare': (1, 1), 'extract': (1, 1), 'banks': (2, 2), 'fusion_data': (1, 2), 'train': (1, 1),
+            'evaluate': (1, 2)}
 
 
 def random_state(table: dict, seed: int) -> dict:
   """Random tensors for every key of a `ports` table, at its shapes: 1/√fan-in weights, norm scales near 1,
   positive batch-norm variances, so the converted network computes finite, non-trivial features."""
+  import numpy as np
   import torch
   gen = torch.Generator().manual_seed(seed)
   state = {}
@@ -92,7 +93,7 @@ def overrides(args: argparse.Namespace, checkpoints: dict[str, Path]) -> dict:
       'dataset': 'synthetic', 'method': METHOD, 'workdir': str(args.workdir / 'run'), 'seed': args.seed,
       'synthetic.classes': args.class_name, 'synthetic.n_train': scaled(args.train, f),
       'synthetic.n_test': scaled(args.test, f), 'synthetic.size': args.size, 'synthetic.fov': args.fov,
-      'synthesis.num_anomalies': scaled(args.anomalies, f),
+      'synthesis.num_anomalies': scaled(args.anomalies, f), 'g2sf.epochs': scaled(80, args.epoch_fraction),
   }
   flags.update({f'checkpoints.{k}': str(v) for k, v in checkpoints.items()})
   return flags
@@ -112,6 +113,13 @@ def stage_names_and_markers(fields: dict) -> list[tuple[str, Path]]:
   return [(s.name, wd.marker(s.folder(config), scope(s))) for s in graph]
 
 
+def _in_child(call: str) -> str:
+  """`call` (Python code using this module) in a fresh interpreter; its standard output. The parent stays small:
+  on Linux a child starts with its parent's peak RSS, which would otherwise hide the stages' own peaks."""
+  return subprocess.run([sys.executable, '-c', f'from benchmarks import full_scale\n{call}'], cwd=REPO, check=True,
+                        stdout=subprocess.PIPE, text=True).stdout
+
+
 def run_stage(name: str, flags: list[str], log: Path) -> dict:
   """One stage in its own process: wall seconds and peak RSS (GiB) of that process."""
   cmd = [sys.executable, '-m', 'experiments.run', '--config', 'mvtec', f'--config.stages={name}'] + flags
@@ -127,14 +135,27 @@ def run_stage(name: str, flags: list[str], log: Path) -> dict:
   return {'wall_s': wall, 'rss_gib': usage.ru_maxrss / 2 ** 20}
 
 
-def extrapolate(seconds: float, fraction: float, law: int) -> float:
-  """The stage's time at fraction 1 from its time at `fraction`, by its cost law (exponent `law`)."""
-  return seconds / fraction ** law
+def extrapolate(seconds: float, fraction: float, law: int, epochs: float = 1.0) -> float:
+  """The stage's time at full size from its time at `fraction` (and `epochs` of the LSPN schedule), by a cost law
+  of exponent `law`."""
+  return seconds / fraction ** law / epochs
 
 
-def table(rows: list[dict], fraction: float) -> str:
-  """The markdown table: measured at the fraction, and at full size (extrapolated below fraction 1)."""
-  full = fraction >= 1
+def full_size(name: str, seconds: float, fraction: float, epoch_fraction: float) -> tuple[float, float]:
+  """(low, high) full-size seconds of stage `name` measured at `seconds`."""
+  epochs = epoch_fraction if name == 'train' else 1.0
+  return tuple(extrapolate(seconds, fraction, law, epochs) for law in COST_LAW[name])
+
+
+def _law(name: str, epoch_fraction: float) -> str:
+  low, high = ('× (1/f)' + ('²' if e == 2 else '') for e in COST_LAW[name])
+  text = low if low == high else f'{low} … {high}'
+  return text + (f' × {1 / epoch_fraction:g} (epochs)' if name == 'train' and epoch_fraction < 1 else '')
+
+
+def table(rows: list[dict], fraction: float, epoch_fraction: float = 1.0) -> str:
+  """The markdown table: measured at the fraction, and at full size (extrapolated unless everything ran)."""
+  full = fraction >= 1 and epoch_fraction >= 1
   head = ('| stage | stage time | process wall | peak RSS | '
           + ('' if full else 'cost law | full size (extrapolated) | ') + '\n')
   head += '|---' * (4 if full else 6) + '|\n'
@@ -144,11 +165,15 @@ def table(rows: list[dict], fraction: float) -> str:
     wall = f'{r["wall_s"]:.0f} s' if r.get('wall_s') is not None else '—'
     line = f'| {r["stage"]} | {r["seconds"]:.0f} s | {wall} | {rss} |'
     if not full:
-      law = COST_LAW[r['stage']]
-      line += f' × (1/f){"²" if law == 2 else ""} | {r["full_s"] / 60:.1f} min{" (upper bound)" if law == 2 else ""} |'
+      low, high = r['full_s']
+      span = f'{low / 60:.1f} min' if low == high else f'{low / 60:.1f} – {high / 60:.1f} min'
+      line += f' {_law(r["stage"], epoch_fraction)} | {span} |'
     lines.append(line)
   total = sum(r['seconds'] for r in rows)
-  summary = f'| total | {total / 60:.1f} min | | |' + ('' if full else f' | {sum(r["full_s"] for r in rows) / 60:.1f} min |')
+  summary = f'| total | {total / 60:.1f} min | | |'
+  if not full:
+    low, high = (sum(r['full_s'][i] for r in rows) / 60 for i in (0, 1))
+    summary += f' | {low:.1f} – {high:.1f} min |'
   return head + '\n'.join(lines + [summary]) + '\n'
 
 
@@ -156,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', type=Path, default=REPO / 'runs' / 'full_scale')
   parser.add_argument('--fraction', type=float, default=1.0, help='share of samples and anomalies to run, (0, 1]')
+  parser.add_argument('--epoch_fraction', type=float, default=1.0, help='share of the 80 LSPN epochs to run, (0, 1]')
   parser.add_argument('--train', type=int, default=200)
   parser.add_argument('--test', type=int, default=100)
   parser.add_argument('--anomalies', type=int, default=800)
@@ -164,33 +190,45 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--class_name', default='cube')
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
-  if not 0 < args.fraction <= 1:
-    parser.error(f'--fraction must be in (0, 1], got {args.fraction}')
+  for name in ('fraction', 'epoch_fraction'):
+    if not 0 < getattr(args, name) <= 1:
+      parser.error(f'--{name} must be in (0, 1], got {getattr(args, name)}')
   args.workdir = args.workdir.absolute()
   args.workdir.mkdir(parents=True, exist_ok=True)
-  checkpoints = convert_random_weights(args.workdir / 'checkpoints', args.seed)
+  *said, converted = _in_child(
+      f'import json, pathlib\n'
+      f'done = full_scale.convert_random_weights(pathlib.Path({str(args.workdir / "checkpoints")!r}), {args.seed})\n'
+      f'print(json.dumps({{k: str(v) for k, v in done.items()}}))').splitlines()
+  print('\n'.join(said), flush=True)  # what the ports wrote
+  checkpoints = json.loads(converted)
   fields = overrides(args, checkpoints)
   flags = [f'--config.{k}={v}' for k, v in fields.items()]
   log = args.workdir / 'full_scale.log'
-  print(f'full-scale rehearsal in {args.workdir} (fraction {args.fraction}; stage logs: {log})', flush=True)
+  print(f'full-scale rehearsal in {args.workdir} (fraction {args.fraction}, LSPN epochs {args.epoch_fraction}; '
+        f'stage logs: {log})', flush=True)
+  plan = json.loads(_in_child(f'import json\nprint(json.dumps([(n, str(m)) for n, m in '
+                               f'full_scale.stage_names_and_markers({fields!r})]))').splitlines()[-1])
+  summary = args.workdir / 'full_scale.json'
+  earlier = {r['stage']: r for r in json.loads(summary.read_text())['rows']} if summary.is_file() else {}
   rows = []
-  for name, marker in stage_names_and_markers(fields):
+  for name, marker in ((n, Path(m)) for n, m in plan):
     before = marker.stat().st_mtime_ns if marker.is_file() else None
     measured = run_stage(name, flags, log)  # the runner skips a stage that is up to date
     if not marker.is_file():
       raise RuntimeError(f'stage {name} wrote no marker {marker}; see {log}')
-    if marker.stat().st_mtime_ns == before:
-      measured = None  # cached: this process only checked it
+    if marker.stat().st_mtime_ns == before:  # cached: this process only checked it; keep what its run measured
+      previous = earlier.get(name, {})
+      same_run = previous.get('marker_mtime_ns') == before
+      measured = {k: previous.get(k) for k in ('wall_s', 'rss_gib')} if same_run else {}
     seconds = json.loads(marker.read_text())['info']['seconds']
-    row = dict(stage=name, seconds=seconds, **(measured or {}),
-               full_s=extrapolate(seconds, args.fraction, COST_LAW[name]))
-    rows.append(row)
-    print(f'{name}: {seconds:.1f} s' + (f', peak RSS {measured["rss_gib"]:.2f} GiB' if measured else ' (cached)'),
-          flush=True)
-  out = table(rows, args.fraction)
-  print(out)
-  (args.workdir / 'full_scale.json').write_text(json.dumps(
-      {'args': {k: str(v) for k, v in vars(args).items()}, 'rows': rows}, indent=1))
+    rows.append(dict(stage=name, seconds=seconds, **measured, marker_mtime_ns=marker.stat().st_mtime_ns,
+                     full_s=full_size(name, seconds, args.fraction, args.epoch_fraction)))
+    rss = measured.get('rss_gib')
+    print(f'{name}: {seconds:.1f} s' + (f', peak RSS {rss:.2f} GiB' if rss is not None else ' (cached)'), flush=True)
+  print(table(rows, args.fraction, args.epoch_fraction))
+  with tempfile.NamedTemporaryFile('w', dir=args.workdir, delete=False) as tmp:
+    json.dump({'args': {k: str(v) for k, v in vars(args).items()}, 'rows': rows}, tmp, indent=1)
+  os.replace(tmp.name, summary)
   return 0
 
 

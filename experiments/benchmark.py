@@ -50,6 +50,7 @@ from tests.references import torch_point_mae
 REPO = Path(__file__).resolve().parents[1]
 # bank_rss runs first: a child process inherits its parent's RSS high-water mark (Linux copies it into the child's
 # mm at fork and keeps it across exec), so after the big stages the subprocess would report this process's peak.
+PIPELINE_BATCH = 8  # config.batch_size: clouds per feature-extraction call
 STAGES = ('bank_rss', 'peak', 'group', 'vit', 'point_mae', 'coreset', 'knn', 'aupro', 'lspn')
 # A stage measured while the 1-minute load average was above this (other jobs on the machine) is marked.
 LOAD_LIMIT = 1.5
@@ -234,6 +235,14 @@ def bench_group(sizes: Sizes, repeats: int) -> list[Row]:
                     'pointnet2 FPS loop in torch ops + `cdist`/`topk`',
                     note=f'FPS alone: ours {fps_ours * 1e3:.1f} ms, reference {fps_ref * 1e3:.1f} ms. Ours runs on '
                          'the bucket-padded cloud as the pipeline does.'))
+    batch = jnp.repeat(points, PIPELINE_BATCH, axis=0), jnp.repeat(valid, PIPELINE_BATCH, axis=0)
+    compile_first, ours_b = _timed(_jax_call(knn.group, *batch, g, k), repeats)
+    _, fps_b = _timed(_jax_call(fps.farthest_point_sample, *batch, g), repeats)
+    rows.append(Row('group', f'FPS + kNN grouping, {g}×{k}, per cloud in a batch of {PIPELINE_BATCH}',
+                    ours_b / PIPELINE_BATCH, ref, (compile_first - ours_b),
+                    'the reference groups one cloud at a time (its time per cloud, as above)',
+                    note=f'The pipeline\'s extraction batch; ours: one call on {PIPELINE_BATCH} copies of the cloud, '
+                         f'÷ {PIPELINE_BATCH}. FPS alone per cloud: {fps_b / PIPELINE_BATCH * 1e3:.1f} ms.'))
   return rows
 
 
