@@ -21,6 +21,18 @@ from g2sf_jax import distributed
 from g2sf_jax import memory_bank as mb
 
 
+def greedy_seconds_per_iteration(z, dist0, iterations: int, fp16: bool, mesh, mode: str = 'reference'):
+  """(seconds per greedy iteration, the picks) over `iterations`, timed in the steady loop: from the end of the
+  first device call to the end of the last (`greedy_k_center`'s progress calls), so the set-up (host copy, padding,
+  placement) and the first call are left out. With a single call (few iterations) its whole time is used."""
+  marks = []
+  start = time.perf_counter()
+  idx = mb.greedy_k_center(z, dist0, k=iterations + 1, fp16=fp16, mesh=mesh, mode=mode,
+                           progress=lambda done, _: marks.append((time.perf_counter(), done)))
+  (t0, d0), (t1, d1) = marks[0], marks[-1]
+  return ((t1 - t0) / (d1 - d0) if d1 > d0 else (t1 - start) / iterations), np.asarray(idx)
+
+
 def _peak_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: KiB
 
@@ -69,12 +81,9 @@ def main() -> None:
   iters = min(args.iterations or k - 1, k - 1)
   mesh = distributed.make_mesh()
   phase('greedy compile', lambda: mb.greedy_k_center(*z_dev, k=2, fp16=fp16, mesh=mesh))
-  phase('greedy set-up (1 iteration)', lambda: mb.greedy_k_center(*z_dev, k=2, fp16=fp16, mesh=mesh))
-  idx = phase(f'greedy {iters} iters', lambda: mb.greedy_k_center(*z_dev, k=iters + 1, fp16=fp16, mesh=mesh))
-  assert len(set(np.asarray(idx).tolist())) == iters + 1, 'greedy picked a row twice'
+  per_iter, idx = phase(f'greedy {iters} iters', lambda: greedy_seconds_per_iteration(*z_dev, iters, fp16, mesh))
+  assert len(set(idx.tolist())) == iters + 1, 'greedy picked a row twice'
   rows = phase('gather coreset rows', lambda: mb.gather_rows(bank, np.asarray(idx), normaliser))
-  # the set-up (host copy, padding, placement) is paid once per coreset: the per-iteration cost excludes it
-  per_iter = max(timings[f'greedy {iters} iters'] - timings['greedy set-up (1 iteration)'], 1e-9) / max(iters - 1, 1)
   print(f'coreset k = {k} ({rows.shape[0]} rows gathered); greedy {per_iter * 1e3:.1f} ms/iteration '
         f'({"fp16" if fp16 else "fp32"})')
   if iters < k - 1:
@@ -101,12 +110,7 @@ def _against_the_floor(z_dev, iters: int, per_iter: float, fp16: bool, mesh, idx
         f'= {flat.nbytes / floor / 1e9:.1f} GB/s')
   print(f'greedy reference mode: {per_iter / floor:.2f}x the floor')
   mb.greedy_k_center(*z_dev, k=2, fp16=fp16, mesh=mesh, mode='fast')
-  start = time.perf_counter()
-  mb.greedy_k_center(*z_dev, k=2, fp16=fp16, mesh=mesh, mode='fast')
-  set_up = time.perf_counter() - start
-  start = time.perf_counter()
-  fast_idx = mb.greedy_k_center(*z_dev, k=iters + 1, fp16=fp16, mesh=mesh, mode='fast')
-  fast = max(time.perf_counter() - start - set_up, 1e-9) / max(iters - 1, 1)
+  fast, fast_idx = greedy_seconds_per_iteration(*z_dev, iters, fp16, mesh, mode='fast')
   same = int(np.cumprod(np.asarray(fast_idx) == np.asarray(idx)).sum())
   print(f'greedy fast mode: {fast * 1e3:.1f} ms/iteration = {fast / floor:.2f}x the floor; its first {same} of '
         f'{iters + 1} picks equal the reference mode\'s')

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from benchmarks import aupro_speed
+from benchmarks import bank_memory
 from benchmarks import torch_reference
 from experiments.configs.common import get_base_config
 from g2sf_jax import io
@@ -53,7 +54,8 @@ REPO = Path(__file__).resolve().parents[1]
 PIPELINE_BATCH = 8  # config.batch_size: clouds per feature-extraction call
 STAGES = ('bank_rss', 'peak', 'group', 'vit', 'point_mae', 'coreset', 'knn', 'aupro', 'lspn')
 # A stage measured while the 1-minute load average was above this (other jobs on the machine) is marked.
-LOAD_LIMIT = 1.5
+LOAD_LIMIT = 1.5  # a stage starting above this 1-minute load average shared the machine with another job
+QUIET_LOAD, QUIET_WAIT_S = 1.0, 90  # before each stage, wait up to this long for the load to fall below QUIET_LOAD
 # Everything below this line of an existing --out file is kept when the file is regenerated.
 KEEP_MARKER = '<!-- Hand-written notes below this line are kept when the file is regenerated. -->'
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -300,19 +302,18 @@ def bench_coreset(sizes: Sizes, repeats: int) -> list[Row]:
     mb.greedy_k_center(zj, dj, k=2, fp16=fp16, mesh=mesh)  # one iteration: the compilation, for every length
     compile_s = time.perf_counter() - start
     _, set_up = _timed(lambda: mb.greedy_k_center(zj, dj, k=2, fp16=fp16, mesh=mesh), repeats)
-    _, ours = _timed(lambda: mb.greedy_k_center(zj, dj, k=sizes.coreset_iters_jax + 1, fp16=fp16, mesh=mesh),
-                     repeats)
+    ours_it = statistics.median(bank_memory.greedy_seconds_per_iteration(zj, dj, sizes.coreset_iters_jax, fp16,
+                                                                         mesh)[0] for _ in range(repeats))
     zt, dt0 = torch.from_numpy(z).to(torch.float16 if fp16 else torch.float32), torch.from_numpy(dist0)
     _, ref = _timed(_no_grad(torch_reference.greedy_coreset, zt, dt0, sizes.coreset_iters_torch, fp16), repeats)
-    # ours: a one-iteration call (placing the bank on the devices) plus the per-iteration cost beyond it
-    ours_it = max(ours - set_up, 0.0) / max(sizes.coreset_iters_jax - 1, 1)
+    # ours: a one-iteration call (placing the bank on the devices) plus the steady per-iteration cost
     ref_it = ref / sizes.coreset_iters_torch
     precision = 'fp16' if fp16 else 'fp32'
     rows.append(Row('coreset', f'greedy coreset {precision}, {n:,}×{c} projected bank, k = {k:,} '
                     '(extrapolated)', set_up + ours_it * (k - 2), ref_it * (k - 1), compile_s,
                     f'the reference\'s torch greedy loop in {precision} on CPU',
-                    note=f'EXTRAPOLATED: timed {sizes.coreset_iters_jax} (ours; less a one-iteration call, its '
-                         f'set-up {set_up * 1e3:.0f} ms counted once) / {sizes.coreset_iters_torch} '
+                    note=f'EXTRAPOLATED: timed {sizes.coreset_iters_jax} (ours: the steady loop, its set-up, a '
+                         f'one-iteration call of {set_up * 1e3:.0f} ms, counted once) / {sizes.coreset_iters_torch} '
                          f'(reference) iterations, ×(k−1) = {k - 1:,}. Per iteration: ours {ours_it * 1e3:.2f} ms, '
                          f'reference {ref_it * 1e3:.2f} ms. The one-pass sparse projection is excluded on both '
                          'sides; the bank is random. Compile time: a one-iteration call (the program serves any length).'))
@@ -451,11 +452,21 @@ def run(only: Sequence[str] = STAGES, quick: bool = False, repeats: int = 3,
   for stage in STAGES:
     if stage not in only:
       continue
+    if not quick:
+      _wait_for_quiet()
     start, before = time.perf_counter(), os.getloadavg()[0]
     out = [dataclasses.replace(x, load=(before, os.getloadavg()[0])) for x in BENCHES[stage](sizes, repeats)]
     (limits if stage in ('peak', 'bank_rss') else rows).extend(out)
     log(f'[{stage}] done in {time.perf_counter() - start:.1f} s, load {before:.2f} → {out[-1].load[1]:.2f}')
   return rows, limits
+
+
+def _wait_for_quiet() -> None:
+  """The previous stage's own threads keep the 1-minute load average up for a minute: let it decay, so the load
+  a stage starts at shows other jobs, not ours."""
+  deadline = time.monotonic() + QUIET_WAIT_S
+  while os.getloadavg()[0] > QUIET_LOAD and time.monotonic() < deadline:
+    time.sleep(2)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -491,11 +502,12 @@ def _percent(gflop: float, seconds: float, peak: float | None) -> str:
 
 
 def _load(load: tuple[float, float]) -> str:
-  """`before → after` 1-minute load average, flagged when either is above LOAD_LIMIT (the numbers are suspect)."""
+  """`before → after` 1-minute load average, flagged when the stage started above LOAD_LIMIT (another job was
+  running: the numbers are suspect). The after value includes the stage's own threads."""
   if not all(map(math.isfinite, load)):
     return '–'
   cell = f'{load[0]:.1f} → {load[1]:.1f}'
-  return f'**{cell} ⚠**' if max(load) > LOAD_LIMIT else cell
+  return f'**{cell} ⚠**' if load[0] > LOAD_LIMIT else cell
 
 
 def table(rows: Sequence[Row], limits: Sequence[Limit]) -> str:
@@ -520,7 +532,7 @@ def table(rows: Sequence[Row], limits: Sequence[Limit]) -> str:
 
 def markdown(rows: Sequence[Row], limits: Sequence[Limit], info: dict[str, str], command: str,
              load: tuple[tuple[float, ...], tuple[float, ...]], repeats: int, quick: bool) -> str:
-  loaded = max(load[0][0], load[1][0]) > LOAD_LIMIT
+  loaded = load[0][0] > LOAD_LIMIT or any(r.load[0] > LOAD_LIMIT for r in (*rows, *limits))
   header = [
       '# Benchmarks: g2sf-jax against PyTorch CPU references', '',
       f'Generated by `{command}` on {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}'
@@ -536,8 +548,9 @@ def markdown(rows: Sequence[Row], limits: Sequence[Limit], info: dict[str, str],
       f'* Each stage: one warm-up call (JAX compiles there; "compile ≈" = first call − median), then the median of '
       f'{repeats} calls. Ratio = reference / ours, so > 1 means ours (JAX) is faster. "% of peak" = analytic '
       'FLOPs / time / the float32 matmul peak measured below for the same framework. "load" = the 1-minute load '
-      f'average before → after the stage; ⚠ marks a stage measured above {LOAD_LIMIT} (another job was running: '
-      'rerun it with `--only`).', '']
+      f'average before → after the stage (each stage waits up to {QUIET_WAIT_S} s for it to fall below '
+      f'{QUIET_LOAD}; the after value includes the stage\'s own threads); ⚠ marks a stage that started above '
+      f'{LOAD_LIMIT} (another job was running: rerun it with `--only`).', '']
   return '\n'.join(header) + '\n' + table(rows, limits) + '\n'
 
 

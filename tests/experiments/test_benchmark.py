@@ -53,5 +53,6 @@ def test_unknown_stage_is_named():
 
 def test_a_loaded_stage_is_flagged():
   assert benchmark._load((0.4, 1.2)) == '0.4 → 1.2'
-  assert '⚠' in benchmark._load((0.4, benchmark.LOAD_LIMIT + 0.1))
+  assert '⚠' in benchmark._load((benchmark.LOAD_LIMIT + 0.1, 0.4))
+  assert '⚠' not in benchmark._load((0.4, benchmark.LOAD_LIMIT + 0.5))  # its own threads raised it
   assert benchmark._load((float('nan'), 1.0)) == '–'
