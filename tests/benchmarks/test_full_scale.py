@@ -67,3 +67,14 @@ def test_extrapolation_and_table():
   assert '| train | 6 s | 9 s | 2.00 GiB | × (1/f) × 10 (epochs) | 10.0 min |' in text
   assert text.rstrip().endswith('| total | 1.6 min | | | | 25.0 – 70.0 min |')
   assert 'extrapolated' not in full_scale.table(rows, 1.0, 1.0)
+
+
+def test_a_smaller_lspn_batch_than_the_full_class_is_said(tmp_path, capsys):
+  marker = tmp_path / 'fusion_data.done.json'
+  plan = [('prepare', str(tmp_path / 'prepare.done.json')), ('fusion_data', str(marker))]
+  marker.write_text('{"info": {"rows": 72366}}')
+  full_scale._batch_caveat(plan, _args(0.05))
+  assert 'batches of 2532 rows' in capsys.readouterr().out
+  marker.write_text('{"info": {"rows": 2000000}}')  # 0.7·M/20 > 8,192: the full-size batch
+  full_scale._batch_caveat(plan, _args(0.5))
+  assert capsys.readouterr().out == ''
