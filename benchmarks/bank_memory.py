@@ -76,7 +76,7 @@ def main() -> None:
   z, dist0 = phase(f'project -> {n_comp} dims', lambda: mb.project(
       bank, matrix, normaliser, np.float16 if fp16 else np.float32, args.chunk_rows))
   z_dev = phase('to device', lambda: (jnp.asarray(z), jnp.asarray(dist0)))
-  del z
+  z = None  # the host copy is no longer needed
   k = mb.coreset_size(args.rows, args.fraction)
   iters = min(args.iterations or k - 1, k - 1)
   mesh = distributed.make_mesh()
