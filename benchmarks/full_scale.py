@@ -20,8 +20,8 @@ test features) meets a quadratic one (their searches in coresets that grow with 
 is the one measured at the fraction run. The LSPN batch is min(0.7·M/20, 8,192) for M fusion rows (SPEC §4.5a):
 a fraction with fewer than ~234k rows trains with smaller batches than the full class, and its B×B consistency
 term grows faster than linearly with B, so the linear law then underestimates training (the command says so;
-`python -m experiments.benchmark --only lspn` times one full-size step). On a GPU machine the same command runs on the GPU (JAX's default
-backend); the dataset and weights are made on the host.
+`python -m experiments.benchmark --only lspn` times one full-size step). On a GPU machine the same command runs
+on the GPU (JAX's default backend); the dataset and weights are made on the host.
 """
 import argparse
 import json
@@ -211,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
   for name in ('fraction', 'epoch_fraction'):
     if not 0 < getattr(args, name) <= 1:
       parser.error(f'--{name} must be in (0, 1], got {getattr(args, name)}')
+  for name, low in (('train', 1), ('test', 1), ('anomalies', 1), ('size', 64)):  # before minutes of weights
+    if getattr(args, name) < low:
+      parser.error(f'--{name} must be at least {low}, got {getattr(args, name)}')
+  if not args.fov > 0:
+    parser.error(f'--fov must be positive (metres across the view), got {args.fov}')
   args.workdir = args.workdir.absolute()
   args.workdir.mkdir(parents=True, exist_ok=True)
   *said, converted = _in_child(

@@ -15,10 +15,8 @@ synthetic default's banks are tiny.
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +45,7 @@ def state_bytes(obj, seen: set | None = None) -> int:
 def measure(workdir: str, class_name: str, method: str, repeats: int) -> dict:
   """One method, in this process: state bytes, scoring seconds per sample (median of `repeats`), peak RSS."""
   import numpy as np
+  from benchmarks import timing
   from experiments import pipeline
   from g2sf_jax import detector, features
   from g2sf_jax.data import prepared
@@ -71,16 +70,9 @@ def measure(workdir: str, class_name: str, method: str, repeats: int) -> dict:
       det.score_features(*(feats[k][start:start + batch] if k in feats else None for k in ('img', 'pcd')),
                          None if inputs is None else {k: v[start:start + batch] for k, v in inputs.items()})
 
-  start = time.perf_counter()
-  score_all()
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    score_all()
-    times.append(time.perf_counter() - start)
+  first, median = timing.timed(score_all, repeats)
   return {'method': method, 'rows': list(det.rows), 'state_bytes': state, 'samples': n,
-          'first_s': first, 'per_sample_s': statistics.median(times) / n,
+          'first_s': first, 'per_sample_s': median / n,
           'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 

@@ -34,6 +34,7 @@ import torch
 
 from benchmarks import aupro_speed
 from benchmarks import bank_memory
+from benchmarks import timing
 from benchmarks import torch_reference
 from experiments.configs.common import get_base_config
 from g2sf_jax import io
@@ -132,19 +133,6 @@ class Limit:
   load: tuple[float, float] = (math.nan, math.nan)
 
 
-def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
-  """(first call, median of `repeats` further calls) in seconds; the first call is the warm-up/compile."""
-  start = time.perf_counter()
-  fn()
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return first, statistics.median(times)
-
-
 def _fastest(fn: Callable[[], Any], calls: int) -> float:
   """Shortest of `calls` timed calls after one warm-up: the machine's attainable rate, not a typical one."""
   fn()
@@ -228,18 +216,18 @@ def bench_group(sizes: Sizes, repeats: int) -> list[Row]:
   tcloud = torch.from_numpy(cloud)
   rows = []
   for g, k in sizes.groups:
-    compile_first, ours = _timed(_jax_call(knn.group, points, valid, g, k), repeats)
-    _, ref = _timed(_no_grad(torch_reference.knn_group, tcloud, g, k), repeats)
-    _, fps_ours = _timed(_jax_call(fps.farthest_point_sample, points, valid, g), repeats)
-    _, fps_ref = _timed(_no_grad(torch_point_mae.fps, tcloud, g), repeats)
+    compile_first, ours = timing.timed(_jax_call(knn.group, points, valid, g, k), repeats)
+    _, ref = timing.timed(_no_grad(torch_reference.knn_group, tcloud, g, k), repeats)
+    _, fps_ours = timing.timed(_jax_call(fps.farthest_point_sample, points, valid, g), repeats)
+    _, fps_ref = timing.timed(_no_grad(torch_point_mae.fps, tcloud, g), repeats)
     rows.append(Row('group', f'FPS + kNN grouping, {len(cloud):,} valid points (padded to {points.shape[1]:,}), '
                     f'{g}×{k}', ours, ref, compile_first - ours,
                     'pointnet2 FPS loop in torch ops + `cdist`/`topk`',
                     note=f'FPS alone: ours {fps_ours * 1e3:.1f} ms, reference {fps_ref * 1e3:.1f} ms. Ours runs on '
                          'the bucket-padded cloud as the pipeline does.'))
     batch = jnp.repeat(points, PIPELINE_BATCH, axis=0), jnp.repeat(valid, PIPELINE_BATCH, axis=0)
-    compile_first, ours_b = _timed(_jax_call(knn.group, *batch, g, k), repeats)
-    _, fps_b = _timed(_jax_call(fps.farthest_point_sample, *batch, g), repeats)
+    compile_first, ours_b = timing.timed(_jax_call(knn.group, *batch, g, k), repeats)
+    _, fps_b = timing.timed(_jax_call(fps.farthest_point_sample, *batch, g), repeats)
     rows.append(Row('group', f'FPS + kNN grouping, {g}×{k}, per cloud in a batch of {PIPELINE_BATCH}',
                     ours_b / PIPELINE_BATCH, ref, (compile_first - ours_b),
                     'the reference groups one cloud at a time (its time per cloud, as above)',
@@ -254,10 +242,10 @@ def bench_vit(sizes: Sizes, repeats: int) -> list[Row]:
   images = jnp.asarray(np.random.default_rng(0).standard_normal((1, size, size, 3), dtype=np.float32))
   params = random_params(model.init, images)
   apply = jax.jit(lambda p, x: model.apply(p, x)[0])
-  first, ours = _timed(_jax_call(apply, params, images), repeats)
+  first, ours = timing.timed(_jax_call(apply, params, images), repeats)
   ref_model = torch_reference.dino_vit(size, model.patch_size, model.dim, model.depth, model.num_heads)
   timages = torch.from_numpy(np.asarray(images).transpose(0, 3, 1, 2).copy())
-  _, ref = _timed(_no_grad(lambda x: ref_model(pixel_values=x).last_hidden_state, timages), repeats)
+  _, ref = timing.timed(_no_grad(lambda x: ref_model(pixel_values=x).last_hidden_state, timages), repeats)
   name = 'ViT-B/8' if not sizes.vit else f'ViT dim {model.dim} depth {model.depth}'
   return [Row('vit', f'{name} forward at {size}², batch 1, random weights', ours, ref, first - ours,
               f'transformers `ViTModel` (DINO config, attention "{ref_model.config._attn_implementation}")',
@@ -274,11 +262,11 @@ def bench_point_mae(sizes: Sizes, repeats: int) -> list[Row]:
   model = point_mae.PointMAE(**sizes.point_mae)
   variables = random_params(model.init, neighborhood, centers)
   apply = jax.jit(lambda v, n, c: model.apply(v, n, c)[0])
-  first, ours = _timed(_jax_call(apply, variables, neighborhood, centers), repeats)
+  first, ours = timing.timed(_jax_call(apply, variables, neighborhood, centers), repeats)
   ref_model = torch_point_mae.PointMAEEncoder(model.dim, model.depth, model.num_heads,
                                               tuple(model.out_blocks)).train()  # batch-stat BN (SPEC §2.3)
   tn, tc = torch.from_numpy(np.array(neighborhood[0])), torch.from_numpy(np.array(centers[0]))
-  _, ref = _timed(_no_grad(ref_model, tn, tc), repeats)
+  _, ref = timing.timed(_no_grad(ref_model, tn, tc), repeats)
   return [Row('point_mae', f'PointMAE encoder forward, {g}×{k} groups, batch 1, random weights', ours, ref,
               first - ours, 'tests/references PyTorch PointMAE encoder (train-mode BN)',
               gflop=point_mae_flops(g, k, model.dim, model.depth) / 1e9,
@@ -301,11 +289,11 @@ def bench_coreset(sizes: Sizes, repeats: int) -> list[Row]:
     mesh = distributed.make_mesh()
     mb.greedy_k_center(zj, dj, k=2, fp16=fp16, mesh=mesh)  # one iteration: the compilation, for every length
     compile_s = time.perf_counter() - start
-    _, set_up = _timed(lambda: mb.greedy_k_center(zj, dj, k=2, fp16=fp16, mesh=mesh), repeats)
+    _, set_up = timing.timed(lambda: mb.greedy_k_center(zj, dj, k=2, fp16=fp16, mesh=mesh), repeats)
     ours_it = statistics.median(bank_memory.greedy_seconds_per_iteration(zj, dj, sizes.coreset_iters_jax, fp16,
                                                                          mesh)[0] for _ in range(repeats))
     zt, dt0 = torch.from_numpy(z).to(torch.float16 if fp16 else torch.float32), torch.from_numpy(dist0)
-    _, ref = _timed(_no_grad(torch_reference.greedy_coreset, zt, dt0, sizes.coreset_iters_torch, fp16), repeats)
+    _, ref = timing.timed(_no_grad(torch_reference.greedy_coreset, zt, dt0, sizes.coreset_iters_torch, fp16), repeats)
     # ours: a one-iteration call (placing the bank on the devices) plus the steady per-iteration cost
     ref_it = ref / sizes.coreset_iters_torch
     precision = 'fp16' if fp16 else 'fp32'
@@ -316,7 +304,8 @@ def bench_coreset(sizes: Sizes, repeats: int) -> list[Row]:
                          f'one-iteration call of {set_up * 1e3:.0f} ms, counted once) / {sizes.coreset_iters_torch} '
                          f'(reference) iterations, ×(k−1) = {k - 1:,}. Per iteration: ours {ours_it * 1e3:.2f} ms, '
                          f'reference {ref_it * 1e3:.2f} ms. The one-pass sparse projection is excluded on both '
-                         'sides; the bank is random. Compile time: a one-iteration call (the program serves any length).'))
+                         'sides; the bank is random. Compile time: a one-iteration call (the program serves any '
+                         'length).'))
   return rows
 
 
@@ -328,9 +317,9 @@ def bench_knn(sizes: Sizes, repeats: int) -> list[Row]:
   start = time.perf_counter()
   placed = jax.block_until_ready(mb.place_bank(bank, distributed.make_mesh()))
   place_s = time.perf_counter() - start
-  first, ours = _timed(lambda: mb.knn_search(queries, placed, sizes.knn_k), repeats)
+  first, ours = timing.timed(lambda: mb.knn_search(queries, placed, sizes.knn_k), repeats)
   tb, tq = torch.from_numpy(bank), torch.from_numpy(queries)
-  _, ref = _timed(_no_grad(torch_reference.nearest_neighbours, tq, tb, sizes.knn_k), repeats)
+  _, ref = timing.timed(_no_grad(torch_reference.nearest_neighbours, tq, tb, sizes.knn_k), repeats)
   return [Row('knn', f'{sizes.knn_k}-NN of {sizes.knn_queries:,} queries in a {m:,}×{d} bank', ours, ref,
               first - ours, '`torch.cdist` + `topk(largest=False)`', gflop=2 * sizes.knn_queries * m * d / 1e9,
               note=f'Placing the bank on the device once per class: {place_s:.2f} s (not in the median). Ours also '
@@ -340,8 +329,8 @@ def bench_knn(sizes: Sizes, repeats: int) -> list[Row]:
 def bench_aupro(sizes: Sizes, repeats: int) -> list[Row]:
   masks, maps = aupro_speed.make_class(0, sizes.aupro_images, sizes.aupro_size)
   limits = metrics.DEFAULT_LIMITS
-  _, ours = _timed(lambda: metrics.aupro(masks, maps, limits, 100), repeats)
-  _, ref = _timed(lambda: aupro_speed.loop_aupro(masks, maps, limits, 100), repeats)
+  _, ours = timing.timed(lambda: metrics.aupro(masks, maps, limits, 100), repeats)
+  _, ref = timing.timed(lambda: aupro_speed.loop_aupro(masks, maps, limits, 100), repeats)
   s = sizes.aupro_size
   return [Row('aupro', f'AUPRO, 100 thresholds, {sizes.aupro_images} images of {s}×{s}', ours, ref, math.nan,
               'per-threshold loop (benchmarks/aupro_speed.py)',
@@ -380,11 +369,11 @@ def bench_lspn(sizes: Sizes, repeats: int) -> list[Row]:
     jax.block_until_ready(terms['loss'])
     state[:] = [p, o]
 
-  first, ours = _timed(ours_step, repeats)
+  first, ours = timing.timed(ours_step, repeats)
   trainer = torch_reference.LspnTrainer(tuple(torch.from_numpy(x) for x in coresets), torch.from_numpy(mu),
                                         margin, c.hidden, c.emb_dim, c.anchor)
   targs = (torch.from_numpy(feature), torch.from_numpy(anchor_idx.astype(np.int64)), torch.from_numpy(normal))
-  _, ref = _timed(lambda: trainer.step(*targs), repeats)
+  _, ref = timing.timed(lambda: trainer.step(*targs), repeats)
   return [Row('lspn', f'LSPN training step, batch {b:,} (12 LSPN forwards + 6 losses + backward + Adam)', ours, ref,
               first - ours, 'torch step from tests/references GateNet + losses, two `torch.optim.Adam`',
               gflop=lspn_step_flops(b, dr + dp, c.hidden, c.emb_dim) / 1e9,

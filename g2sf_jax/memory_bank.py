@@ -144,8 +144,8 @@ def _greedy_dtype(fp16: bool):
 
 
 # Rows per tile of the greedy's distance pass. XLA:CPU runs one [n, c] row-reduction fusion ~5× slower than the
-# same work as a loop over [8192, c] tiles (5.5 MB of fp16 at c = 334, L2/L3-sized), which reaches ~1.3× one read
-# pass over the bank at MVTec size (BENCHMARKS.md); the tiling changes no operation of any row.
+# same work as a loop over [8192, c] tiles (5.5 MB of fp16 at c = 334, L2/L3-sized): ~1.6× one read pass over
+# the bank at MVTec size with the loop's argmax and collectives (BENCHMARKS.md); no operation of any row changes.
 GREEDY_TILE = 8192
 
 
@@ -230,7 +230,8 @@ def greedy_k_center(z: np.ndarray | jax.Array, dist0: np.ndarray | jax.Array, k:
     del z32
   else:
     sq = jnp.zeros(z_dev.shape[:1], jnp.float32, device=z_dev.sharding)  # unused by the reference arithmetic
-  mind = distributed.shard_rows(np.asarray(dist0).astype(dt), mesh, value=-np.inf, multiple=tile)  # padding: never the max
+  # padding rows start at −inf: never the max
+  mind = distributed.shard_rows(np.asarray(dist0).astype(dt), mesh, value=-np.inf, multiple=tile)
   carry = (mind, distributed.replicate(z_host[0], mesh), distributed.replicate(np.zeros((k,), np.int32), mesh))
   done, steps = 1, 8
   while done < k:

@@ -1,9 +1,9 @@
 """Brute-force k nearest neighbours and PointMAE grouping (SPEC §2.2).
 
 Distances are exact float32 differences (not the |a|²-2ab+|b|² expansion), computed in query chunks so that
-[chunk, N] distance blocks stay small (1024 centres × 50k points would be 200 MB per cloud at once) and in cache. Ties go to
-the lowest point index (`lax.top_k` is stable; the block pruning of `_smallest_k` keeps that). Padded points
-(`valid == False`) are never neighbours.
+[chunk, N] distance blocks stay small and in cache (1024 centres × 50k points would be 200 MB per cloud at once).
+Ties go to the lowest point index (`lax.top_k` is stable; the block pruning of `_smallest_k` keeps that). Padded
+points (`valid == False`) are never neighbours.
 
 Fewer valid points than k: the valid points come first, sorted by distance, and the remaining slots repeat them
 cyclically (slot j holds the neighbour of slot j mod n_valid). The reference would fail here (`topk` with k > N);

@@ -78,3 +78,13 @@ def test_a_smaller_lspn_batch_than_the_full_class_is_said(tmp_path, capsys):
   marker.write_text('{"info": {"rows": 2000000}}')  # 0.7·M/20 > 8,192: the full-size batch
   full_scale._batch_caveat(plan, _args(0.5))
   assert capsys.readouterr().out == ''
+
+
+@pytest.mark.parametrize('flags, message', [(['--fraction', '0'], '--fraction must be in'),
+                                            (['--size', '32'], '--size must be at least 64'),
+                                            (['--fov', '0'], '--fov must be positive')])
+def test_bad_flags_stop_before_anything_is_written(tmp_path, capsys, flags, message):
+  with pytest.raises(SystemExit):
+    full_scale.main(['--workdir', str(tmp_path / 'w')] + flags)
+  assert message in capsys.readouterr().err
+  assert not (tmp_path / 'w').exists()

@@ -282,6 +282,7 @@ def test_stage_durations_in_the_log(finished):
     ('point_backbone', 'pointnet', r"point_backbone = 'pointnet' is not one of"),
     ('stages', 'prepare,fusion', r"config.stages: unknown \['fusion'\]"),
     ('g2sf.epochs', 0, r'g2sf.epochs = 0: expected an integer in \[1'),
+    ('synthetic.fov', 0.0, r'synthetic.fov = 0.0: expected a number in \[0.01'),
     ('dataset', 'mvtec3d', 'config.raw_dir is empty'),
     ('distributed.coordinator', 'node0', r"distributed.coordinator = 'node0': expected host:port"),
     ('distributed.process_id', 0, r'distributed.coordinator = \'\': expected host:port'),
