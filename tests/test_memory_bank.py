@@ -14,6 +14,7 @@ from sklearn.random_projection import johnson_lindenstrauss_min_dim
 
 from g2sf_jax import memory_bank as mb
 from g2sf_jax import distributed
+from g2sf_jax.ops import select
 
 MESH = distributed.make_mesh()
 
@@ -119,11 +120,12 @@ def _brute_knn(q: np.ndarray, b: np.ndarray, k: int):
   return np.take_along_axis(d, i, axis=1), i
 
 
-def _knn_data():
+def _knn_data(rows: int = 301):
   rng = np.random.default_rng(4)
-  bank = rng.standard_normal((301, 16)).astype(np.float32)
+  bank = rng.standard_normal((rows, 16)).astype(np.float32)
   bank[200] = bank[10]   # exact duplicates: ties must go to the lower index
   bank[250] = bank[10]
+  bank[rows - 1] = bank[10]  # (in the last block and, on 8 devices, on the last shard)
   queries = rng.standard_normal((70, 16)).astype(np.float32)
   queries[:5] = bank[10] + 1e-3 * rng.standard_normal((5, 16)).astype(np.float32)
   return queries, bank
@@ -150,14 +152,16 @@ _EIGHT_DEVICES = textwrap.dedent('''
   d = np.load(sys.argv[1])
   mesh = distributed.make_mesh()
   bank = mb.place_bank(d['bank'], mesh)
-  assert bank.rows.shape[0] == 304 and len(bank.rows.sharding.device_set) == 8
+  assert bank.rows.shape[0] % (32 * 8) == 0 and len(bank.rows.sharding.device_set) == 8
   dist, idx = mb.knn_search(d['queries'], bank, k=7, query_chunk=32)
   np.savez(sys.argv[2], dist=dist, idx=idx)
 ''')
 
 
-def test_knn_one_vs_eight_devices(tmp_path):
-  queries, bank = _knn_data()
+@pytest.mark.parametrize('rows', [301, 16_000])
+def test_knn_one_vs_eight_devices(tmp_path, rows):
+  # 16,000 rows: the candidate selection prunes blocks of 32 rows on one device, of 16 on each of eight.
+  queries, bank = _knn_data(rows)
   np.savez(tmp_path / 'in.npz', queries=queries, bank=bank)
   (tmp_path / 'run.py').write_text(_EIGHT_DEVICES)
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(Path(__file__).resolve().parents[1]))
@@ -169,6 +173,10 @@ def test_knn_one_vs_eight_devices(tmp_path):
   np.testing.assert_array_equal(eight['idx'], idx)
   np.testing.assert_array_equal(eight['dist'], dist)
   np.testing.assert_array_equal(idx, _brute_knn(queries, bank, 7)[1])
+  assert idx[0, :3].tolist() == [10, 200, 250]
+  if rows > 301:
+    assert select.block_size(16_000, 15, max_block=32, min_block=16) == 32         # k + 8 candidates
+    assert select.block_size(16_128 // 8, 15, max_block=32, min_block=16) == 16    # padded to 8 × 32 rows
 
 
 def test_knn_rejects_bad_k():

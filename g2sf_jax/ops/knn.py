@@ -2,8 +2,8 @@
 
 Distances are exact float32 differences (not the |a|²-2ab+|b|² expansion), computed in query chunks so that
 [chunk, N] distance blocks stay small and in cache (1024 centres × 50k points would be 200 MB per cloud at once).
-Ties go to the lowest point index (`lax.top_k` is stable; the block pruning of `_smallest_k` keeps that). Padded
-points (`valid == False`) are never neighbours.
+Ties go to the lowest point index (`lax.top_k` is stable; the block pruning of `select.top_k_indices` keeps that).
+Padded points (`valid == False`) are never neighbours.
 
 Fewer valid points than k: the valid points come first, sorted by distance, and the remaining slots repeat them
 cyclically (slot j holds the neighbour of slot j mod n_valid). The reference would fail here (`topk` with k > N);
@@ -15,34 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from g2sf_jax.ops import fps
+from g2sf_jax.ops import select
 
 _CHUNK_ELEMENTS = 1 << 22  # distance-block budget per chunk: 16 MB of float32 (cache-sized: 1.7x faster than 64 MB)
-
-
-def _block_size(n: int, k: int) -> int:
-  """Points per block for `_smallest_k`: the largest power of two leaving at least 8k blocks, 1 (no pruning) when
-  N is too small for blocks to pay."""
-  block = 1
-  while n % (2 * block) == 0 and n // (2 * block) >= 8 * k:
-    block *= 2
-  return block
-
-
-def _smallest_k(d: jax.Array, k: int, block: int) -> jax.Array:
-  """Indices [B, k] of the k smallest of `d [B, N]`, ties to the lowest index: exactly `lax.top_k(-d, k)[1]`.
-
-  `top_k` over all N points dominates grouping, so it runs on k·block candidates: the k blocks (of `block`
-  consecutive points) with the smallest minima, in index order. Exact: each of those blocks holds a point at least
-  as near, and earlier among equals, as anything in a block left out, so k points beat every left-out point.
-  """
-  if block == 1:
-    return jax.lax.top_k(-d, k)[1]
-  batch, n = d.shape
-  blocks = d.reshape(batch, n // block, block)
-  chosen = jnp.sort(jax.lax.top_k(-jnp.min(blocks, axis=2), k)[1], axis=1)  # [B, k] block ids, ascending
-  candidates = jnp.take_along_axis(blocks, chosen[:, :, None], axis=1).reshape(batch, k * block)
-  best = jax.lax.top_k(-candidates, k)[1]  # positions in the candidates, whose order is the points' order
-  return jnp.take_along_axis(chosen, best // block, axis=1) * block + best % block
 
 
 @functools.partial(jax.jit, static_argnames=('k',))
@@ -58,12 +33,11 @@ def knn_indices(points: jax.Array, valid: jax.Array, queries: jax.Array, k: int)
     n = k
 
   planes = tuple(points[..., i] for i in range(3))  # x, y, z [B, N]
-  block = _block_size(n, k)
+  block = select.block_size(n, k)
 
   def nearest(query):  # [B, 3] -> [B, k]
     d = fps.sum_of_squares(*(p - query[:, i, None] for i, p in enumerate(planes)))
-    d = jnp.where(valid, d, jnp.inf)
-    return _smallest_k(d, k, block)
+    return select.top_k_indices(jnp.where(valid, -d, -jnp.inf), k, block)
 
   chunk = max(1, min(queries.shape[1], _CHUNK_ELEMENTS // (batch * n)))
   idx = jax.lax.map(nearest, jnp.swapaxes(queries, 0, 1), batch_size=chunk)  # [S, B, k]

@@ -4,6 +4,7 @@ import numpy as np
 from g2sf_jax.ops import buckets
 from g2sf_jax.ops import fps
 from g2sf_jax.ops import knn
+from g2sf_jax.ops import select
 
 
 def numpy_knn(points: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -42,7 +43,7 @@ def test_block_pruning_keeps_exact_ties_and_padding():
   # blocks of 8 points with the smallest minima, among equal minima the earlier blocks, as a stable top_k does.
   grid = np.stack(np.meshgrid(*[np.arange(8, dtype=np.float32)] * 3, indexing='ij'), -1).reshape(-1, 3) * 0.1
   cloud = np.concatenate([grid, grid])
-  assert knn._block_size(2048, 16) == 16
+  assert select.block_size(2048, 16) == 16
   points, valid = buckets.pad_batch([cloud, cloud[:700]], buckets=(2048,))
   queries = np.stack([grid[[0, 77, 300, 511]], grid[[5, 64, 200, 400]] + 0.05])
   got = np.asarray(knn.knn_indices(points, valid, queries, 16))
