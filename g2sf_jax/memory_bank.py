@@ -23,7 +23,7 @@ from g2sf_jax.ops import select
 from g2sf_jax.ops import blur as blur_ops
 
 _HIGHEST = jax.lax.Precision.HIGHEST
-# Extra candidates per shard ranked by the fast ‖q‖²−2q·b+‖b‖² distances before the exact re-ranking; the fast
+# Extra candidates per shard ranked by the fast 2q·b−‖b‖² scores before the exact re-ranking; the fast
 # formula is only off by ~1e-7·(‖q‖²+‖b‖²), far below typical neighbour gaps, so 8 is ample.
 _CANDIDATE_MARGIN = 8
 BLUR_MODES = ('pil_uint8', 'float', 'none')  # SPEC §3.3: the reference's quantised Pillow blur, a float Gaussian
@@ -363,9 +363,9 @@ def knn_search(queries: np.ndarray, bank: np.ndarray | ShardedBank, k: int, mesh
                query_chunk: int = QUERY_CHUNK) -> tuple[np.ndarray, np.ndarray]:
   """The `k` nearest bank rows of each query: `(dist [q, k] float32, idx [q, k] int32)`, ascending.
 
-  The bank is split along its rows over `mesh`; each shard ranks its rows by `2q·b−‖b‖²` (one HIGHEST-
-  precision matmul, see `ShardedBank`), keeps `k+8` candidates, recomputes their exact float32 distance `‖q−b‖` and the shards' candidates
-  are merged by (distance, global index). The result does not depend on the number of devices. Note torch.cdist
+  The bank is split along its rows over `mesh`; each shard ranks its rows by `2q·b−‖b‖²` (one HIGHEST-precision
+  matmul, see `ShardedBank`), keeps `k+8` candidates, recomputes their exact float32 distance `‖q−b‖` and the
+  shards' candidates are merged by (distance, global index). The result does not depend on the number of devices. Note torch.cdist
   (the reference) uses the fast formula for large inputs, which is ~1e-3 relatively off for near-identical vectors.
   """
   bank = place_bank(bank, mesh)

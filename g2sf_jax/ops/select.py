@@ -31,5 +31,7 @@ def top_k_indices(x: jax.Array, k: int, block: int) -> jax.Array:
   blocks = x.reshape(batch, n // block, block)
   chosen = jnp.sort(jax.lax.top_k(jnp.max(blocks, axis=2), k)[1], axis=1)  # [B, k] block ids, ascending
   candidates = jnp.take_along_axis(blocks, chosen[:, :, None], axis=1).reshape(batch, k * block)
-  best = jax.lax.top_k(candidates, k)[1]  # positions in the candidates, whose order is the entries' order
+  # positions in the candidates, whose order is the entries' order; the barrier keeps XLA:CPU's fast TopK, which
+  # it drops when the indices have several users (3-5x slower)
+  best = jax.lax.optimization_barrier(jax.lax.top_k(candidates, k)[1])
   return jnp.take_along_axis(chosen, best // block, axis=1) * block + best % block

@@ -1,4 +1,6 @@
 """kNN and grouping against a NumPy reference written here (SPEC §2.2)."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from g2sf_jax.ops import buckets
@@ -78,3 +80,54 @@ def test_group_is_fps_centres_and_relative_neighbours():
     nn = numpy_knn(cloud, cloud[idx[b]], 10)
     np.testing.assert_array_equal(np.asarray(neighborhood[b]), cloud[nn] - cloud[idx[b]][:, None])
     np.testing.assert_array_equal(np.asarray(neighborhood[b, :, 0]), 0)  # the centre is its own nearest
+
+
+def _scan(side: int, seed: int) -> np.ndarray:
+  """Valid points of an organised side² scan in raster order (a bumpy sheet seen through a disk)."""
+  yy, xx = np.mgrid[:side, :side].astype(np.float32)
+  inside = (yy - side / 2) ** 2 + (xx - side / 2) ** 2 <= (0.45 * side) ** 2
+  z = np.sin(xx / 5) * np.cos(yy / 4) + 0.01 * np.random.default_rng(seed).standard_normal((side, side))
+  return np.stack([xx * 0.4, yy * 0.4, z], -1)[inside].astype(np.float32)
+
+
+def _inexact_share(points, valid, queries, k):
+  planes = tuple(jnp.asarray(points)[..., i] for i in range(3))
+  _, exact = knn._boxed(planes, jnp.asarray(valid), jnp.asarray(queries), k)
+  return 1 - float(np.mean(np.asarray(exact)))
+
+
+def test_box_search_on_organised_scans_redoes_inexact_queries():
+  # Two scans of ~6k points in an 8,192 bucket (256 boxes), FPS centres as queries. 16-NN: every query is provably
+  # exact from the 32 nearest boxes. 150-NN: ~16% are not; with room for a quarter of the queries they alone are
+  # redone by the full search. Both equal the NumPy oracle.
+  clouds = [_scan(100, 0), _scan(96, 1)]
+  points, valid = buckets.pad_batch(clouds, buckets=(8192,))
+  centres = np.asarray(fps.farthest_point_sample(points, valid, 200))
+  queries = np.stack([c[i] for c, i in zip(clouds, centres)])
+  assert _inexact_share(points, valid, queries, 16) == 0
+  share = _inexact_share(points, valid, queries, 150)
+  assert 0.05 < share < 0.25
+  planes = tuple(jnp.asarray(points)[..., i] for i in range(3))
+  redone = jax.jit(knn._with_fallback, static_argnums=(3, 4))(planes, jnp.asarray(valid), jnp.asarray(queries),
+                                                                150, 4)
+  for k, got in ((16, knn.knn_indices(points, valid, queries, 16)), (150, redone)):
+    for b, cloud in enumerate(clouds):
+      np.testing.assert_array_equal(np.asarray(got)[b], numpy_knn(cloud, queries[b], k))
+
+
+def test_box_search_falls_back_whole_on_ties_few_points_and_nan():
+  # A doubled lattice (every distance tied: bounds equal k-th distances), a cloud with fewer valid points than k,
+  # and a scan with NaN points (never neighbours): too many inexact queries, so the whole batch is redone.
+  grid = np.stack(np.meshgrid(*[np.arange(12, dtype=np.float32)] * 3, indexing='ij'), -1).reshape(-1, 3)
+  lattice = np.concatenate([grid, grid, grid[:100]])                       # 3,556 points
+  scan = _scan(80, 2)
+  scan[::7] = np.nan
+  clouds = [lattice, grid[:5], scan]
+  points, valid = buckets.pad_batch(clouds, buckets=(8192,))
+  queries = np.stack([lattice[[0, 13, 500, 1727, 3000]], grid[[0, 1, 2, 3, 4]] + 0.25, scan[[1, 100, 900, 2000, 3001]]])
+  assert _inexact_share(points, valid, queries, 24) > 1 / knn._FALLBACK_SHARE
+  got = np.asarray(knn.knn_indices(points, valid, queries, 24))
+  np.testing.assert_array_equal(got[0], numpy_knn(lattice, queries[0], 24))
+  np.testing.assert_array_equal(got[1], numpy_knn(grid[:5], queries[1], 24))
+  finite = np.flatnonzero(np.isfinite(scan).all(axis=1))
+  np.testing.assert_array_equal(got[2], finite[numpy_knn(scan[finite], queries[2], 24)])
