@@ -26,7 +26,7 @@ def top_k_indices(x: jax.Array, k: int, block: int) -> jax.Array:
   entry left out; `top_k` is stable and the candidates keep the entries' order, so ties resolve as on the full row.
   """
   if block == 1:
-    return jax.lax.top_k(x, k)[1]
+    return jax.lax.optimization_barrier(jax.lax.top_k(x, k)[1])  # see `best` below
   batch, n = x.shape
   blocks = x.reshape(batch, n // block, block)
   chosen = jnp.sort(jax.lax.top_k(jnp.max(blocks, axis=2), k)[1], axis=1)  # [B, k] block ids, ascending
