@@ -92,11 +92,17 @@ def main() -> None:
   _against_the_floor(z_dev, iters, per_iter, fp16, mesh, idx)
 
 
+# A bank slice of whole greedy tiles this large stays in a server CPU's last-level cache: if the greedy costs as
+# much per row there as over the whole bank, its loop is bound by arithmetic, not by memory bandwidth.
+CACHE_SLICE_BYTES = 12 * 2 ** 20
+
+
 def _against_the_floor(z_dev, iters: int, per_iter: float, fp16: bool, mesh, idx) -> None:
   """Each greedy iteration reads the whole projected bank once, so one read pass at this machine's memory
   bandwidth is its floor: measured here on the same bank as the fastest of NumPy's vectorised reductions over its
   bytes (an int16 max, a uint64 sum; 5 tries each), then the reference-arithmetic loop and the `fast` mode as
-  multiples of it, and how many picks the fast mode keeps."""
+  multiples of it, the cost per row with the bank in cache (what bounds the loop), and how many picks the fast
+  mode keeps."""
   flat = np.asarray(z_dev[0]).reshape(-1).view(np.uint8)
   flat = flat[:flat.size - flat.size % 8]
   passes = []
@@ -109,6 +115,13 @@ def _against_the_floor(z_dev, iters: int, per_iter: float, fp16: bool, mesh, idx
   print(f'memory floor: one read pass over the projected bank ({flat.nbytes / 1e6:.0f} MB) {floor * 1e3:.1f} ms '
         f'= {flat.nbytes / floor / 1e9:.1f} GB/s')
   print(f'greedy reference mode: {per_iter / floor:.2f}x the floor')
+  rows = z_dev[0].shape[0]
+  row_bytes = z_dev[0].shape[1] * z_dev[0].dtype.itemsize
+  cached = min(rows, max(mb.GREEDY_TILE, CACHE_SLICE_BYTES // row_bytes // mb.GREEDY_TILE * mb.GREEDY_TILE))
+  in_cache, _ = greedy_seconds_per_iteration(z_dev[0][:cached], z_dev[1][:cached], min(400, cached - 1), fp16,
+                                             mesh)
+  print(f'greedy per row: {per_iter / rows * 1e9:.1f} ns over the whole bank, {in_cache / cached * 1e9:.1f} ns over '
+        f'its first {cached} rows (cache-resident), floor {floor / rows * 1e9:.1f} ns')
   mb.greedy_k_center(*z_dev, k=2, fp16=fp16, mesh=mesh, mode='fast')
   fast, fast_idx = greedy_seconds_per_iteration(*z_dev, iters, fp16, mesh, mode='fast')
   same = int(np.cumprod(np.asarray(fast_idx) == np.asarray(idx)).sum())

@@ -418,14 +418,16 @@ def bench_bank_rss(sizes: Sizes, repeats: int) -> list[Limit]:
   floor = re.search(r'memory floor: .*\(([\d.]+) MB\) ([\d.]+) ms = ([\d.]+) GB/s', out)
   ref = re.search(r'greedy reference mode: ([\d.]+)x the floor', out)
   fast = re.search(r'greedy fast mode: ([\d.]+) ms/iteration = ([\d.]+)x the floor; its first (\d+) of (\d+)', out)
-  if floor and ref and fast:
+  per_row = re.search(r'greedy per row: ([\d.]+) ns over the whole bank, ([\d.]+) ns over its first (\d+) rows', out)
+  if floor and ref and fast and per_row:
     out_rows.append(Limit(
         'bank_rss', 'greedy coreset iteration on that bank ÷ one read pass over its projected fp16 bank (the '
         'memory-bandwidth floor)', float(ref.group(1)), math.nan, '× floor',
         note=f'floor {floor.group(2)} ms ({floor.group(1)} MB at {floor.group(3)} GB/s, NumPy read pass, same run); '
              f'reference-arithmetic mode {per_iter.group(1) if per_iter else "?"} ms/iteration; `fast` mode '
              f'{fast.group(1)} ms/iteration = {fast.group(2)}× the floor, its first {fast.group(3)} of '
-             f'{fast.group(4)} picks equal the reference mode\'s'))
+             f'{fast.group(4)} picks equal the reference mode\'s; per row {per_row.group(1)} ns over the whole bank vs '
+             f'{per_row.group(2)} ns over its first {int(per_row.group(3)):,} rows (cache-resident)'))
   return out_rows
 
 
