@@ -148,8 +148,9 @@ def _greedy_dtype(fp16: bool):
 
 
 # Rows per tile of the greedy's distance pass. XLA:CPU runs one [n, c] row-reduction fusion ~5× slower than the
-# same work as a loop over [8192, c] tiles (5.5 MB of fp16 at c = 334, L2/L3-sized): ~1.6× one read pass over
-# the bank at MVTec size with the loop's argmax and collectives (BENCHMARKS.md); no operation of any row changes.
+# same work as a loop over [8192, c] tiles (5.5 MB of fp16 at c = 334, L2/L3-sized): 1.6–1.8× one read pass over
+# the bank at MVTec size, bound by XLA:CPU's arithmetic, not by bandwidth (BENCHMARKS.md); no operation of any row
+# changes.
 GREEDY_TILE = 8192
 
 
