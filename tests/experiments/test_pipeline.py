@@ -1,6 +1,6 @@
 """The whole runner on a tiny synthetic set: every stage, caching and resumption, the report, and predict.
 
-One module-scoped run (about a minute here) feeds every test.
+One run (about a minute here), made once per session, feeds every test.
 """
 import dataclasses
 import json
@@ -42,7 +42,7 @@ def tiny_config(workdir):
   return c
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')  # not 'module': xdist may run other modules' tests between the group's
 def finished(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('run')
   config = tiny_config(workdir)
@@ -437,8 +437,11 @@ def _processes(flags: list[str], n: int, tmp_path: Path, devices: int, *extra: s
 def test_two_processes_give_the_one_process_results(tmp_path):
   """The tiny run as 2 cooperating processes × 2 CPU devices (jax.distributed, gloo collectives): the features,
   banks, search and LSPN training are split over 4 devices of 2 hosts, and results.json is the 1-process run's.
-  (Smaller coresets and one epoch: every greedy step is a collective, slow over gloo on one machine.)"""
+  (Fewer samples, smaller coresets and one epoch: every greedy and LSPN step is a collective, slow over gloo on one
+  machine.)"""
   one = tiny_config(tmp_path / 'one')
+  one.synthetic.n_train = one.synthetic.n_test = one.synthesis.num_anomalies = 4
+  one.g2sf.batch_size = 24  # below min(0.7·754 // 20) = 26 and a multiple of 1 and 4 devices: the same batches
   one.memory_bank.coreset_fraction = 0.03
   one.g2sf.epochs = 1
   table = pipeline.run(one)
