@@ -1,6 +1,6 @@
 """The whole runner on a tiny synthetic set: every stage, caching and resumption, the report, and predict.
 
-One run (about a minute here), made once per session, feeds every test.
+One module-scoped run (about a minute here), made by one xdist worker for the `finished` group, feeds every test.
 """
 import dataclasses
 import json
@@ -42,7 +42,7 @@ def tiny_config(workdir):
   return c
 
 
-@pytest.fixture(scope='session')  # not 'module': xdist may run other modules' tests between the group's
+@pytest.fixture(scope='module')
 def finished(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('run')
   config = tiny_config(workdir)
