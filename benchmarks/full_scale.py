@@ -189,7 +189,7 @@ def _batch_caveat(plan: list, args: argparse.Namespace) -> None:
     return
   rows = json.loads(fusion.read_text())['info'].get('rows')
   requested = mvtec.get_config().g2sf.batch_size
-  batch = train.batch_size(rows, requested, 1) if rows else requested
+  batch = train.batch_size(rows, requested) if rows else requested
   if batch < requested:
     print(f'note: the LSPN trained with batches of {batch} rows ({rows:,} fusion rows); the full class trains with '
           f'{requested}: the extrapolated train time is a lower bound')

@@ -441,7 +441,7 @@ def test_two_processes_give_the_one_process_results(tmp_path):
   machine.)"""
   one = tiny_config(tmp_path / 'one')
   one.synthetic.n_train = one.synthetic.n_test = one.synthesis.num_anomalies = 4
-  one.g2sf.batch_size = 24  # below min(0.7·754 // 20) = 26 and a multiple of 1 and 4 devices: the same batches
+  one.g2sf.batch_size = 24  # below min(0.7·754 // 20) = 26, a multiple of 4: the LSPN steps are split over the hosts
   one.memory_bank.coreset_fraction = 0.03
   one.g2sf.epochs = 1
   table = pipeline.run(one)

@@ -1,7 +1,9 @@
 """LSPN + global-scale training on the synthetic fusion dataset (SPEC §4.5).
 
 Data parallel: the jitted step takes the batch sharded over the device mesh and everything else replicated, so the
-losses that mix rows (L_mar's max/min, L_cma's permutations, L_cns's B×B broadcast) see the whole global batch.
+losses that mix rows (L_mar's max/min, L_cma's permutations, L_cns's B×B broadcast) see the whole global batch. The
+batch size does not depend on the device count: a batch the mesh does not divide (the data-limited batch of a small
+dataset) is replicated instead, so every device count trains on the same batches.
 
 Randomness: the split and the balanced samplers use `numpy.random.Generator`s seeded from (key, purpose, epoch); the
 step's noise, permutations and dropout use `fold_in(key, epoch, step)`. A resumed run therefore continues exactly
@@ -21,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from g2sf_jax import checkpoints, distributed
 from g2sf_jax.errors import DataError
@@ -50,13 +52,18 @@ def make_optimizer(g2sf_config) -> optax.GradientTransformation:
   return optax.multi_transform({'lspn': adam(c.lr), 'theta': adam(c.lr_scale)}, labels)
 
 
-def batch_size(num_rows: int, requested: int, num_devices: int) -> int:
-  """`min(int(0.7·M)//20, batch_size)` (SPEC §4.5a), rounded down to a multiple of the device count."""
+def batch_size(num_rows: int, requested: int) -> int:
+  """`min(int(0.7·M)//20, batch_size)` (SPEC §4.5a)."""
   b = min(int(0.7 * num_rows) // 20, requested)
-  b -= b % num_devices
-  if b < max(num_devices, 2):
-    raise DataError(f'fusion dataset too small: {num_rows} rows give a batch of {b} on {num_devices} devices')
+  if b < 2:
+    raise DataError(f'fusion dataset too small: {num_rows} rows give a batch of {b} (at least 2 needed)')
   return b
+
+
+def batch_sharding(batch: int, mesh: Mesh) -> NamedSharding:
+  """Rows split over the mesh when it divides the batch; otherwise the batch is replicated: every device then
+  computes the whole step, which gives the one-device result without the speed-up."""
+  return distributed.row_sharded(mesh) if batch % mesh.size == 0 else distributed.replicated(mesh)
 
 
 def split(num_rows: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -175,20 +182,20 @@ def val_terms(model: lspn.LSPN, params: Any, batch: dict, coresets, mu: jax.Arra
           'margin': losses.margin(d2, batch['normal']), 'score': l0}
 
 
-def make_steps(g2sf_config, mesh: Mesh):
-  """Jitted (train_step, val_step, optimizer): batch sharded over the mesh axis, everything else replicated.
+def make_steps(g2sf_config, mesh: Mesh, rows: NamedSharding | None = None):
+  """Jitted (train_step, val_step, optimizer): the batch laid out as `rows` (default: sharded over the mesh axis, see
+  `batch_sharding`), everything else replicated.
 
-  Cached per (config, mesh), so training several classes in one process compiles once.
+  Cached per (config, mesh, rows), so training several classes in one process compiles once.
   """
-  return _make_steps(ml_collections.FrozenConfigDict(g2sf_config), mesh)
+  return _make_steps(ml_collections.FrozenConfigDict(g2sf_config), mesh, rows or distributed.row_sharded(mesh))
 
 
 @functools.lru_cache(maxsize=4)
-def _make_steps(c: ml_collections.FrozenConfigDict, mesh: Mesh):
+def _make_steps(c: ml_collections.FrozenConfigDict, mesh: Mesh, rows: NamedSharding):
   model = lspn.from_config(c)
   tx = make_optimizer(c)
   rep = distributed.replicated(mesh)
-  rows = distributed.row_sharded(mesh)
   batch_sh = {'feature': rows, 'anchor_idx': rows, 'normal': rows}
 
   def train_step(params, opt_state, batch, coresets, mu, margin, key):
@@ -229,19 +236,23 @@ def train(config, data: 'FusionData', coresets: tuple[np.ndarray, np.ndarray], w
   workdir = Path(workdir)
   c = config.g2sf
   rep = distributed.replicated(mesh)
-  rows_sh = distributed.row_sharded(mesh)
   num_rows = len(data.label)
   rgb_dim = coresets[0].shape[1]
   if data.feature.shape[1] != rgb_dim + coresets[1].shape[1]:
     raise ValueError(f'fusion features have {data.feature.shape[1]} columns; coresets give '
                      f'{rgb_dim} + {coresets[1].shape[1]}')
-  batch = batch_size(num_rows, c.batch_size, mesh.size)
+  batch = batch_size(num_rows, c.batch_size)
+  rows_sh = batch_sharding(batch, mesh)
+  if rows_sh.is_fully_replicated and mesh.size > 1:
+    logging.warning('fusion training: the batch of %d rows does not divide over %d devices, so every device computes '
+                    'all of it (same result, no speed-up); choose g2sf.batch_size as a multiple of %d', batch,
+                    mesh.size, mesh.size)
   train_rows, val_rows = split(num_rows, _rng(key, 0))
   label = np.asarray(data.label).astype(np.int64)
   mu, margin = constants(data, balanced_batches(train_rows, label, batch, _rng(key, 1)),
                          balanced_batches(train_rows, label, batch, _rng(key, 2)))
 
-  train_step, val_step, tx = make_steps(c, mesh)
+  train_step, val_step, tx = make_steps(c, mesh, rows_sh)
   params = init_params(config, jax.random.fold_in(key, 0), data.feature.shape[1])
   opt_state = tx.init(params)
   opt_def = jax.tree.structure(opt_state)

@@ -87,10 +87,13 @@ def test_optax_coupled_adam_equals_torch():
 
 
 def test_sampling_helpers():
-  assert fusion_train.batch_size(2_000_000, 8192, 8) == 8192
-  assert fusion_train.batch_size(1000, 8192, 1) == 35 and fusion_train.batch_size(1000, 8192, 8) == 32
+  assert fusion_train.batch_size(2_000_000, 8192) == 8192 and fusion_train.batch_size(1000, 8192) == 35
   with pytest.raises(ValueError, match='too small'):
-    fusion_train.batch_size(20, 8192, 1)
+    fusion_train.batch_size(40, 8192)
+  assert fusion_train.batch_size(60, 8192) == 2
+  odd = distributed.replicated(MESH) if 35 % MESH.size else distributed.row_sharded(MESH)
+  assert fusion_train.batch_sharding(35, MESH).spec == odd.spec
+  assert fusion_train.batch_sharding(35 * MESH.size, MESH).spec == distributed.row_sharded(MESH).spec
   tr, va = fusion_train.split(11, np.random.default_rng(0))
   assert len(tr) == 6 and len(va) == 5 and sorted(np.concatenate([tr, va])) == list(range(11))
   labels = (np.arange(1000) % 10 == 0).astype(np.int64)  # 10% anomalous
@@ -155,18 +158,28 @@ _ONE_STEP = textwrap.dedent('''
     assert len(batch['feature'].sharding.device_set) == n
     _, _, terms = step(params, tx.init(params), batch, cs, np.float32([1.0, 1.2]), np.float32(4.0), jax.random.key(5))
     out[n] = {{k: float(v) for k, v in terms.items()}}
+  # A data-limited batch of 14 rows (0.7·400 // 20), not a multiple of 8: replicated, the same training.
+  for n in (1, 8):
+    mesh = distributed.make_mesh(devices=jax.devices()[:n])
+    state = ft.train(toy_config(epochs=2), data, cs, f'{{sys.argv[1]}}/{{n}}', jax.random.key(1), mesh=mesh)
+    out[f'train{{n}}'] = [np.asarray(x).tolist() for x in jax.tree.leaves(state.lspn_params)] + [state.best_val]
   print(json.dumps(out))
 ''')
 
 
 @pytest.mark.slow
-def test_one_and_eight_devices_give_the_same_loss():
+def test_one_and_eight_devices_give_the_same_loss_and_training(tmp_path):
   root = str(Path(__file__).resolve().parents[3])
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
-  res = subprocess.run([sys.executable, '-c', _ONE_STEP.format(root=root)], env=env, capture_output=True, text=True,
-                       timeout=600, cwd=root)
+  res = subprocess.run([sys.executable, '-c', _ONE_STEP.format(root=root), str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=600, cwd=root)
   assert res.returncode == 0, res.stderr[-3000:]
+  assert 'does not divide over 8 devices' in res.stderr
   out = json.loads(res.stdout.strip().splitlines()[-1])
   for k in ('loss', 'separation', 'margin', 'scaling', 'alignment', 'consistency', 'l1'):
     np.testing.assert_allclose(out['8'][k], out['1'][k], rtol=2e-6, err_msg=k)
-  print(out)
+  assert len(out['train8']) == len(out['train1']) > 2
+  for got, want in zip(out['train8'], out['train1']):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  for n in (1, 8):
+    assert json.loads((tmp_path / str(n) / 'state' / 'g2sf_meta.json').read_text())['batch'] == 14
