@@ -29,8 +29,8 @@ rescaled, L_cma falls to 0.002 within 8 epochs.
 import dataclasses
 
 import numpy as np
-import open3d as o3d
 
+from g2sf_jax import optional
 from g2sf_jax.data import transforms
 from g2sf_jax.errors import ConfigError
 
@@ -57,6 +57,7 @@ def fpfh_points(points: np.ndarray, params: FpfhParams = FpfhParams()) -> np.nda
   """[N,3] points -> [N,33] float32 FPFH (N may be 0)."""
   if points.shape[0] < 2:
     return np.zeros((points.shape[0], DIM), np.float32)
+  o3d = optional.open3d('the fpfh point backbone (config.point_backbone=fpfh)')
   cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(points, np.float64)))
   spacing = params.spacing or float(np.median(cloud.compute_nearest_neighbor_distance()))
   if not spacing > 0:

@@ -9,8 +9,8 @@ import dataclasses
 import math
 
 import numpy as np
-import open3d as o3d
 
+from g2sf_jax import optional
 from g2sf_jax.data import transforms
 
 # SPEC §1.2 constants.
@@ -24,6 +24,8 @@ DBSCAN_MIN_POINTS = 30
 
 # SPEC §1.3 constants.
 EYECANDIES_FOCAL = 711.11
+
+_NEEDS_OPEN3D = 'preparing an MVTec-layout dataset (RANSAC plane removal and DBSCAN, SPEC §1.2)'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +66,7 @@ def border_points(xyz: np.ndarray, width: int = BORDER) -> np.ndarray:
 
 def fit_plane(points: np.ndarray, seed: int) -> np.ndarray:
   """Open3D RANSAC plane (a, b, c, d) with a unit normal, seeded so preparation is reproducible."""
+  o3d = optional.open3d(_NEEDS_OPEN3D)
   o3d.utility.random.seed(seed)
   cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
   model, _ = cloud.segment_plane(distance_threshold=PLANE_RANSAC_THRESHOLD, ransac_n=PLANE_RANSAC_N,
@@ -114,6 +117,7 @@ def largest_cluster(xyz: np.ndarray, rgb: np.ndarray | None) -> tuple[np.ndarray
   valid = transforms.valid_mask(xyz)
   if not valid.any():
     return xyz, rgb, [Problem('empty_cloud', 'no valid point left after plane removal')]
+  o3d = optional.open3d(_NEEDS_OPEN3D)
   cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz[valid].astype(np.float64)))
   labels = np.asarray(cloud.cluster_dbscan(eps=DBSCAN_EPS, min_points=DBSCAN_MIN_POINTS, print_progress=False))
   ids, counts = np.unique(labels, return_counts=True)
