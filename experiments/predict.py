@@ -19,9 +19,14 @@ folder, or several `--rgb` / `--xyz` / `--sample` values): one process, one comp
 that receives `scores.csv`, `scores.json` and `maps/<scan>.png`. A scan that cannot be scored honestly (too few
 valid points, degenerate point features) is reported with status `unscorable` and its reason, never with a score.
 Compiled programs are kept in JAX's persistent cache (`$G2SF_HOME/jax_cache`), so later calls start faster.
+
+Outputs are checked before the model loads: none may be one of the scans' files or lie in a `--scans` folder, and
+an existing output is replaced only if predict wrote it (its maps carry a PNG text mark, its folders a marked
+`scores.json`); a results folder is replaced as a whole, so no map of an earlier call is left behind.
 """
 import argparse
 import csv
+import dataclasses
 import io as stdio
 import json
 import re
@@ -31,10 +36,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from g2sf_jax import detector, distributed, home, io
+from g2sf_jax import data, detector, distributed, home, io
 from g2sf_jax.data import preprocessing
-from g2sf_jax.errors import UserError
+from g2sf_jax.errors import OutputExistsError, UserError
 from g2sf_jax.workdir import Workdir
+
+# The tEXt chunk of every PNG predict writes, and the key of its scores.json: what it may replace on a later call.
+MARK = {'Software': 'g2sf-jax predict'}
+SCORES_MARK = 'g2sf_predict'
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -60,9 +69,8 @@ def trained_classes(workdir: Path, method: str) -> list[str]:
   return sorted(p.parent.parent.name for p in Workdir(workdir).root.glob(f'*/{method}/evaluate.done.json'))
 
 
-def _entries(args: argparse.Namespace, det: detector.Detector) -> list:
+def _entries(args: argparse.Namespace, kind) -> list:
   """The scans named on the command line, as the run's dataset kind's entries (files are read later)."""
-  kind = det.kind
   entries = [e for folder in args.scans for e in kind.scan_folder(Path(folder))]
   if 'sample' in kind.scan_files:
     if args.rgb or args.xyz:
@@ -78,6 +86,87 @@ def _entries(args: argparse.Namespace, det: detector.Detector) -> list:
   if not entries:
     raise UserError(f'nothing to score: pass {" / ".join("--" + f for f in kind.scan_files)} or --scans')
   return entries
+
+
+def _input_files(entry) -> tuple[set[Path], list[tuple[Path, str]]]:
+  """The raw files a scan's entry reads, resolved: every file it names (MVTec layout: rgb, xyz, gt), plus, for an
+  Eyecandies entry (a folder and a sample id), the (folder, '<id>_') prefix that all its files share."""
+  fields = [getattr(entry, f.name) for f in dataclasses.fields(entry)]
+  files = {v.resolve() for v in fields if isinstance(v, Path) and v.is_file()}
+  folder, sample = getattr(entry, 'folder', None), getattr(entry, 'sample_id', None)
+  prefixes = [(Path(folder).resolve(), f'{sample}_')] if folder is not None and sample is not None else []
+  return files, prefixes
+
+
+def _check_outputs(args: argparse.Namespace, entries: list, many: bool) -> None:
+  """Fails before any work if an output would overwrite a scan, land in a scan folder, or replace a file or folder
+  predict did not write (module docstring)."""
+  if many:
+    given = [f for f, v in (('--overlay', args.overlay), ('--npy', args.npy)) if v]
+    if args.size != '224':
+      given.append('--size original')
+    if given:
+      raise UserError(f'{", ".join(given)}: only for one scan; several scans write 224×224 maps into --out')
+    outputs = {'--out': Path(args.out)}
+    if outputs['--out'].suffix.lower() == '.png':
+      raise UserError(f'--out {args.out}: several scans write a folder (scores.csv, scores.json, maps/), not one PNG')
+  else:
+    outputs = {flag: Path(v) for flag, v in (('--out', args.out), ('--overlay', args.overlay), ('--npy', args.npy))
+               if v}
+    for flag, path in outputs.items():
+      suffix = '.npy' if flag == '--npy' else '.png'
+      if path.suffix.lower() != suffix or path.is_dir():
+        raise UserError(f'{flag} {path}: one scan writes {"its raw map" if flag == "--npy" else "a PNG"} to a '
+                        f'{suffix} file path')
+    if len({p.resolve() for p in outputs.values()}) < len(outputs):
+      raise UserError(f'{", ".join(f"{f} {p}" for f, p in outputs.items())}: each output needs its own path')
+  files, prefixes = set(), []
+  for e in entries:
+    f, pre = _input_files(e)
+    files |= f
+    prefixes += pre
+  folders = [Path(f).resolve() for f in args.scans]
+  for flag, path in outputs.items():
+    target = path.resolve()
+    if (target in files or any(target == d or d in target.parents for d in folders)
+        or any(target.parent == d and target.name.startswith(pre) for d, pre in prefixes)):
+      raise UserError(f'{flag} {path}: inside the scans being scored; predict never writes into the input data')
+    if path.exists() and not _ours(path, flag, many):
+      raise OutputExistsError(f'{flag} {path}: exists and was not written by predict; move it away or choose '
+                              'another path')
+
+
+def _ours(path: Path, flag: str, many: bool) -> bool:
+  """Whether an existing output path holds what predict writes there, so that a later call may replace it."""
+  if many:
+    try:
+      return SCORES_MARK in json.loads((path / 'scores.json').read_text())
+    except (OSError, ValueError, TypeError):
+      return False
+  if flag == '--npy':
+    try:
+      raw = np.load(path, mmap_mode='r', allow_pickle=False)
+      return raw.dtype == np.float32 and raw.ndim == 2
+    except (OSError, ValueError):
+      return False
+  return path.is_file() and io.png_text(path).get('Software') == MARK['Software']
+
+
+def _check_names(names: list[str], entries: list) -> None:
+  """Two scans with the same name would write the same map: fail, naming both."""
+  seen = {}
+  for name, entry in zip(names, entries):
+    key = _safe(name)
+    if key in seen:
+      raise UserError(f'two scans are both named {name!r} ({_describe(seen[key])} and {_describe(entry)}), so their '
+                      f'maps would both be maps/{key}.png: score them in separate calls or from folders with '
+                      'different names')
+    seen[key] = entry
+
+
+def _describe(entry) -> str:
+  files, prefixes = _input_files(entry)
+  return ', '.join(sorted(map(str, files)) + [str(d / f'{pre}*') for d, pre in prefixes])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -98,13 +187,17 @@ def _predict(args: argparse.Namespace) -> dict:
   name = args.class_name or (classes[0] if len(classes) == 1 else '')
   if name not in classes:
     raise UserError(f'--class_name must be one of {classes}, got {args.class_name!r}')
+  entries = _entries(args, data.get(config.dataset))
+  many = len(entries) > 1 or bool(args.scans)
+  _check_outputs(args, entries, many)
+  if many:
+    _check_names([e.name for e in entries], entries)
   det = detector.Detector.load(workdir, name, config.method)
-  entries = _entries(args, det)
   evaluation = Workdir(workdir).stage_dir(f'{config.method}/evaluate', name) / 'evaluation.npz'
   stored = [det.kind.load_entry(e, False) for e in entries]  # the preprocessing of `prepare`, read once
   results = det.score_stored(stored, [e.name for e in entries])
   row = det.main_row
-  if len(entries) == 1 and not args.scans:
+  if not many:
     return _write_one(args, det, entries[0], stored[0], results[0], row, evaluation, name)
   return _write_many(args, results, row, evaluation, name, config.method)
 
@@ -128,7 +221,7 @@ def _write_one(args, det, entry, stored, scores: detector.SampleScores, row: str
   if args.size == 'original':
     anomaly_map = _original_size(anomaly_map, stored)
   low, high = map_range(evaluation, row, anomaly_map)
-  io.write_png(args.out, _to_u8(anomaly_map, low, high))
+  io.write_png(args.out, _to_u8(anomaly_map, low, high), MARK)
   if args.npy:
     with io.atomic_write(args.npy) as f:
       np.save(f, anomaly_map.astype(np.float32))
@@ -139,7 +232,8 @@ def _write_one(args, det, entry, stored, scores: detector.SampleScores, row: str
     rgb = preprocessing.unpad_square(stored.rgb, stored.raw_size or stored.rgb.shape[:2])
     base = rgb if args.size == 'original' else np.asarray(Image.fromarray(stored.rgb).resize((224, 224),
                                                                                              Image.BICUBIC))
-    io.write_png(args.overlay, report.overlay(base, anomaly_map, np.zeros(anomaly_map.shape, bool), (low, high)))
+    io.write_png(args.overlay, report.overlay(base, anomaly_map, np.zeros(anomaly_map.shape, bool), (low, high)),
+                 MARK)
   result = {'class': name, 'method': det.method.name, 'row': row, 'image_scores': scores.image, 'map': args.out,
             'map_range': [low, high], 'problems': list(scores.problems)}
   print(json.dumps(result, indent=1))
@@ -149,31 +243,28 @@ def _write_one(args, det, entry, stored, scores: detector.SampleScores, row: str
 def _write_many(args, results: list[detector.SampleScores], row: str, evaluation: Path, name: str,
                 method: str) -> dict:
   out = Path(args.out)
-  if out.suffix.lower() == '.png':
-    raise UserError(f'--out {out}: several scans write a folder (scores.csv, scores.json, maps/), not one PNG')
   ok = [r for r in results if r.status == 'ok']
   low, high = map_range(evaluation, row, np.stack([r.maps[row] for r in ok]) if ok else np.zeros(1))
   rows_seen = list(dict.fromkeys(k for r in ok for k in r.image))
   records = []
-  for r in results:
-    record = {'scan': r.name, 'status': r.status, 'reason': r.reason, 'problems': list(r.problems),
-              'scores': r.image, 'map': ''}
-    if r.status == 'ok':
-      path = out / 'maps' / f'{_safe(r.name)}.png'
-      io.write_png(path, _to_u8(r.maps[row], low, high))
-      record['map'] = str(path.relative_to(out))
-    records.append(record)
-  table = stdio.StringIO()
-  writer = csv.writer(table)
-  writer.writerow(['scan', 'status'] + rows_seen + ['map', 'reason', 'problems'])
-  for rec in records:
-    writer.writerow([rec['scan'], rec['status']] + [rec['scores'].get(k, '') for k in rows_seen] +
-                    [rec['map'], rec['reason'], '; '.join(rec['problems'])])
-  with io.atomic_write(out / 'scores.csv', 'w') as f:
-    f.write(table.getvalue())
-  summary = {'class': name, 'method': method, 'row': row, 'map_range': [low, high], 'scans': records}
-  with io.atomic_write(out / 'scores.json', 'w') as f:
-    json.dump(summary, f, indent=1)
+  with io.atomic_dir(out, lambda path: _ours(path, '--out', True)) as tmp:
+    for r in results:
+      record = {'scan': r.name, 'status': r.status, 'reason': r.reason, 'problems': list(r.problems),
+                'scores': r.image, 'map': ''}
+      if r.status == 'ok':
+        record['map'] = f'maps/{_safe(r.name)}.png'
+        io.write_png(tmp / record['map'], _to_u8(r.maps[row], low, high), MARK)
+      records.append(record)
+    table = stdio.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(['scan', 'status'] + rows_seen + ['map', 'reason', 'problems'])
+    for rec in records:
+      writer.writerow([rec['scan'], rec['status']] + [rec['scores'].get(k, '') for k in rows_seen] +
+                      [rec['map'], rec['reason'], '; '.join(rec['problems'])])
+    (tmp / 'scores.csv').write_text(table.getvalue())
+    summary = {SCORES_MARK: 1, 'class': name, 'method': method, 'row': row, 'map_range': [low, high],
+               'scans': records}
+    (tmp / 'scores.json').write_text(json.dumps(summary, indent=1))
   print(f'{len(ok)} of {len(results)} scans scored ({len(results) - len(ok)} unscorable); wrote {out}/scores.csv, '
         f'scores.json and maps/')
   return summary

@@ -7,6 +7,7 @@ evaluation would give it. Rows, as the reference reports them: IMG and PCD (unim
 """
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -14,8 +15,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from g2sf_jax import backbones, data, distributed, features, methods
-from g2sf_jax.data import kind, mvtec3d, transforms
+from g2sf_jax import backbones, data, distributed, features, io, methods
+from g2sf_jax.data import kind, mvtec3d, prepared, transforms
 from g2sf_jax.errors import DataError, MissingInputError, UnscorableError
 from g2sf_jax.methods import base
 from g2sf_jax.workdir import Workdir
@@ -83,8 +84,11 @@ class Detector:
   """A trained detector of one class: the run's backbones and its method's scorer."""
 
   def __init__(self, config: ml_collections.ConfigDict, scorer: base.Scorer, rgb_backbone=None,
-               point_backbone=None):
+               point_backbone=None, data_modalities: Sequence[str] | None = None):
     self.config = config
+    # What the class's prepared data holds: a scan is preprocessed with all of it, as `prepare` and the load
+    # transforms did for training (an RGB-only run on MVTec data still cleans the RGB with the cloud's plane).
+    self.data_modalities = tuple(data_modalities or base.modalities(config))
     self.kind = data.get(config.dataset)
     self.method = methods.get(config.method)
     self.scorer = scorer
@@ -103,7 +107,7 @@ class Detector:
     mesh = mesh if mesh is not None else distributed.make_mesh()
     rgb, point = make_backbones(config, mesh) if with_backbones else (None, None)
     outputs = Outputs(config, class_name, mesh, Workdir(workdir), stages, (rgb, point))
-    return cls(config, m.scorer(outputs), rgb, point)
+    return cls(config, m.scorer(outputs), rgb, point, _data_modalities(config, Workdir(workdir), class_name))
 
   def score_features(self, img: np.ndarray | None, pcd: np.ndarray | None,
                      inputs: dict[str, np.ndarray] | None = None) -> list[SampleScores]:
@@ -137,11 +141,11 @@ class Detector:
     mods = base.modalities(self.config)
     inputs, out = [], [None] * len(stored)
     for i, (st, name) in enumerate(zip(stored, names)):
-      missing = [m for m in mods if getattr(st, m) is None]
+      missing = [m for m in self.data_modalities if getattr(st, m) is None]
       if missing:
-        raise DataError(f'{name}: this detector needs {_needs(missing)} (it was trained with modalities '
-                        f'{self.config.modalities!r})')
-      sample = transforms.model_input({m: getattr(st, m) for m in mods}, self.kind.mask_rgb_by_xyz)
+        raise DataError(f'{name}: this detector needs {_needs(missing)} {self._trained_with()}')
+      sample = transforms.model_input({m: getattr(st, m) for m in self.data_modalities}, self.kind.mask_rgb_by_xyz)
+      sample = {k: v for k, v in sample.items() if k in mods or k not in io.MODALITIES}
       reason = self._unscorable_input(sample)
       if reason:
         out[i] = SampleScores({}, {}, name, 'unscorable', reason, st.problems)
@@ -164,6 +168,13 @@ class Detector:
         for (i, sample), s in zip([x for x, good in zip(inputs, ok) if good], scored):
           out[i] = dataclasses.replace(s, name=sample['name'], problems=stored[i].problems)
     return out
+
+  def _trained_with(self) -> str:
+    mods = '+'.join(base.modalities(self.config))
+    if self.data_modalities == base.modalities(self.config):
+      return f'(it was trained with modalities {mods!r})'
+    return (f'(it scores {mods!r}, but its class was prepared from {"+".join(self.data_modalities)!r} files, which '
+            'preprocessing uses together)')
 
   def _unscorable_input(self, sample: dict) -> str:
     if 'xyz' not in sample:
@@ -211,13 +222,25 @@ class Detector:
     if given and min(given[0].shape[:2]) < mvtec3d.MIN_SIDE:
       raise DataError(f'{given[0].shape[0]}×{given[0].shape[1]} pixels, too small to score (at least '
                       f'{mvtec3d.MIN_SIDE}×{mvtec3d.MIN_SIDE})')
-    mods = base.modalities(self.config)
+    mods = self.data_modalities
     missing = [m for m, x in (('rgb', rgb), ('xyz', xyz)) if m in mods and x is None]
     if missing:
-      raise DataError(f'this detector needs {_needs(missing)} (it was trained with modalities '
-                      f'{self.config.modalities!r})')
+      raise DataError(f'this detector needs {_needs(missing)} {self._trained_with()}')
     stored = self.kind.preprocess_arrays(rgb if 'rgb' in mods else None, xyz if 'xyz' in mods else None)
     return _single(self.score_stored([stored], ['input'])[0])
+
+
+def _data_modalities(config: ml_collections.ConfigDict, workdir: Workdir, class_name: str) -> tuple[str, ...]:
+  """The modalities of the class's prepared data; the run's own when they are both or the data is gone."""
+  mods = base.modalities(config)
+  if set(mods) == set(io.MODALITIES):
+    return mods
+  try:
+    return prepared.available_modalities(config.dataset, workdir.data_dir, class_name)
+  except MissingInputError:
+    logging.warning('%s: the prepared data of %r is gone, so scans are preprocessed with %s alone (as if the class '
+                    'had no other files)', workdir.root, class_name, '+'.join(mods))
+    return mods
 
 
 def _stack_inputs(samples: Sequence[dict]) -> dict[str, np.ndarray]:

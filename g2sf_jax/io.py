@@ -13,7 +13,7 @@ from typing import IO, Callable, Iterator
 
 import numpy as np
 import tifffile
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from g2sf_jax.errors import DataError, OutputExistsError
 
@@ -49,10 +49,16 @@ def read_xyz_tiff(path: str | os.PathLike) -> np.ndarray:
   return xyz
 
 
+# PIL modes with more than 8 bits per channel: `.convert('RGB')` would clip them to 255, not rescale them.
+_DEEP_MODES = ('I', 'F', 'I;16', 'I;16B', 'I;16L', 'I;16N')
+
+
 def read_rgb_png(path: str | os.PathLike) -> np.ndarray:
-  """Reads an image as uint8 [H, W, 3] with PIL `.convert('RGB')` (SPEC §1.4)."""
+  """Reads an 8-bit image as uint8 [H, W, 3] with PIL `.convert('RGB')` (SPEC §1.4); grey and RGBA are converted."""
   path = Path(path)
-  image = _open_image(path, 'an RGB image')
+  image = _open_image(path, 'an 8-bit RGB image')
+  if image.mode in _DEEP_MODES:
+    raise DataError(f'{path}: image mode {image.mode} (more than 8 bits per channel), expected an 8-bit RGB image')
   return np.asarray(image.convert('RGB'), dtype=np.uint8)
 
 
@@ -75,12 +81,18 @@ def read_depth_png16(path: str | os.PathLike) -> np.ndarray:
   return depth.astype(np.uint16)
 
 
+def _umask() -> int:
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = 'wb') -> Iterator[IO]:
   """Yields a file object; on success the content replaces `path` in one `os.replace`.
 
   The temporary file lives in the same folder (so the rename never crosses file systems) and is removed if the
-  body raises.
+  body raises. The result gets the permissions of a newly created file (0666 less the umask), not mkstemp's 0600.
   """
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +101,7 @@ def atomic_write(path: str | os.PathLike, mode: str = 'wb') -> Iterator[IO]:
   try:
     with open(tmp, mode) as f:
       yield f
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(FileNotFoundError):
@@ -102,7 +115,8 @@ def atomic_dir(path: str | os.PathLike, may_replace: Callable[[Path], bool] = la
 
   An existing `path` is replaced only when `may_replace(path)` recognises it as an earlier output of the same kind
   (e.g. a checkpoint with its marker file); anything else is left alone and FileExistsError is raised before any
-  work. On failure the temporary folder is removed and `path` is untouched.
+  work. On failure the temporary folder is removed and `path` is untouched. The folder gets the permissions of a
+  newly created one (0777 less the umask), not mkdtemp's 0700.
   """
   path = Path(path)
   if path.exists() and not may_replace(path):
@@ -112,6 +126,7 @@ def atomic_dir(path: str | os.PathLike, may_replace: Callable[[Path], bool] = la
   tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp'))
   try:
     yield tmp
+    os.chmod(tmp, 0o777 & ~_umask())
     if path.exists():
       old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.old'))
       os.replace(path, old)  # onto the empty folder: atomic on POSIX
@@ -141,11 +156,23 @@ def write_xyz_tiff(path: str | os.PathLike, xyz: np.ndarray) -> Path:
   return Path(path)
 
 
-def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
-  """Writes uint8 [H, W] or [H, W, 3] (or uint16 [H, W]) as a PNG, atomically."""
+def write_png(path: str | os.PathLike, image: np.ndarray, text: dict[str, str] | None = None) -> Path:
+  """Writes uint8 [H, W] or [H, W, 3] (or uint16 [H, W]) as a PNG, atomically; `text` goes into tEXt chunks."""
   image = np.asarray(image)
   if image.dtype not in (np.uint8, np.uint16) or image.ndim not in (2, 3):
     raise ValueError(f'{path}: expected uint8/uint16 [H, W] or uint8 [H, W, 3], got {image.dtype} {image.shape}')
+  info = PngImagePlugin.PngInfo()
+  for key, value in (text or {}).items():
+    info.add_text(key, value)
   with atomic_write(path) as f:
-    Image.fromarray(image).save(f, format='PNG', compress_level=1)
+    Image.fromarray(image).save(f, format='PNG', compress_level=1, pnginfo=info)
   return Path(path)
+
+
+def png_text(path: str | os.PathLike) -> dict[str, str]:
+  """The tEXt chunks of a PNG; {} for a file that is not a readable PNG."""
+  try:
+    with Image.open(path) as image:
+      return dict(image.text) if image.format == 'PNG' else {}
+  except Exception:  # not an image at all: nothing of ours
+    return {}

@@ -1,6 +1,7 @@
 """Validated readers name the bad file; atomic writers never leave a half-written file."""
 import os
 import re
+import stat
 
 import numpy as np
 import pytest
@@ -124,3 +125,35 @@ def test_atomic_dir_replaces_only_what_it_recognises(tmp_path):
   with io.atomic_dir(target, may_replace=lambda p: (p / 'a').is_file()) as tmp:
     (tmp / 'b').write_text('2')
   assert [p.name for p in target.iterdir()] == ['b'] and [p.name for p in tmp_path.iterdir()] == ['out']
+
+
+def test_rgb_png_rejects_deeper_than_8_bits(tmp_path):
+  """A 16-bit PNG would be clipped to 255 by `.convert('RGB')`: an error that names the file and its mode."""
+  Image.fromarray(np.full((4, 4), 300, np.uint16)).save(tmp_path / 'deep.png')
+  with pytest.raises(io.DataError, match=r'deep.png: image mode I;16 .*expected an 8-bit RGB image'):
+    io.read_rgb_png(tmp_path / 'deep.png')
+  Image.fromarray(np.full((4, 4, 4), 9, np.uint8), 'RGBA').save(tmp_path / 'rgba.png')
+  np.testing.assert_array_equal(io.read_rgb_png(tmp_path / 'rgba.png'), np.full((4, 4, 3), 9, np.uint8))
+
+
+@pytest.mark.parametrize('umask', [0o022, 0o027])
+def test_atomic_outputs_get_the_umask_permissions(tmp_path, umask):
+  """mkstemp's 0600 and mkdtemp's 0700 would make outputs unreadable to the rest of a shared machine."""
+  old = os.umask(umask)
+  try:
+    with io.atomic_write(tmp_path / 'f.txt', 'w') as f:
+      f.write('x')
+    with io.atomic_dir(tmp_path / 'd') as d:
+      (d / 'inside').write_text('y')
+  finally:
+    os.umask(old)
+  assert stat.S_IMODE(os.stat(tmp_path / 'f.txt').st_mode) == 0o666 & ~umask
+  assert stat.S_IMODE(os.stat(tmp_path / 'd').st_mode) == 0o777 & ~umask
+
+
+def test_png_text_marks(tmp_path):
+  io.write_png(tmp_path / 'm.png', np.zeros((2, 2), np.uint8), {'Software': 'g2sf-jax predict'})
+  assert io.png_text(tmp_path / 'm.png') == {'Software': 'g2sf-jax predict'}
+  io.write_png(tmp_path / 'plain.png', np.zeros((2, 2), np.uint8))
+  (tmp_path / 'notes.txt').write_text('not an image')
+  assert io.png_text(tmp_path / 'plain.png') == {} and io.png_text(tmp_path / 'notes.txt') == {}

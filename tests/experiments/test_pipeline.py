@@ -220,6 +220,67 @@ def test_unscorable_scans_get_a_status_not_a_score(finished, tmp_path):
   assert 'scans/000,unscorable' in table and 'scans/001,unscorable' in table
 
 
+@ONE_RUN
+def test_predict_never_writes_into_the_scans_or_over_foreign_files(finished, tmp_path):
+  """Outputs are checked before the model loads: none may be a scan's file or lie in a --scans folder, an existing
+  file or folder is replaced only if predict wrote it, and a results folder is replaced whole."""
+  config, _ = finished
+  scans = tmp_path / 'scans'
+  shutil.copytree(Path(config.workdir) / 'raw' / 'cube' / 'test' / 'good', scans, ignore=shutil.ignore_patterns('gt'))
+  raw = {p: p.read_bytes() for p in scans.rglob('*') if p.is_file()}
+  one = ['--workdir', config.workdir, '--rgb', str(scans / 'rgb' / '000.png'), '--xyz', str(scans / 'xyz' / '000.tiff')]
+  many = ['--workdir', config.workdir, '--scans', str(scans)]
+  for args in (one + ['--out', str(scans / 'rgb' / '000.png')],
+               one + ['--out', str(tmp_path / 'm.png'), '--overlay', str(scans / 'rgb' / '000.png')],
+               many + ['--out', str(scans)], many + ['--out', str(scans / 'results')]):
+    with pytest.raises(SystemExit, match='never writes into the input data'):
+      predict.main(args)
+  with pytest.raises(SystemExit, match='only for one scan'):
+    predict.main(many + ['--out', str(tmp_path / 'r'), '--npy', str(tmp_path / 'x.npy')])
+  with pytest.raises(SystemExit, match=r'to a \.png file path'):
+    predict.main(one + ['--out', f'{tmp_path / "resdir"}/'])
+  with pytest.raises(SystemExit, match='each output needs its own path'):
+    predict.main(one + ['--out', str(tmp_path / 'm.png'), '--overlay', str(tmp_path / 'm.png')])
+  io.write_png(tmp_path / 'notes.png', np.full((2, 2), 7, np.uint8))
+  (tmp_path / 'mine').mkdir()
+  (tmp_path / 'mine' / 'scores.json').write_text('{"my": "notes"}')
+  with pytest.raises(SystemExit, match='notes.png: exists and was not written by predict'):
+    predict.main(one + ['--out', str(tmp_path / 'notes.png')])
+  with pytest.raises(SystemExit, match='mine: exists and was not written by predict'):
+    predict.main(many + ['--out', str(tmp_path / 'mine')])
+  assert io.read_mask_png(tmp_path / 'notes.png').max() == 7
+  assert (tmp_path / 'mine' / 'scores.json').read_text() == '{"my": "notes"}'
+  first = predict.main(one + ['--out', str(tmp_path / 'map.png')])
+  assert predict.main(one + ['--out', str(tmp_path / 'map.png')])['image_scores'] == first['image_scores']
+  predict.main(many + ['--out', str(tmp_path / 'res')])
+  io.write_png(tmp_path / 'res' / 'maps' / 'old_scan.png', np.zeros((2, 2), np.uint8))
+  again = predict.main(many + ['--out', str(tmp_path / 'res')])
+  assert sorted(p.name for p in (tmp_path / 'res' / 'maps').iterdir()) == sorted(
+      Path(r['map']).name for r in again['scans'])
+  assert raw == {p: p.read_bytes() for p in scans.rglob('*') if p.is_file()}
+  shutil.copytree(scans, tmp_path / 'line_b' / 'scans')
+  with pytest.raises(SystemExit, match="two scans are both named 'scans/000'"):
+    predict.main(['--workdir', config.workdir, '--scans', str(scans), str(tmp_path / 'line_b' / 'scans'),
+                  '--out', str(tmp_path / 'twins')])
+
+
+@ONE_RUN
+def test_rgb_only_run_on_data_with_clouds_preprocesses_scans_as_it_trained(finished, tmp_path):
+  """An RGB-only run on a class with point clouds trained on images cleaned with the cloud's plane and clusters
+  (SPEC §1.2): predict cleans a scan's image the same way, so it needs the scan's xyz file too."""
+  config, _ = finished
+  workdir = tmp_path / 'w'
+  shutil.copytree(config.workdir, workdir)
+  rgb_only = tiny_config(workdir)
+  rgb_only.modalities = 'rgb'
+  assert pipeline.run(rgb_only)['rows'] == ['IMG']
+  check_raw_predict(workdir, 'rgb+xyz', tmp_path / 'predict')
+  scan = workdir / 'raw' / 'cube' / 'test' / 'good'
+  with pytest.raises(SystemExit, match=r"needs an organised point cloud \(xyz\) \(it scores 'rgb', but its class "
+                                       r"was prepared from 'rgb\+xyz' files"):
+    predict.main(['--workdir', str(workdir), '--rgb', str(scan / 'rgb' / '000.png'), '--out', str(tmp_path / 'm.png')])
+
+
 @pytest.mark.parametrize('method, modalities, rows', [('btf', 'rgb+xyz', ['BTF']), ('g2sf', 'rgb', ['IMG']),
                                                       ('g2sf', 'xyz', ['PCD'])])
 def test_baseline_and_single_modality_runs(tmp_path, method, modalities, rows):
