@@ -21,12 +21,9 @@ from g2sf_jax.models import point_mae
 def validate(config: ml_collections.ConfigDict) -> None:
   """Every field the shared stages read, then the method's own (`Method.check`)."""
   choice(config, 'dataset', data.KINDS)
-  data.resolve_classes(config.dataset, config.classes or None)
+  _classes(config, 'classes', config.dataset)
   choice(config, 'method', methods.REGISTRY)
-  try:
-    kind.parse_modalities(config.modalities)
-  except ValueError as e:
-    raise ConfigError(f'config.modalities: {e}') from None
+  mods = _modalities(config, 'modalities')
   choice(config, 'rgb_backbone', backbones.RGB_BACKBONES)
   choice(config, 'point_backbone', backbones.POINT_BACKBONES)
   number(config, 'seed', integer=True)
@@ -41,9 +38,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   number(config, 'memory_bank.num_anchors', 3, integer=True)
   choice(config, 'memory_bank.coreset_mode', memory_bank.GREEDY_MODES)
   choice(config, 'scoring.blur', memory_bank.BLUR_MODES)
-  thresholds = get(config, 'metrics.aupro_thresholds')
-  if thresholds != 'exact':
-    number(config, 'metrics.aupro_thresholds', 2, integer=True)
+  if get(config, 'metrics.aupro_thresholds') != 'exact':
+    try:
+      number(config, 'metrics.aupro_thresholds', 2, integer=True)
+    except ConfigError as e:
+      raise ConfigError(f"{e}, or 'exact' for the full curve") from None
   limits = get(config, 'metrics.aupro_limits')
   if not limits or any(not isinstance(x, numbers.Real) or not 0 < x <= 1 for x in limits):
     raise ConfigError(f'config.metrics.aupro_limits = {limits!r}: expected FPR limits in (0, 1]')
@@ -53,11 +52,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.fpfh: unknown fields {sorted(unknown)}; expected some of {sorted(fields)}')
   fpfh.FpfhParams(**dict(config.fpfh))
   if config.dataset == 'synthetic':
-    for field in ('synthetic.n_train', 'synthetic.n_test'):
-      number(config, field, 1, integer=True)
+    number(config, 'synthetic.n_train', 1, integer=True)
+    number(config, 'synthetic.n_test', 2, integer=True)  # a good and an anomalous sample: AUROCs need both
     number(config, 'synthetic.size', 64, integer=True)
     number(config, 'synthetic.fov', 0.01)
-    data.resolve_classes('synthetic', config.synthetic.classes)
+    _classes(config, 'synthetic.classes', 'synthetic')
+    generated = _modalities(config, 'synthetic.modalities')
+    if not set(mods) <= set(generated):
+      raise ConfigError(f'config.modalities = {config.modalities!r} needs files that config.synthetic.modalities = '
+                        f'{config.synthetic.modalities!r} does not generate')
   if config.dataset != 'synthetic' and not config.raw_dir:
     raise ConfigError(f'config.raw_dir is empty: set it to your extracted {config.dataset} download, e.g. '
                       f'--config.raw_dir=/data/{config.dataset}')
@@ -66,6 +69,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     f'{config.dataset} download)')
   backbones.check_available(config)
   methods.get(config.method).check(config)
+
+
+def _classes(config: ml_collections.ConfigDict, field: str, dataset: str) -> None:
+  try:
+    data.resolve_classes(dataset, get(config, field) or None)
+  except DataError as e:
+    raise ConfigError(f'config.{field}: {e}') from None
+
+
+def _modalities(config: ml_collections.ConfigDict, field: str) -> tuple[str, ...]:
+  try:
+    return kind.parse_modalities(get(config, field))
+  except ValueError as e:
+    raise ConfigError(f'config.{field}: {e}') from None
 
 
 def all_fields(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:

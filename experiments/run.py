@@ -4,8 +4,8 @@
   python -m experiments.run --config mvtec --config.raw_dir=/data/mvtec_3d --config.classes=bagel,tire
   python -m experiments.run --config synthetic --config.stages=evaluate
 
-`--config NAME` picks `experiments/configs/NAME.py` (a path to any config file works too); `--config.a.b=value`
-overrides a field. Stages cache their outputs in `config.workdir` and are skipped when their inputs did not change,
+`--config NAME` picks `experiments/configs/NAME.py` (a path to any config file works too; without it, `synthetic`,
+which needs no download); `--config.a.b=value` overrides a field. Stages cache their outputs in `config.workdir` and are skipped when their inputs did not change,
 so an interrupted run resumes where it stopped.
 
 Several processes (hosts) run one experiment together when each is started with the same command plus
@@ -28,9 +28,15 @@ CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config name (experiments/configs/NAME.py) or file.')
 
 
+DEFAULT_CONFIG = 'synthetic'
+
+
 def resolve_config_argv(argv: list[str]) -> list[str]:
-  """Rewrites `--config NAME` / `--config=NAME` into the config file's path, which absl expects."""
+  """Rewrites `--config NAME` / `--config=NAME` into the config file's path, which absl expects; no `--config`
+  means `--config synthetic`."""
   out = list(argv)
+  if not any(a == '--config' or a.startswith('--config=') for a in out[1:]):
+    out.insert(1, f'--config={DEFAULT_CONFIG}')
   for i, arg in enumerate(out):
     if arg == '--config' and i + 1 < len(out):
       out[i + 1] = _config_path(out[i + 1])

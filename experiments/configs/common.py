@@ -17,7 +17,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.classes = ''                   # comma-separated subset; empty = every class of the dataset
   c.stages = 'all'                 # all, or some of: prepare,extract,<the method's stages>,evaluate
   c.seed = 0
-  c.method = 'g2sf'                # a g2sf_jax.methods name: g2sf | btf | patchcore (IMG/PCD rows only)
+  c.method = 'g2sf'                # a g2sf_jax.methods name: g2sf | btf | m3dm | cfm | patchcore (IMG/PCD rows)
   c.modalities = 'rgb+xyz'         # rgb+xyz | rgb | xyz
   c.rgb_backbone = 'dino_vit_b8'   # dino_vit_b8 | efficientnet_lite0
   c.point_backbone = 'point_mae'   # point_mae | fpfh
@@ -115,7 +115,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.cfm.cache_gb = 4.0                   # hold the training set's 224² point features in memory up to this size
 
   c.metrics = ml_collections.ConfigDict()
-  c.metrics.aupro_thresholds = 100       # int, or 'exact' for the full curve
+  c.metrics.aupro_thresholds = config_dict.FieldReference(100, field_type=object)  # int, or 'exact': the full curve
   c.metrics.aupro_limits = (0.3, 0.1, 0.05, 0.01)
 
   c.synthetic = ml_collections.ConfigDict()

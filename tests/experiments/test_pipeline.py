@@ -347,6 +347,13 @@ def test_stage_durations_in_the_log(finished):
     ('dataset', 'mvtec3d', 'config.raw_dir is empty'),
     ('distributed.coordinator', 'node0', r"distributed.coordinator = 'node0': expected host:port"),
     ('distributed.process_id', 0, r'distributed.coordinator = \'\': expected host:port'),
+    ('metrics.aupro_thresholds', 'full', r"aupro_thresholds = 'full': expected an integer .*, or 'exact'"),
+    ('synthetic.n_test', 1, r'synthetic.n_test = 1: expected an integer in \[2'),
+    ('synthetic.modalities', 'rgbx', r"config.synthetic.modalities: modalities must be 'rgb\+xyz'"),
+    ('synthetic.modalities', 'rgb', r"config.modalities = 'rgb\+xyz' needs files that config.synthetic.modalities "
+                                    r"= 'rgb' does not generate"),
+    ('classes', 'bagle', r"config.classes: unknown synthetic class 'bagle'"),
+    ('synthetic.classes', 'cube,tyre', r"config.synthetic.classes: unknown synthetic class 'tyre'"),
 ])
 def test_a_bad_config_fails_before_any_stage(tmp_path, field, value, message):
   config = tiny_config(tmp_path / 'w')

@@ -11,6 +11,20 @@ def test_config_name_resolves_to_file():
   assert argv[1].endswith('experiments/configs/mvtec.py')
 
 
+def test_no_config_means_synthetic_and_aupro_thresholds_takes_exact(tmp_path):
+  """`python -m experiments.run` alone runs the synthetic default; `--config.metrics.aupro_thresholds=exact` parses
+  (the field takes an int or 'exact'), so the run gets as far as the bad stage name."""
+  import subprocess
+  import sys
+  from pathlib import Path
+  assert run.resolve_config_argv(['run', '--config.classes=cube'])[1].endswith('experiments/configs/synthetic.py')
+  res = subprocess.run([sys.executable, '-m', 'experiments.run', '--config.metrics.aupro_thresholds=exact',
+                        f'--config.workdir={tmp_path / "w"}', '--config.stages=bogus'], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[2], timeout=300)
+  assert res.returncode == 1 and "error: config.stages: unknown ['bogus']" in res.stderr, res.stderr[-2000:]
+  assert not (tmp_path / 'w').exists()
+
+
 def test_unknown_config_lists_known_ones():
   with pytest.raises(SystemExit, match="unknown config 'mvtek'.*'mvtec'"):
     run.resolve_config_argv(['run', '--config', 'mvtek'])
