@@ -71,7 +71,7 @@ def _prepare(ctx: 'Context') -> dict:
     ctx.log('prepare: generating synthetic class %s in %s', ctx.class_name, raw_dir)
     synthetic.generate(raw_dir, classes=[ctx.class_name], n_train=c.synthetic.n_train, n_test=c.synthetic.n_test,
                        size=c.synthetic.size, seed=c.seed, modalities=c.synthetic.modalities,
-                       fov=c.synthetic.fov)
+                       fov=c.synthetic.fov, replace=True)  # <workdir>/raw is the runner's own
   target = prepared.prepared_dir(c.dataset, ctx.workdir.data_dir, ctx.class_name)
   if target.exists():  # prepared from other raw inputs (this stage's key changed): ours to rebuild
     if not (target / 'dataset_info.json').is_file():

@@ -284,7 +284,8 @@ def _stored_params(meta: Path) -> dict:
 
 
 def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: int, n_test: int, size: int,
-             seed: int, modalities: str | Sequence[str] = io.MODALITIES, fov: float = FOV) -> Path:
+             seed: int, modalities: str | Sequence[str] = io.MODALITIES, fov: float = FOV,
+             replace: bool = False) -> Path:
   """Writes `<out_dir>/<class>/{train,validation}/good/{rgb,xyz}` and `<class>/test/<folder>/{rgb,xyz,gt}`.
 
   `n_test` is the test total per class, split evenly over `good` and `DEFECTS`; validation gets `n_train // 4`
@@ -293,7 +294,8 @@ def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: 
   one (its ground truth too, even for defects the missing modality alone shows). `fov`: see `render_sample`.
   Each class is written to a temporary folder and renamed into place, with its parameters in
   `<class>/synthetic.json`: a class already generated with the same parameters is kept (resumable, idempotent);
-  one generated with other parameters is an error rather than silently mixed.
+  one generated with other parameters is an error rather than silently mixed, unless `replace` (the runner's own
+  `<workdir>/raw`): then it is regenerated in one rename. A folder without `synthetic.json` is never replaced.
   """
   if isinstance(classes, str):
     classes = [c.strip() for c in classes.split(',') if c.strip()]
@@ -312,9 +314,10 @@ def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: 
     if final.exists():
       if meta.is_file() and _stored_params(meta) == params:
         continue
-      raise OutputExistsError(f'{final} exists but was not generated with {params} (see {meta}); '
-                       'remove it or choose another output folder')
-    with io.atomic_dir(final) as tmp:
+      if not (replace and meta.is_file()):
+        raise OutputExistsError(f'{final} exists but was not generated with {params} (see {meta}); '
+                                'remove it or choose another output folder')
+    with io.atomic_dir(final, lambda folder: replace and (folder / 'synthetic.json').is_file()) as tmp:
       _write_class(tmp, shape, n_train, n_test, size, seed, modalities, fov)
       (tmp / 'synthetic.json').write_text(json.dumps(params, indent=1, sort_keys=True))
   return out_dir

@@ -54,6 +54,15 @@ def test_deterministic_and_idempotent(tmp_path):
   with pytest.raises(FileExistsError, match='not generated with'):
     sd.generate(tmp_path / 'a', ['cylinder'], 2, 7, SIZE, seed=5)
   assert not [p for p in (tmp_path / 'a').iterdir() if p.name.startswith('.')]  # no temporary folder left
+  assert _tree(sd.generate(tmp_path / 'a', ['cylinder'], 2, 7, SIZE, seed=4, replace=True)) == c  # regenerated whole
+
+
+def test_replace_never_touches_a_folder_it_did_not_generate(tmp_path):
+  (tmp_path / 'cube' / 'train').mkdir(parents=True)
+  (tmp_path / 'cube' / 'train' / 'mine.txt').write_text('user data')
+  with pytest.raises(FileExistsError, match='not generated with'):
+    sd.generate(tmp_path, ['cube'], 1, 2, SIZE, seed=0, replace=True)
+  assert (tmp_path / 'cube' / 'train' / 'mine.txt').read_text() == 'user data'
 
 
 def test_single_modality_writes_the_same_files_minus_one_folder(tmp_path):

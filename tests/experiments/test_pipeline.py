@@ -297,6 +297,16 @@ def test_baseline_and_single_modality_runs(tmp_path, method, modalities, rows):
     check_raw_predict(tmp_path, modalities, tmp_path / 'predict')
 
 
+def test_a_changed_synthetic_field_regenerates_the_runners_own_data(tmp_path):
+  """The synthetic set in `<workdir>/raw` is the runner's: a new seed or size regenerates it instead of failing."""
+  config = tiny_config(tmp_path)
+  config.synthetic.n_train, config.synthetic.n_test, config.stages = 1, 2, 'prepare'
+  pipeline.run(config)
+  config.seed = 1
+  pipeline.run(config)
+  assert json.loads((tmp_path / 'raw' / 'cube' / 'synthetic.json').read_text())['seed'] == 1
+
+
 def test_modalities_missing_from_the_data_are_named(tmp_path):
   """Synthetic data without clouds for an RGB+3D run: refused before anything is generated."""
   config = tiny_config(tmp_path / 'w')
