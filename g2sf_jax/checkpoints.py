@@ -18,16 +18,24 @@ from g2sf_jax.errors import MissingInputError, OutputExistsError
 
 _META = 'g2sf_meta.json'
 _OTHER_PROCESS_TREE = 'tree.npz'
-def save(path: str | os.PathLike, tree: Any, meta: dict | None = None) -> Path:
+def save(path: str | os.PathLike, tree: Any, meta: dict | None = None, replaces: dict | None = None) -> Path:
   """Saves `tree` (a pytree of arrays) at `path` atomically, replacing an older checkpoint there.
 
   `meta` is a small JSON-able dict (what made the checkpoint, shapes, hashes) stored beside the arrays. A folder at
-  `path` that is not a checkpoint of ours (no `g2sf_meta.json` + `tree/`) is never replaced: FileExistsError.
+  `path` that is not a checkpoint of ours (no `g2sf_meta.json` + `tree/`) is never replaced: FileExistsError; nor
+  is one whose meta lacks the items of `replaces` (e.g. `{'model': 'point_mae'}`: a converter never overwrites
+  another model's weights or a trained state).
   """
   path = Path(path).absolute()
   if path.exists() and not exists(path):
     raise OutputExistsError(f'{path}: exists and is not a g2sf-jax checkpoint (no {_META} and tree/); it is left '
                             'untouched: move it away or choose another folder')
+  if path.exists() and replaces:
+    old = json.loads((path / _META).read_text())
+    if any(old.get(k) != v for k, v in replaces.items()):
+      what = {k: old.get(k) for k in replaces}
+      raise OutputExistsError(f'{path}: holds another checkpoint ({what}, not {replaces}); it is left untouched: '
+                              'move it away or choose another folder')
   tree = jax.tree.map(np.asarray, tree)
   with io.atomic_dir(path, may_replace=exists) as tmp:
     if jax.process_index() == 0:

@@ -111,7 +111,10 @@ def tensor_dict(obj: Any, path: str | os.PathLike, what: str) -> dict[str, np.nd
     if not isinstance(key, str) or not isinstance(value, torch.Tensor):
       raise CheckpointError(f'{path}: expected {what} to map names to tensors; entry {key!r} is '
                             f'{type(value).__name__}')
-    out[key] = value.detach().cpu().numpy()
+    value = value.detach().cpu()
+    if value.is_floating_point() and value.dtype not in (torch.float16, torch.float32, torch.float64):
+      value = value.float()  # bfloat16 (and other types NumPy lacks): exact in float32
+    out[key] = value.numpy()
   return out
 
 
@@ -195,7 +198,7 @@ def parse_args(argv: list[str] | None, description: str, model: str) -> argparse
 
 def save_converted(out_dir: str | os.PathLike, tree: Any, meta: dict, num_tensors: int) -> Path:
   """Writes the converted tree atomically (nothing on failure) and says what was written from what."""
-  out = checkpoints.save(out_dir, tree, meta)
+  out = checkpoints.save(out_dir, tree, meta, replaces={'model': meta['model']})
   print(f'wrote {out} ({num_tensors} tensors; source sha256 {meta["sha256"]}: {meta["known_file"]})')
   return out
 

@@ -150,7 +150,7 @@ def port(src: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, str]:
   variables = common.convert(state, table())
   meta = {'converter': 'ports.efficientnet_lite0', 'model': 'efficientnet_lite0', **describe_source(src),
           'input': f'NHWC, (rgb_0_255 - {enl.INPUT_MEAN}) / {enl.INPUT_STD} (g2sf_jax/models/efficientnet_lite.py)'}
-  checkpoints.save(out_dir, variables, meta)
+  checkpoints.save(out_dir, variables, meta, replaces={'model': 'efficientnet_lite0'})
   return meta
 
 

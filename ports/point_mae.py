@@ -56,9 +56,12 @@ def _ignorable(key: str) -> bool:
 
 
 def unwrap(obj: Any, path: str) -> dict[str, np.ndarray]:
-  """The encoder state dict: `ckpt['base_model']` (or the file itself when flat), prefixes stripped."""
-  if isinstance(obj, Mapping) and 'base_model' in obj:
-    obj = obj['base_model']
+  """The encoder state dict: `ckpt['base_model']` (the official files; also `model` or `state_dict`, as other
+  training scripts save it, or the file itself when flat), prefixes stripped."""
+  for wrapper in ('base_model', 'model', 'state_dict'):
+    if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+      obj = obj[wrapper]
+      break
   return common.strip_prefixes(common.tensor_dict(obj, path, 'the Point-MAE state dict'),
                                ('module.', 'MAE_encoder.', 'base_model.'))
 

@@ -45,6 +45,26 @@ def test_a_folder_of_other_files_survives_a_port_into_it(tmp_path, monkeypatch, 
   assert port.main([str(src)]) == 0  # an earlier conversion of ours is replaced
 
 
+@pytest.mark.parametrize('wrapper', ['model', 'state_dict'])
+def test_other_wrappers_and_bfloat16_convert(tmp_path, wrapper):
+  """Checkpoints saved by other training scripts: `{'model': …}` / `{'state_dict': …}` and bfloat16 tensors."""
+  src, state = _pretrain_file(tmp_path)
+  torch.save({wrapper: {k: v.to(torch.bfloat16) for k, v in torch.load(src, weights_only=True)['base_model'].items()}},
+             tmp_path / 'other.pth')
+  assert port.main([str(tmp_path / 'other.pth'), str(tmp_path / 'out')]) == 0
+  tree, _ = checkpoints.load(tmp_path / 'out')
+  w = state['encoder.second_conv.0.weight'].to(torch.bfloat16).float().numpy()
+  np.testing.assert_array_equal(tree['params']['encoder']['second_conv_0']['kernel'], w[:, :, 0].T)
+
+
+def test_a_port_never_replaces_another_models_checkpoint(tmp_path):
+  src, _ = _pretrain_file(tmp_path)
+  checkpoints.save(tmp_path / 'dino', {'w': np.ones(2, np.float32)}, {'model': 'dino_vit_b8'})
+  with pytest.raises(SystemExit, match=r"dino: holds another checkpoint \({'model': 'dino_vit_b8'}"):
+    common.run_cli(lambda: port.main([str(src), str(tmp_path / 'dino')]))
+  assert checkpoints.load(tmp_path / 'dino')[1] == {'model': 'dino_vit_b8'}
+
+
 def test_wrapped_prefixed_checkpoint_converts_and_records_provenance(tmp_path, monkeypatch):
   src, state = _pretrain_file(tmp_path)
   monkeypatch.setitem(common.KNOWN_FILES, common.sha256(src), 'test release')
