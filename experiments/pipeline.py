@@ -78,6 +78,8 @@ def _prepare(ctx: 'Context') -> dict:
       raise OutputExistsError(f'{target}: exists but is not prepared TFDS data; move it away or choose another '
                             '--config.workdir')
     shutil.rmtree(target.parent)
+  for stale in target.parent.glob(f'incomplete.*_{prepared.VERSION}'):  # TFDS's folder of an interrupted build
+    shutil.rmtree(stale)
   import tensorflow_datasets as tfds  # Heavy: only this stage needs it directly.
   tfds.disable_progress_bar()
   result = prepared.prepare(c.dataset, raw_dir, ctx.workdir.data_dir, [ctx.class_name])[ctx.class_name]

@@ -111,6 +111,8 @@ def read_pose(path: Path) -> np.ndarray:
     raise DataError(f'{path}: cannot parse the camera pose: {e}') from e
   if pose.shape != (4, 4):
     raise DataError(f'{path}: pose of shape {pose.shape}, expected 4x4')
+  if not np.isfinite(pose).all() or abs(np.linalg.det(pose)) < 1e-12:
+    raise DataError(f'{path}: the camera pose is not an invertible 4x4 matrix (SPEC §1.3 inverts it)')
   return pose
 
 

@@ -127,7 +127,7 @@ def _check_prepared(dataset: str, data_dir: str | Path, class_name: str) -> None
   if not is_prepared(dataset, data_dir, class_name):
     raise MissingInputError(
         f'{prepared_dir(dataset, data_dir, class_name)}: {dataset}/{class_name} is not prepared; create it with '
-        f'g2sf_jax.data.prepare({dataset!r}, raw_dir, {str(data_dir)!r}, [{class_name!r}]) '
+        f'g2sf_jax.data.prepared.prepare({dataset!r}, raw_dir, {str(data_dir)!r}, [{class_name!r}]) '
         '(the `prepare` stage of experiments.run)')
 
 

@@ -93,8 +93,9 @@ def test_load_split_full_train_keeps_original_cloud(synthetic):
 
 def test_load_errors(synthetic):
   _, data_dir, _, _ = synthetic
-  with pytest.raises(FileNotFoundError, match=r'synthetic/torus/1\.0\.0.*not prepared.*prepare'):
+  with pytest.raises(FileNotFoundError, match=r'synthetic/torus/1\.0\.0.*not prepared.*prepare') as e:
     prepared.load_split('synthetic', data_dir, 'torus', 'train')
+  assert 'g2sf_jax.data.prepared.prepare(' in str(e.value)  # a function that exists
   with pytest.raises(DataError, match=r"unknown synthetic class 'cone'.*cube, cylinder, torus, sphere"):
     prepared.load_split('synthetic', data_dir, 'cone', 'train')
   with pytest.raises(DataError, match=r"unknown split 'validation'"):
@@ -346,3 +347,12 @@ def test_eyecandies_prepare_and_load(tmp_path):
     assert np.array_equal(scan.xyz, s['xyz']) and np.array_equal(scan.rgb, s['rgb'])
   folder = eyecandies.scan_folder(cls / 'test_public' / 'data')
   assert [e.name for e in folder] == ['data/00', 'data/01', 'data/02', 'data/03']
+
+
+def test_a_singular_pose_names_its_file(tmp_path):
+  from g2sf_jax.data import eyecandies
+  np.savetxt(tmp_path / '000_pose.txt', np.zeros((4, 4)))
+  with pytest.raises(DataError, match=r'000_pose.txt: the camera pose is not an invertible 4x4 matrix'):
+    eyecandies.read_pose(tmp_path / '000_pose.txt')
+  np.savetxt(tmp_path / '001_pose.txt', _POSE)
+  np.testing.assert_array_equal(eyecandies.read_pose(tmp_path / '001_pose.txt'), _POSE)

@@ -298,10 +298,14 @@ def test_baseline_and_single_modality_runs(tmp_path, method, modalities, rows):
 
 
 def test_a_changed_synthetic_field_regenerates_the_runners_own_data(tmp_path):
-  """The synthetic set in `<workdir>/raw` is the runner's: a new seed or size regenerates it instead of failing."""
+  """The synthetic set in `<workdir>/raw` is the runner's: a new seed or size regenerates it instead of failing;
+  the folder a killed TFDS build left behind is cleared."""
   config = tiny_config(tmp_path)
   config.synthetic.n_train, config.synthetic.n_test, config.stages = 1, 2, 'prepare'
+  interrupted = Workdir(tmp_path).data_dir / 'synthetic' / 'cube' / 'incomplete.X1Y2Z3_1.0.0'
+  interrupted.mkdir(parents=True)  # what TFDS leaves when a build is killed
   pipeline.run(config)
+  assert not interrupted.exists()
   config.seed = 1
   pipeline.run(config)
   assert json.loads((tmp_path / 'raw' / 'cube' / 'synthetic.json').read_text())['seed'] == 1
