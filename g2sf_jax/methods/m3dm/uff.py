@@ -184,7 +184,7 @@ def train(config: ml_collections.ConfigDict, rows: np.ndarray, offsets: np.ndarr
   c = config.m3dm.uff
   num_samples = len(offsets) - 1
   if num_samples < c.batch_size:
-    raise ValueError(f'UFF training: {num_samples} training samples, fewer than m3dm.uff.batch_size={c.batch_size}')
+    raise DataError(f'UFF training: {num_samples} training samples, fewer than m3dm.uff.batch_size={c.batch_size}')
   grad_fn, apply, tx = _steps(c, mesh)
   params = uff_model.init_params(uff_model.UFF(), key, point_dim, rows.shape[1] - point_dim)
   opt_state = tx.init(params)
@@ -192,6 +192,10 @@ def train(config: ml_collections.ConfigDict, rows: np.ndarray, offsets: np.ndarr
   grads_sum, window, update, epoch, lr = zeros, 0, 0, 0, 0.0
   steps_per_epoch = num_samples // c.batch_size  # micro-batches (the reference's loader drops the last)
   total = c.steps if c.schedule == 'paper' else c.epochs * (steps_per_epoch // c.accum)
+  if total == 0:  # else the UFF would stay at its random initialisation without a word
+    raise DataError(f"UFF training: m3dm.uff.schedule='code' makes no update: {num_samples} samples give "
+                    f'{steps_per_epoch} micro-batches of m3dm.uff.batch_size={c.batch_size} per epoch, fewer than '
+                    f'm3dm.uff.accum={c.accum}; lower batch_size or accum (or use the paper schedule)')
   seed = np.asarray(jax.random.key_data(key)).tolist()
   state_dir = out_dir / 'state'
   meta_common = {'samples': num_samples, 'rows': int(rows.shape[0]), 'key': seed}

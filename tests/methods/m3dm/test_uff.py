@@ -8,6 +8,7 @@ import torch
 
 from experiments.configs.common import get_base_config
 from g2sf_jax import distributed
+from g2sf_jax.errors import DataError
 from g2sf_jax.methods.m3dm import uff
 from g2sf_jax.models import uff as uff_model
 from tests.references import torch_m3dm
@@ -126,6 +127,14 @@ def test_code_schedule_drops_the_incomplete_window(tmp_path):
             mesh=MESH, log=logged.append)
   assert [m.split(':')[0] for m in logged] == ['UFF update 1/2', 'UFF update 2/2']
   assert 'lr 0,' in logged[0]
+
+
+def test_a_schedule_without_updates_is_an_error(tmp_path):
+  rows, offsets = _rows(samples=7)  # 3 micro-batches of 2 per epoch < accum 4: the code schedule makes no update
+  with pytest.raises(DataError, match=r'makes no update: 7 samples give 3 micro-batches .* m3dm.uff.accum=4'):
+    uff.train(_train_config(schedule='code', epochs=2, warmup_epochs=1, accum=4), rows, offsets, 6, tmp_path,
+              jax.random.key(0), mesh=MESH)
+  assert not (tmp_path / 'state').exists()
 
 
 def test_pack_refuses_features_that_keep_nothing(tmp_path):
