@@ -29,7 +29,7 @@ from tqdm import tqdm
 from experiments import config_check, report
 from g2sf_jax import backbones, data, distributed, features, io, methods
 from g2sf_jax.data import prepared, synthetic, transforms
-from g2sf_jax.errors import ConfigError, MissingInputError, OutputExistsError
+from g2sf_jax.errors import ConfigError, DataError, MissingInputError, OutputExistsError
 from g2sf_jax.methods import base
 from g2sf_jax.workdir import Workdir, files_fingerprint, stage_key
 
@@ -115,9 +115,19 @@ def _extract_extra(ctx: 'Context') -> Any:
   return features.describe_backbone(rgb), features.describe_backbone(point), _checkpoint_meta(ctx.config)
 
 
+def _check_test_labels(ctx: 'Context') -> None:
+  """Image and pixel AUROC need good and anomalous test images: a class without both fails before any training."""
+  labels = prepared.labels(ctx.config.dataset, ctx.workdir.data_dir, ctx.class_name, 'test')
+  bad = int(labels.sum())
+  if bad == 0 or bad == len(labels):
+    raise DataError(f'class {ctx.class_name!r}: its test split has {len(labels) - bad} good and {bad} anomalous '
+                    'samples; the evaluation (I-AUROC, P-AUROC, AUPRO) needs both')
+
+
 def _extract(ctx: 'Context') -> dict:
   c = ctx.config
   _check_modalities(ctx)
+  _check_test_labels(ctx)
   rgb, point = ctx.backbones()
   extra = {'checkpoints': _checkpoint_meta(c), 'point_mae': c.point_mae.to_dict()}
   counts = {}

@@ -42,6 +42,10 @@ def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
   if labels.shape != scores.shape or labels.ndim != 1:
     raise ValueError(f'image_auroc expects labels [N] and scores [N], got {labels.shape} and {scores.shape}')
   _check_finite(scores, 'image scores')
+  num_bad = int((labels != 0).sum())
+  if num_bad == 0 or num_bad == labels.size:  # sklearn would only warn and return NaN
+    raise ValueError(f'image AUROC is undefined: the labels have {num_bad} anomalous and {labels.size - num_bad} '
+                     'good images')
   return float(sk_metrics.roc_auc_score(labels != 0, scores))
 
 

@@ -223,6 +223,8 @@ def test_errors():
     metrics.aupro(masks, maps, limits=(0.0,))
   with pytest.raises(ValueError, match=r'labels \[N\]'):
     metrics.image_auroc([0, 1], [0.1, 0.2, 0.3])
+  with pytest.raises(ValueError, match='image AUROC is undefined: the labels have 2 anomalous and 0 good'):
+    metrics.image_auroc([1, 1], [0.1, 0.2])
 
 
 def test_round_and_mean():

@@ -200,6 +200,12 @@ def _samples(dataset: str, data_dir: str | Path, class_name: str, split: str, tr
                                             modalities=available_modalities(dataset, data_dir, class_name)))
 
 
+def labels(dataset: str, data_dir: str | Path, class_name: str, split: str) -> np.ndarray:
+  """int64 [N]: the image labels of a prepared split (1 = anomalous), without the load transforms."""
+  source = _source(dataset, data_dir, class_name, split)
+  return np.array([int(source[i]['label']) for i in range(len(source))], np.int64)
+
+
 def load_split(dataset: str, data_dir: str | Path, class_name: str, split: str) -> Sequence[dict]:
   """Model-ready samples in SPEC §1.1 order (test: defect folders sorted, then files sorted).
 

@@ -19,7 +19,8 @@ import pytest
 from experiments import pipeline, predict
 from experiments.configs import synthetic
 from g2sf_jax import detector, io
-from g2sf_jax.errors import ConfigError
+from g2sf_jax.data import synthetic as synthetic_data
+from g2sf_jax.errors import ConfigError, DataError
 from g2sf_jax.workdir import Workdir
 
 # The tests of the module-scoped run go to one xdist worker (`--dist loadgroup`), so the run is made once.
@@ -309,6 +310,17 @@ def test_a_changed_synthetic_field_regenerates_the_runners_own_data(tmp_path):
   config.seed = 1
   pipeline.run(config)
   assert json.loads((tmp_path / 'raw' / 'cube' / 'synthetic.json').read_text())['seed'] == 1
+
+
+def test_a_test_split_without_anomalies_fails_before_training(tmp_path, monkeypatch):
+  """A class whose test images are all good cannot be evaluated: extract says so before banks and training."""
+  config = tiny_config(tmp_path)
+  config.synthetic.n_train, config.synthetic.n_test = 1, 2
+  monkeypatch.setattr(synthetic_data, 'DEFECTS', ())  # every test sample is `good`
+  monkeypatch.setattr(synthetic_data, '_test_counts', lambda n: {'good': n})
+  with pytest.raises(DataError, match=r"class 'cube': its test split has 2 good and 0 anomalous samples"):
+    pipeline.run(config)
+  assert not (tmp_path / 'cube' / 'patchcore').exists()
 
 
 def test_modalities_missing_from_the_data_are_named(tmp_path):
