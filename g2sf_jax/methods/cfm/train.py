@@ -95,8 +95,9 @@ def train(config: ml_collections.ConfigDict, num_samples: int, batch_rows: Calla
       if pad:
         rgb, pcd = (np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) for x in (rgb, pcd))
         bg = np.concatenate([bg, np.ones((pad,) + bg.shape[1:], bool)])
-      flat = jax.device_put((rgb.reshape(-1, rgb.shape[-1]), pcd.reshape(-1, pcd.shape[-1]), ~bg.reshape(-1)),
-                            distributed.row_sharded(mesh))
+      # Zero padding rows are excluded (keep False), so any device count divides the batch.
+      flat = tuple(distributed.shard_rows(x, mesh) for x in (rgb.reshape(-1, rgb.shape[-1]),
+                                                             pcd.reshape(-1, pcd.shape[-1]), ~bg.reshape(-1)))
       params, opt_state, terms = step(params, opt_state, *flat)
       for k in sums:
         sums[k] += float(terms[k]) / len(batches)

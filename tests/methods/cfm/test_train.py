@@ -1,4 +1,10 @@
 """CFM training: the two losses and their gradients against PyTorch, one Adam step, and a run that resumes."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import ml_collections
 import numpy as np
@@ -76,3 +82,38 @@ def test_training_lowers_the_loss_and_resumes(tmp_path):
     cfm_train.train(c, 5, batch_rows, 6, 10, tmp_path / 'b', jax.random.key(0), mesh=MESH, log=stop)
   resumed = cfm_train.train(c, 5, batch_rows, 6, 10, tmp_path / 'b', jax.random.key(0), mesh=MESH)
   jax.tree.map(np.testing.assert_array_equal, full, resumed)
+
+
+_ON_DEVICES = '''
+import json, pathlib, sys
+import jax, ml_collections, numpy as np
+sys.path.insert(0, {root!r})
+from experiments.configs.common import get_base_config
+from g2sf_jax import distributed
+from g2sf_jax.methods.cfm import train as cfm_train
+c = ml_collections.ConfigDict({{'cfm': get_base_config().cfm.to_dict()}})
+c.cfm.epochs, c.cfm.batch_size, c.cfm.lr = 2, 2, 1e-2
+rng = np.random.default_rng(0)
+rgb = rng.normal(size=(5, 64, 6)).astype(np.float32)
+xyz = np.tanh(rgb @ rng.normal(size=(6, 10))).astype(np.float32)
+bg = rng.random((5, 64)) < 0.2
+out = {{}}
+for n in (1, 3):
+  mesh = distributed.make_mesh(devices=jax.devices()[:n])
+  params = cfm_train.train(c, 5, lambda idx: (rgb[idx], xyz[idx], bg[idx]), 6, 10, pathlib.Path(sys.argv[1] + str(n)),
+                           jax.random.key(0), mesh=mesh, log=lambda m: None)
+  out[n] = [np.asarray(x).tolist() for x in jax.tree.leaves(params)]
+print(json.dumps(out))
+'''
+
+
+def test_three_devices_train_what_one_does(tmp_path):
+  """128 pixel rows per batch do not divide over 3 devices: padded with excluded rows, the same training."""
+  root = str(Path(__file__).resolve().parents[3])
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=3', JAX_PLATFORMS='cpu')
+  res = subprocess.run([sys.executable, '-c', _ON_DEVICES.format(root=root), str(tmp_path / 'w')], env=env,
+                       capture_output=True, text=True, timeout=300, cwd=root)
+  assert res.returncode == 0, res.stderr[-3000:]
+  out = json.loads(res.stdout.strip().splitlines()[-1])
+  for got, want in zip(out['3'], out['1']):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
