@@ -170,6 +170,9 @@ class M3dm(base.Method):
     choice(config, 'm3dm.coreset_sizes', ('reference', 'per_bank'))
     choice(config, 'm3dm.uff_pairing', ('reference', 'aligned'))
     choice(config, 'm3dm.uff_keep', ('reference', 'foreground'))
+    if self._fuses(config) and config.point_backbone == 'fpfh' and m.uff_keep == 'reference':
+      raise ConfigError("config.m3dm.uff_keep = 'reference' keeps only patches whose point feature has no zero, and "
+                        "FPFH histograms always have empty bins: use --config.m3dm.uff_keep=foreground")
     choice(config, 'm3dm.uff.schedule', ('paper', 'code'))
     number(config, 'm3dm.ocsvm_nu', 0, 1, low_open=True)
     for field in ('m3dm.ocsvm_max_iter', 'm3dm.uff.steps', 'm3dm.uff.epochs', 'm3dm.uff.batch_size',

@@ -72,3 +72,13 @@ def test_bank_scores_match_the_torch_reference(tmp_path):
   s, maps = scorer.dlf_inputs(results)
   assert s.shape == (2, 3) and maps.shape == (2 * 224 * 224, 3)
   np.testing.assert_allclose(s[:, 1], [0.1 * r.image_score for r in results['rgb']], rtol=1e-6)  # λ_rgb
+
+
+def test_fpfh_with_the_reference_keep_rule_is_refused_up_front():
+  from experiments.configs import m3dm_synthetic
+  from g2sf_jax.errors import ConfigError
+  config = m3dm_synthetic.get_config()
+  method.M3dm().check(config)
+  config.m3dm.uff_keep = 'reference'
+  with pytest.raises(ConfigError, match='FPFH histograms always have empty bins'):
+    method.M3dm().check(config)
