@@ -21,8 +21,9 @@ valid points, degenerate point features) is reported with status `unscorable` an
 Compiled programs are kept in JAX's persistent cache (`$G2SF_HOME/jax_cache`), so later calls start faster.
 
 Outputs are checked before the model loads: none may be one of the scans' files or lie in a `--scans` folder, and
-an existing output is replaced only if predict wrote it (its maps carry a PNG text mark, its folders a marked
-`scores.json`); a results folder is replaced as a whole, so no map of an earlier call is left behind.
+an existing output is replaced only if it is what predict writes there (its maps carry a PNG text mark, its
+folders a marked `scores.json`, a `.npy` holds a 2-D float32 map); a results folder is replaced as a whole, so no
+map of an earlier call is left behind. Symbolic links are refused as outputs.
 """
 import argparse
 import csv
@@ -126,11 +127,16 @@ def _check_outputs(args: argparse.Namespace, entries: list, many: bool) -> None:
     files |= f
     prefixes += pre
   folders = [Path(f).resolve() for f in args.scans]
+  inputs = list(files) + folders + [d for d, _ in prefixes]
   for flag, path in outputs.items():
+    if path.is_symlink():
+      raise UserError(f'{flag} {path}: a symbolic link; name the file or folder it points to')
     target = path.resolve()
     if (target in files or any(target == d or d in target.parents for d in folders)
         or any(target.parent == d and target.name.startswith(pre) for d, pre in prefixes)):
       raise UserError(f'{flag} {path}: inside the scans being scored; predict never writes into the input data')
+    if any(target in i.parents for i in inputs):  # replacing the folder would delete the scans
+      raise UserError(f'{flag} {path}: holds scans being scored; predict never writes over the input data')
     if path.exists() and not _ours(path, flag, many):
       raise OutputExistsError(f'{flag} {path}: exists and was not written by predict; move it away or choose '
                               'another path')
@@ -143,10 +149,10 @@ def _ours(path: Path, flag: str, many: bool) -> bool:
       return SCORES_MARK in json.loads((path / 'scores.json').read_text())
     except (OSError, ValueError, TypeError):
       return False
-  if flag == '--npy':
+  if flag == '--npy':  # a .npy has no room for a mark: what predict writes there is a float32 map
     try:
       raw = np.load(path, mmap_mode='r', allow_pickle=False)
-      return raw.dtype == np.float32 and raw.ndim == 2
+      return isinstance(raw, np.ndarray) and raw.dtype == np.float32 and raw.ndim == 2
     except (OSError, ValueError):
       return False
   return path.is_file() and io.png_text(path).get('Software') == MARK['Software']

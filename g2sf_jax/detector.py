@@ -233,8 +233,8 @@ class Detector:
 def _data_modalities(config: ml_collections.ConfigDict, workdir: Workdir, class_name: str) -> tuple[str, ...]:
   """The modalities of the class's prepared data; the run's own when they are both or the data is gone."""
   mods = base.modalities(config)
-  if set(mods) == set(io.MODALITIES):
-    return mods
+  if set(mods) == set(io.MODALITIES) or data.get(config.dataset).mask_rgb_by_xyz:  # Eyecandies: always both
+    return io.MODALITIES
   try:
     return prepared.available_modalities(config.dataset, workdir.data_dir, class_name)
   except MissingInputError:

@@ -49,7 +49,8 @@ def read_xyz_tiff(path: str | os.PathLike) -> np.ndarray:
   return xyz
 
 
-# PIL modes with more than 8 bits per channel: `.convert('RGB')` would clip them to 255, not rescale them.
+# Greyscale PIL modes deeper than 8 bits: `.convert('RGB')` would clip them to 255, not rescale them (PIL opens a
+# 16-bit RGB PNG as 8-bit RGB, keeping the high bytes, which is right).
 _DEEP_MODES = ('I', 'F', 'I;16', 'I;16B', 'I;16L', 'I;16N')
 
 
@@ -82,6 +83,11 @@ def read_depth_png16(path: str | os.PathLike) -> np.ndarray:
 
 
 def _umask() -> int:
+  """The process's umask, read without changing it where Linux allows (another thread may be creating files)."""
+  with contextlib.suppress(OSError, ValueError):
+    for line in Path('/proc/self/status').read_text().splitlines():
+      if line.startswith('Umask:'):
+        return int(line.split()[1], 8)
   mask = os.umask(0o022)
   os.umask(mask)
   return mask

@@ -259,6 +259,13 @@ def test_predict_never_writes_into_the_scans_or_over_foreign_files(finished, tmp
   assert sorted(p.name for p in (tmp_path / 'res' / 'maps').iterdir()) == sorted(
       Path(r['map']).name for r in again['scans'])
   assert raw == {p: p.read_bytes() for p in scans.rglob('*') if p.is_file()}
+  shutil.copytree(scans, tmp_path / 'res' / 'scans')  # replacing the results folder would delete these scans
+  with pytest.raises(SystemExit, match='holds scans being scored'):
+    predict.main(['--workdir', config.workdir, '--scans', str(tmp_path / 'res' / 'scans'), '--out',
+                  str(tmp_path / 'res')])
+  (tmp_path / 'link').symlink_to(tmp_path / 'res')
+  with pytest.raises(SystemExit, match='a symbolic link'):
+    predict.main(many + ['--out', str(tmp_path / 'link')])
   shutil.copytree(scans, tmp_path / 'line_b' / 'scans')
   with pytest.raises(SystemExit, match="two scans are both named 'scans/000'"):
     predict.main(['--workdir', config.workdir, '--scans', str(scans), str(tmp_path / 'line_b' / 'scans'),
