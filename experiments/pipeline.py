@@ -394,12 +394,13 @@ class Runner:
   @contextlib.contextmanager
   def _scratch(self, stage: base.Stage, name: str):
     """A non-primary process's output folder for one stage: a copy of what process 0 starts from (a resumed stage
-    must resume the same way in every process), removed afterwards; process 0's outputs are the run's."""
+    must resume the same way in every process), hard-linked so that a resumed UFF's or fusion dataset's tens of GB
+    cost nothing, removed afterwards; process 0's outputs are the run's."""
     root = self.workdir.root / f'.process-{jax.process_index()}'
     if root.exists():  # left by a killed run
       shutil.rmtree(root)
     path = root / stage.folder(self.config) / (name or '_dataset')
-    shutil.copytree(self.stage_dir(stage.id, name), path)
+    io.link_tree(self.stage_dir(stage.id, name), path)
     try:
       yield path
     finally:

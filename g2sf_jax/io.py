@@ -145,6 +145,21 @@ def atomic_dir(path: str | os.PathLike, may_replace: Callable[[Path], bool] = la
     raise
 
 
+def link_tree(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+  """A copy of the folder `src` at `dst` whose files are hard links where the file system allows (else copies).
+
+  Instant and free of disk space even for tens of GB, and safe because every writer here replaces a file (the
+  atomic writers above) instead of writing into it: a change to one copy never reaches the other.
+  """
+  def link_or_copy(a: str, b: str) -> None:
+    try:
+      os.link(a, b)
+    except OSError:  # another file system, or links not supported
+      shutil.copy2(a, b)
+  shutil.copytree(src, dst, copy_function=link_or_copy)
+  return Path(dst)
+
+
 def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
   """`np.savez_compressed` to exactly `path` (no `.npz` appended), atomically."""
   with atomic_write(path) as f:

@@ -157,3 +157,15 @@ def test_png_text_marks(tmp_path):
   io.write_png(tmp_path / 'plain.png', np.zeros((2, 2), np.uint8))
   (tmp_path / 'notes.txt').write_text('not an image')
   assert io.png_text(tmp_path / 'plain.png') == {} and io.png_text(tmp_path / 'notes.txt') == {}
+
+
+def test_link_tree_shares_files_until_one_copy_is_rewritten(tmp_path):
+  (tmp_path / 'a' / 'sub').mkdir(parents=True)
+  io.save_npz_atomic(tmp_path / 'a' / 'sub' / 'x.npz', v=np.arange(3))
+  (tmp_path / 'a' / 'meta.json').write_text('{}')
+  io.link_tree(tmp_path / 'a', tmp_path / 'b')
+  assert os.stat(tmp_path / 'b' / 'sub' / 'x.npz').st_ino == os.stat(tmp_path / 'a' / 'sub' / 'x.npz').st_ino
+  io.save_npz_atomic(tmp_path / 'b' / 'sub' / 'x.npz', v=np.zeros(2))  # a writer replaces, never writes into
+  with np.load(tmp_path / 'a' / 'sub' / 'x.npz') as z:
+    np.testing.assert_array_equal(z['v'], np.arange(3))
+  assert (tmp_path / 'b' / 'meta.json').read_text() == '{}'
