@@ -64,6 +64,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.synthesis = ml_collections.ConfigDict()
   c.synthesis.num_anomalies = 800
   c.synthesis.num_sources = 8            # anomaly-source clouds per class (Eyecandies: 24)
+  c.synthesis.source_classes = ''        # whose clouds: '' = the run's classes (as the reference, on a full run)
 
   c.g2sf = ml_collections.ConfigDict()
   c.g2sf.hidden = 512

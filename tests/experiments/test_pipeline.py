@@ -125,6 +125,17 @@ def test_stage_keys_hash_only_the_fields_a_stage_declares(tmp_path):
   coreset = tiny_config(tmp_path)
   coreset.memory_bank.coreset_fraction = 0.2
   assert changed_stages(coreset) == set(STAGE_FILES[2:])
+  more = tiny_config(tmp_path)  # another class in the run: other anomaly sources for cube's fusion data
+  more.synthetic.classes = 'cube,torus'
+  assert changed_stages(more) == {'g2sf/fusion_data', 'g2sf/train', 'g2sf/evaluate'}
+  pinned = tiny_config(tmp_path)
+  pinned.synthetic.classes = 'cube,torus'
+  pinned.synthesis.source_classes = 'cube'  # the pool of the cube-only run: its outputs are kept
+  assert changed_stages(pinned) == set()
+  pooled = tiny_config(tmp_path)
+  pooled.synthesis.source_classes = 'cube,torus'  # the two-class run's pool, in a cube-only run
+  assert pipeline.Runner(pooled).key('g2sf/fusion_data', 'cube') == pipeline.Runner(more).key('g2sf/fusion_data',
+                                                                                               'cube')
 
 
 def test_missing_upstream_names_the_command(tmp_path):
@@ -384,6 +395,7 @@ def test_stage_durations_in_the_log(finished):
     ('synthetic.n_test', 1, r'synthetic.n_test = 1: expected an integer in \[2'),
     ('synthetic.modalities', 'rgbx', r"config.synthetic.modalities: modalities must be 'rgb\+xyz'"),
     ('classes', 'bagle', r"config.classes: unknown synthetic class 'bagle'"),
+    ('synthesis.source_classes', 'cube,cone', r"config.synthesis.source_classes: unknown synthetic class 'cone'"),
     ('synthetic.classes', 'cube,tyre', r"config.synthetic.classes: unknown synthetic class 'tyre'"),
 ])
 def test_a_bad_config_fails_before_any_stage(tmp_path, field, value, message):
