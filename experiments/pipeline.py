@@ -237,7 +237,7 @@ class Context:
 
   @property
   def classes(self) -> tuple[str, ...]:
-    return self.runner.classes
+    return self.runner.pool(self.stage)
 
   @property
   def out_dir(self) -> Path:
@@ -277,6 +277,7 @@ class Runner:
     self.stages = {s.id: s for s in self.graph}
     self.selected = _selected_stages(config.stages, self.graph)
     self.classes = data.resolve_classes(config.dataset, config.classes or self._default_classes())
+    self._pools = {s.id: self._pool_classes(s) for s in self.graph}
     self.workdir = Workdir(config.workdir)
     self.workdir.root.mkdir(parents=True, exist_ok=True)
     self.primary = distributed.is_primary()
@@ -284,6 +285,19 @@ class Runner:
     self.mesh = distributed.make_mesh()  # over every process's devices
     self._backbones = None
     self._keys: dict[tuple[str, str], str] = {}
+
+  def _pool_classes(self, stage: base.Stage) -> tuple[str, ...]:
+    named = config_fields(self.config, (stage.pool,), ()).get(stage.pool) if stage.pool else ''
+    if not named:
+      return self.classes
+    try:
+      return data.resolve_classes(self.config.dataset, named)
+    except DataError as e:
+      raise ConfigError(f'config.{stage.pool}: {e}') from None
+
+  def pool(self, stage: base.Stage) -> tuple[str, ...]:
+    """The classes `stage` reads across (`Stage.pool`)."""
+    return self._pools[stage.id]
 
   def _default_classes(self) -> str:
     return self.config.synthetic.classes if self.config.dataset == 'synthetic' else ''
@@ -303,11 +317,12 @@ class Runner:
   def scopes(self, stage: base.Stage) -> tuple[str, ...]:
     return self.classes if stage.scope == 'class' else ('',)
 
-  def dep_scopes(self, dep: str, class_name: str) -> tuple[str, ...]:
-    """Whose outputs of stage `dep` a stage of `class_name` reads: that class's, or every class's for a
+  def dep_scopes(self, stage: base.Stage, dep: str, class_name: str) -> tuple[str, ...]:
+    """Whose outputs of stage `dep` `stage` reads for `class_name`: that class's, or every class of its pool for a
     dataset-scope stage (`class_name=''`), or the dataset's for a dataset-scope dependency."""
-    stage = self.stages[dep]
-    return (class_name,) if stage.scope == 'class' and class_name else self.scopes(stage)
+    if self.stages[dep].scope == 'dataset':
+      return ('',)
+    return (class_name,) if class_name else self.pool(stage)
 
   def key(self, stage_id: str, class_name: str) -> str:
     """The hash of everything the outputs of `stage_id` for `class_name` depend on (memoised per run)."""
@@ -316,7 +331,7 @@ class Runner:
       ctx = Context(self, stage, class_name)
       upstream = []
       for dep in stage.deps:
-        upstream.append([self.key(dep, s) for s in self.dep_scopes(dep, class_name)])
+        upstream.append([self.key(dep, s) for s in self.dep_scopes(stage, dep, class_name)])
       extra = stage.extra(ctx) if stage.extra else None
       self._keys[stage_id, class_name] = stage_key(stage.id, stage.version, class_name,
                                                    config_fields(self.config, stage.keys, stage.exclude), extra,
@@ -369,7 +384,7 @@ class Runner:
       log.info('%s: up to date', where)
       return False
     for dep in stage.deps:
-      for scope in self.dep_scopes(dep, name):
+      for scope in self.dep_scopes(stage, dep, name):
         if not distributed.primary_decides(self.is_done(self.stages[dep], scope)):
           raise MissingInputError(
               f'{self.stage_dir(dep, scope)}: the {dep!r} stage has no up-to-date output'

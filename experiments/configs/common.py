@@ -91,6 +91,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.m3dm.coreset_sizes = 'reference'     # reference (RGB and fused: fraction × the point coreset) | per_bank
   c.m3dm.uff_pairing = 'reference'       # reference (scrambled RGB/point training pairs) | aligned
   c.m3dm.uff_keep = 'reference'          # reference (no exact zero in the point feature) | foreground (not all 0)
+  c.m3dm.uff_classes = ''               # whose training patches train the UFF: '' = the run's classes
   c.m3dm.lambdas = (1.0, 0.1, 1.0)       # DLF input weights: point, RGB, fused
   c.m3dm.ocsvm_nu = 0.5
   c.m3dm.ocsvm_max_iter = 1000

@@ -66,7 +66,8 @@ class ScorerContext(Protocol):
 class StageContext(ScorerContext, Protocol):
   """What running a stage needs, provided by the runner (`experiments.pipeline`).
 
-  `class_name` is '' for a dataset-scope stage; `classes` are the run's classes; `out_dir` is this stage's fresh
+  `class_name` is '' for a dataset-scope stage; `classes` are the classes it pools over (`Stage.pool`; by default
+  the run's); `out_dir` is this stage's fresh
   output folder (kept across an interrupted run with the same inputs, so a stage can resume from it).
   """
   classes: tuple[str, ...]
@@ -103,6 +104,9 @@ class Stage:
   backbones) keep each instead of overwriting one another. In a multi-process run every process runs every stage
   (their device work is split over the global mesh) and process 0 writes the outputs; `all_processes=False` is for
   a stage without device work (`prepare`'s file conversion), which process 0 runs alone while the others wait.
+  `pool` names a config field listing the classes a stage reads across (its `ctx.classes`: M3DM's UFF, G²SF's
+  anomaly sources); empty, or the field empty, means the run's classes. Naming a full run's list keeps its outputs
+  when a later run covers only some of them.
   """
   name: str
   run: Callable[[StageContext], dict | None]
@@ -116,6 +120,7 @@ class Stage:
   complete: Callable[[StageContext], bool] | None = None
   variant: Callable[[ml_collections.ConfigDict], str] | None = None
   all_processes: bool = True
+  pool: str = ''
 
   def __post_init__(self):
     if self.scope not in ('class', 'dataset'):

@@ -138,6 +138,18 @@ def test_stage_keys_hash_only_the_fields_a_stage_declares(tmp_path):
                                                                                                'cube')
 
 
+def test_m3dm_uff_classes_keeps_a_full_runs_uff(tmp_path):
+  """The UFF trains on every class of its pool: a subset run redoes it unless the pool names the full run's list."""
+  from experiments.configs import m3dm_synthetic
+
+  def uff_key(classes, uff_classes=''):
+    c = m3dm_synthetic.get_config()
+    c.workdir, c.synthetic.classes, c.m3dm.uff_classes = str(tmp_path), classes, uff_classes
+    return pipeline.Runner(c).key('m3dm/uff', '')
+  full = uff_key('cube,cylinder,torus')
+  assert uff_key('cube') != full and uff_key('cube', 'cube,cylinder,torus') == full
+
+
 def test_missing_upstream_names_the_command(tmp_path):
   config = tiny_config(tmp_path)
   config.stages = 'extract'

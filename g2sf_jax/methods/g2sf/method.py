@@ -36,25 +36,16 @@ class _Subset(Sequence):
     return self.samples[self.indices[i]]
 
 
-def source_classes(ctx: base.StageContext) -> tuple[str, ...]:
-  """The classes whose training clouds are the anomaly sources: `synthesis.source_classes`, or the run's.
-
-  The reference pools every class of the dataset (SPEC §4.2); naming the full list keeps that pool, and the fusion
-  data made from it, when a later run covers only some of the classes.
-  """
-  named = ctx.config.synthesis.source_classes
-  return data.resolve_classes(ctx.config.dataset, named) if named else tuple(ctx.classes)
-
-
 def _anomaly_sources(ctx: base.StageContext):
-  """SPEC §4.2: `synthesis.num_sources` preprocessed training clouds per class, pooled over `source_classes`.
+  """SPEC §4.2: `synthesis.num_sources` preprocessed training clouds per class, pooled over the stage's classes
+  (`synthesis.source_classes`, or the run's: the reference pools every class of the dataset).
 
   Returns (source names 'class/split/…', load(i) → xyz [S, S, 3]); the list is saved in the stage's folder. A cloud
   with too few valid points is passed over (the next in the seeded order is taken).
   """
   from g2sf_jax.methods.g2sf import synthesis  # albumentations and torch: only this stage needs them
   c = ctx.config
-  splits = {name: ctx.samples('train', full=True, class_name=name) for name in source_classes(ctx)}
+  splits = {name: ctx.samples('train', full=True, class_name=name) for name in ctx.classes}
   names = {name: [f'{name}/{s}' for s in _names(split)] for name, split in splits.items()}
   where = {n: (name, i) for name, ns in names.items() for i, n in enumerate(ns)}
 
@@ -187,11 +178,6 @@ class G2sf(base.Method):
     for field in ('g2sf.weight_decay', 'g2sf.alpha', 'g2sf.magnitude', 'g2sf.w_margin', 'g2sf.w_consistency',
                   'g2sf.w_alignment', 'g2sf.w_scaling', 'g2sf.w_l1'):
       number(config, field, 0)
-    if config.synthesis.source_classes:
-      try:
-        data.resolve_classes(config.dataset, config.synthesis.source_classes)
-      except DataError as e:
-        raise ConfigError(f'config.synthesis.source_classes: {e}') from None
     if 2 * config.g2sf.anchor + 1 > config.memory_bank.num_anchors:
       raise ConfigError(f'config.memory_bank.num_anchors={config.memory_bank.num_anchors} is below the '
                        f'{2 * config.g2sf.anchor + 1} prototypes G²SF trains with (2·g2sf.anchor + 1)')
@@ -206,7 +192,7 @@ class G2sf(base.Method):
     return stages + (
         base.Stage('fusion_data', build_fusion_data, owner=self.name, deps=('extract', BANKS),
                    keys=('synthesis', 'seed', 'memory_bank.num_anchors'), exclude=('synthesis.source_classes',),
-                   extra=lambda ctx: list(source_classes(ctx))),
+                   extra=lambda ctx: list(ctx.classes), pool='synthesis.source_classes'),
         base.Stage('train', train_fuser, owner=self.name, deps=(f'{self.name}/fusion_data', BANKS),
                    keys=('g2sf', 'seed'), exclude=('g2sf.scoring_mode',)),
     )
