@@ -2,7 +2,9 @@
 
 The runner computes one `RowResult` per class and scoring row (IMG, PCD, FUS as the reference reports them; BTF
 or single-modality runs have other rows), wraps them with the test images into a `ClassResult`, and calls
-`write_report(out_dir, class_results)`, which writes (every file atomically):
+`write_report(out_dir, class_results)`, which writes into a new folder that then replaces `out_dir` in one rename
+(no file of an earlier report, such as the overlays of a class no longer in the run, stays behind; a folder that
+is not a report is never replaced):
 
   out_dir/results.md            mean and per-class tables (also printed to stdout)
   out_dir/results.json          the same numbers with every AUPRO limit
@@ -172,17 +174,19 @@ def write_report(out_dir: str | Path, results: Sequence[ClassResult], title: str
   markdown = f'# {title}\n\n' + results_markdown(table, table_limits)
   if echo:
     print(markdown)
-  _write_text(out_dir / 'results.md', markdown)
-  _write_text(out_dir / 'results.json', json.dumps(table, indent=1) + '\n')
-  sections = []
-  for result in results:
-    class_dir = _safe(result.name)
-    thumbs = _write_overlays(out_dir, class_dir, result)
-    _save_figure(_roc_figure(result), out_dir / class_dir / 'roc.png')
-    _save_figure(_pro_figure(result), out_dir / class_dir / 'pro.png')
-    sections.append(_class_section(result, table, class_dir, thumbs, table_limits))
-  page = _page(title, table, sections, [r.name for r in results], table_limits)
-  _write_text(out_dir / 'report.html', page)
+  is_report = lambda folder: (folder / 'results.json').is_file() or not any(folder.iterdir())
+  with io.atomic_dir(out_dir, is_report) as tmp:
+    _write_text(tmp / 'results.md', markdown)
+    _write_text(tmp / 'results.json', json.dumps(table, indent=1) + '\n')
+    sections = []
+    for result in results:
+      class_dir = _safe(result.name)
+      thumbs = _write_overlays(tmp, class_dir, result)
+      _save_figure(_roc_figure(result), tmp / class_dir / 'roc.png')
+      _save_figure(_pro_figure(result), tmp / class_dir / 'pro.png')
+      sections.append(_class_section(result, table, class_dir, thumbs, table_limits))
+    page = _page(title, table, sections, [r.name for r in results], table_limits)
+    _write_text(tmp / 'report.html', page)
   return out_dir / 'report.html'
 
 

@@ -125,3 +125,19 @@ def test_bad_inputs(tmp_path):
                                                       np.zeros((8, 8)), 1)])
   with pytest.raises(ValueError, match=r"'test/a/000'.*rgb uint8"):
     report.write_report(tmp_path, [bad], echo=False)
+
+
+def test_a_new_report_replaces_the_old_one_whole(tmp_path):
+  """Files of an earlier report (a class no longer in the run) do not stay behind; a foreign folder is kept."""
+  first, _ = make_class('bagel', 0)
+  second, _ = make_class('rope', 1)
+  report.write_report(tmp_path / 'r', [first], echo=False)
+  report.write_report(tmp_path / 'r', [second], echo=False)
+  assert not (tmp_path / 'r' / 'bagel').exists() and (tmp_path / 'r' / 'rope' / 'roc.png').is_file()
+  page = (tmp_path / 'r' / 'report.html').read_text()
+  assert 'rope/roc.png' in page and '.tmp' not in page  # relative links, none into the temporary folder
+  (tmp_path / 'mine').mkdir()
+  (tmp_path / 'mine' / 'notes.txt').write_text('keep')
+  with pytest.raises(FileExistsError, match='not an output this command replaces'):
+    report.write_report(tmp_path / 'mine', [second], echo=False)
+  assert (tmp_path / 'mine' / 'notes.txt').read_text() == 'keep'
