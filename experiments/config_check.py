@@ -21,7 +21,7 @@ from g2sf_jax.models import point_mae
 def validate(config: ml_collections.ConfigDict) -> None:
   """Every field the shared stages read, then the method's own (`Method.check`)."""
   choice(config, 'dataset', data.KINDS)
-  _classes(config, 'classes', config.dataset)
+  classes(config, 'classes', config.dataset)
   choice(config, 'method', methods.REGISTRY)
   mods = _modalities(config, 'modalities')
   choice(config, 'rgb_backbone', backbones.RGB_BACKBONES)
@@ -56,7 +56,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     number(config, 'synthetic.n_test', 2, integer=True)  # a good and an anomalous sample: AUROCs need both
     number(config, 'synthetic.size', 64, integer=True)
     number(config, 'synthetic.fov', 0.01)
-    _classes(config, 'synthetic.classes', 'synthetic')
+    classes(config, 'synthetic.classes', 'synthetic')
     generated = _modalities(config, 'synthetic.modalities')
     if not set(mods) <= set(generated):
       raise ConfigError(f'config.modalities = {config.modalities!r} needs files that config.synthetic.modalities = '
@@ -71,9 +71,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   methods.get(config.method).check(config)
 
 
-def _classes(config: ml_collections.ConfigDict, field: str, dataset: str) -> None:
+def classes(config: ml_collections.ConfigDict, field: str, dataset: str) -> tuple[str, ...]:
+  """The classes a config field names ('' = all of `dataset`); an unknown one is a ConfigError naming the field."""
   try:
-    data.resolve_classes(dataset, get(config, field) or None)
+    return data.resolve_classes(dataset, get(config, field) or None)
   except DataError as e:
     raise ConfigError(f'config.{field}: {e}') from None
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from experiments import config_check, report
 from g2sf_jax import backbones, data, distributed, features, io, methods
 from g2sf_jax.data import prepared, synthetic, transforms
+from g2sf_jax.config_fields import get as config_value
 from g2sf_jax.errors import ConfigError, DataError, MissingInputError, OutputExistsError
 from g2sf_jax.methods import base
 from g2sf_jax.workdir import Workdir, files_fingerprint, stage_key
@@ -287,13 +288,9 @@ class Runner:
     self._keys: dict[tuple[str, str], str] = {}
 
   def _pool_classes(self, stage: base.Stage) -> tuple[str, ...]:
-    named = config_fields(self.config, (stage.pool,), ()).get(stage.pool) if stage.pool else ''
-    if not named:
+    if not (stage.pool and config_value(self.config, stage.pool)):
       return self.classes
-    try:
-      return data.resolve_classes(self.config.dataset, named)
-    except DataError as e:
-      raise ConfigError(f'config.{stage.pool}: {e}') from None
+    return config_check.classes(self.config, stage.pool, self.config.dataset)
 
   def pool(self, stage: base.Stage) -> tuple[str, ...]:
     """The classes `stage` reads across (`Stage.pool`)."""
@@ -333,9 +330,12 @@ class Runner:
       for dep in stage.deps:
         upstream.append([self.key(dep, s) for s in self.dep_scopes(stage, dep, class_name)])
       extra = stage.extra(ctx) if stage.extra else None
+      exclude = stage.exclude
+      if stage.pool:  # the resolved pool, not the field: '' and the run's own list give one key
+        extra = list(self.pool(stage)) if extra is None else [list(self.pool(stage)), extra]
+        exclude += (stage.pool,)
       self._keys[stage_id, class_name] = stage_key(stage.id, stage.version, class_name,
-                                                   config_fields(self.config, stage.keys, stage.exclude), extra,
-                                                   upstream)
+                                                   config_fields(self.config, stage.keys, exclude), extra, upstream)
     return self._keys[stage_id, class_name]
 
   def is_done(self, stage: base.Stage, class_name: str) -> bool:

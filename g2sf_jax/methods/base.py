@@ -105,8 +105,9 @@ class Stage:
   (their device work is split over the global mesh) and process 0 writes the outputs; `all_processes=False` is for
   a stage without device work (`prepare`'s file conversion), which process 0 runs alone while the others wait.
   `pool` names a config field listing the classes a stage reads across (its `ctx.classes`: M3DM's UFF, G²SF's
-  anomaly sources); empty, or the field empty, means the run's classes. Naming a full run's list keeps its outputs
-  when a later run covers only some of them.
+  anomaly sources); empty, or the field empty, means the run's classes. The key holds the resolved list (not the
+  field), and a dataset-scope stage's deps are taken for each class of it, so naming a full run's list keeps its
+  outputs when a later run covers only some of the classes.
   """
   name: str
   run: Callable[[StageContext], dict | None]

@@ -191,8 +191,7 @@ class G2sf(base.Method):
       return stages
     return stages + (
         base.Stage('fusion_data', build_fusion_data, owner=self.name, deps=('extract', BANKS),
-                   keys=('synthesis', 'seed', 'memory_bank.num_anchors'), exclude=('synthesis.source_classes',),
-                   extra=lambda ctx: list(ctx.classes), pool='synthesis.source_classes'),
+                   keys=('synthesis', 'seed', 'memory_bank.num_anchors'), pool='synthesis.source_classes'),
         base.Stage('train', train_fuser, owner=self.name, deps=(f'{self.name}/fusion_data', BANKS),
                    keys=('g2sf', 'seed'), exclude=('g2sf.scoring_mode',)),
     )

@@ -193,7 +193,7 @@ class M3dm(base.Method):
     return (
         base.Stage('uff', train_uff, owner=self.name, deps=('extract',), scope='dataset',
                    keys=('m3dm.uff', 'm3dm.uff_pairing', 'm3dm.uff_keep', 'seed'),
-                   extra=lambda ctx: list(ctx.classes), pool='m3dm.uff_classes'),
+                   pool='m3dm.uff_classes'),
         base.Stage('banks', build_banks, owner=self.name, deps=('extract', 'm3dm/uff'),
                    keys=('memory_bank', 'm3dm.normalisation', 'm3dm.coreset_sizes', 'seed'),
                    exclude=('memory_bank.num_anchors',)),
