@@ -1,5 +1,5 @@
 """Packages that only some stages need, imported on first use: without them the other stages still run (e.g. an
-accelerator image without open3d extracts, builds banks and trains on a workdir prepared elsewhere)."""
+accelerator image without open3d runs every stage of a method whose point backbone is not FPFH)."""
 import importlib
 from types import ModuleType
 

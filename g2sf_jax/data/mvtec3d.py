@@ -15,7 +15,7 @@ from g2sf_jax.io import DataError
 
 CLASSES = ('bagel', 'cable_gland', 'carrot', 'cookie', 'dowel', 'foam', 'peach', 'potato', 'rope', 'tire')
 MIN_SIDE = 8  # pixels: a smaller image or cloud (0×0, 1×1, …) cannot be resized to the 224² model input honestly
-RANSAC_SEED = 0  # The reference leaves Open3D's RANSAC unseeded; one fixed seed makes preparation reproducible.
+RANSAC_SEED = 0  # The reference leaves its RANSAC unseeded; one fixed seed makes preparation reproducible.
 _SUBFOLDERS = {'rgb': ('rgb', '.png', 'image'), 'xyz': ('xyz', '.tiff', 'point cloud')}
 
 

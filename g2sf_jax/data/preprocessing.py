@@ -10,8 +10,7 @@ import math
 
 import numpy as np
 
-from g2sf_jax import optional
-from g2sf_jax.data import transforms
+from g2sf_jax.data import dbscan, plane, transforms
 
 # SPEC §1.2 constants.
 BORDER = 10
@@ -25,13 +24,11 @@ DBSCAN_MIN_POINTS = 30
 # SPEC §1.3 constants.
 EYECANDIES_FOCAL = 711.11
 
-_NEEDS_OPEN3D = 'preparing an MVTec-layout dataset (RANSAC plane removal and DBSCAN, SPEC §1.2)'
-
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
   """Something wrong with one sample that preparation worked around (and the user should know about)."""
-  kind: str    # empty_cloud | non_finite | few_border_points | missing_mask
+  kind: str    # empty_cloud | non_finite | few_border_points | no_border_plane | missing_mask
   detail: str
 
   def __str__(self) -> str:
@@ -64,14 +61,10 @@ def border_points(xyz: np.ndarray, width: int = BORDER) -> np.ndarray:
   return points[transforms.valid_mask(points)]
 
 
-def fit_plane(points: np.ndarray, seed: int) -> np.ndarray:
-  """Open3D RANSAC plane (a, b, c, d) with a unit normal, seeded so preparation is reproducible."""
-  o3d = optional.open3d(_NEEDS_OPEN3D)
-  o3d.utility.random.seed(seed)
-  cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
-  model, _ = cloud.segment_plane(distance_threshold=PLANE_RANSAC_THRESHOLD, ransac_n=PLANE_RANSAC_N,
-                                 num_iterations=PLANE_RANSAC_ITERATIONS)
-  return np.asarray(model, np.float64)
+def fit_plane(points: np.ndarray, seed: int) -> np.ndarray | None:
+  """The RANSAC plane (a, b, c, d) of Open3D's `segment_plane` with SPEC §1.2's settings, unit normal, seeded so
+  preparation is reproducible; None when the points span no plane."""
+  return plane.segment_plane(points, PLANE_RANSAC_THRESHOLD, PLANE_RANSAC_N, PLANE_RANSAC_ITERATIONS, seed)
 
 
 def _zero_where(array: np.ndarray | None, drop: np.ndarray) -> np.ndarray | None:
@@ -86,8 +79,11 @@ def remove_plane(xyz: np.ndarray, rgb: np.ndarray | None,
   if len(edges) < PLANE_RANSAC_N:
     return xyz, rgb, [Problem('few_border_points', f'{len(edges)} valid border points < ransac_n={PLANE_RANSAC_N}; '
                               'background plane not removed')]
-  plane = fit_plane(edges, seed)
-  distance = np.abs(xyz.astype(np.float64) @ plane[:3] + plane[3])
+  model = fit_plane(edges, seed)
+  if model is None:
+    return xyz, rgb, [Problem('no_border_plane', f'the {len(edges)} valid border points span no plane (collinear); '
+                              'background plane not removed')]
+  distance = np.abs(xyz.astype(np.float64) @ model[:3] + model[3])
   on_plane = distance < PLANE_REMOVE_DISTANCE
   return _zero_where(xyz, on_plane), _zero_where(rgb, on_plane), []
 
@@ -117,9 +113,7 @@ def largest_cluster(xyz: np.ndarray, rgb: np.ndarray | None) -> tuple[np.ndarray
   valid = transforms.valid_mask(xyz)
   if not valid.any():
     return xyz, rgb, [Problem('empty_cloud', 'no valid point left after plane removal')]
-  o3d = optional.open3d(_NEEDS_OPEN3D)
-  cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz[valid].astype(np.float64)))
-  labels = np.asarray(cloud.cluster_dbscan(eps=DBSCAN_EPS, min_points=DBSCAN_MIN_POINTS, print_progress=False))
+  labels = dbscan.cluster_dbscan(xyz[valid], DBSCAN_EPS, DBSCAN_MIN_POINTS)
   ids, counts = np.unique(labels, return_counts=True)
   drop = np.zeros(valid.shape, bool)
   drop[valid] = labels != ids[np.argmax(counts)]
@@ -134,7 +128,7 @@ def preprocess_mvtec(xyz: np.ndarray, rgb: np.ndarray | None, mask: np.ndarray, 
   """SPEC §1.2 on one sample: plane removal, square padding, largest-cluster cleaning.
 
   xyz float32 [H, W, 3], rgb uint8 [H, W, 3] or None (a point-cloud-only dataset: only the RGB masking is
-  skipped), mask uint8 [H, W]. `seed` seeds Open3D's RANSAC.
+  skipped), mask uint8 [H, W]. `seed` seeds the RANSAC plane fit.
   """
   xyz, problems = sanitize(xyz)
   xyz_orig = pad_square(xyz)
