@@ -9,7 +9,8 @@ Every stage is called once to warm up (JAX: compile; "first − median" is repor
 benchmarks/torch_reference.py (and tests/references). It also measures the float32 matmul peak of this machine
 (JAX and torch), reports the matmul-bound stages as a fraction of it (analytic FLOP counts), and the peak RSS of
 building a full-size PCD bank (benchmarks/bank_memory.py in a subprocess). Thread pools and BLAS environment
-variables are left at their defaults.
+variables are left at their defaults. The scan-cleaning row (SPEC §1.2) is NumPy against Open3D, the library the
+reference preprocessing calls.
 """
 import argparse
 import dataclasses
@@ -41,19 +42,25 @@ from g2sf_jax import io
 from g2sf_jax import memory_bank as mb
 from g2sf_jax import metrics
 from g2sf_jax import distributed
+from g2sf_jax.data import dbscan
+from g2sf_jax.data import plane
+from g2sf_jax.data import preprocessing
+from g2sf_jax.data import synthetic
+from g2sf_jax.data import transforms
 from g2sf_jax.methods.g2sf import train as fusion_train
 from g2sf_jax.models import point_mae
 from g2sf_jax.models import vit
 from g2sf_jax.ops import buckets
 from g2sf_jax.ops import fps
 from g2sf_jax.ops import knn
+from tests.references import open3d_preprocessing
 from tests.references import torch_point_mae
 
 REPO = Path(__file__).resolve().parents[1]
 # bank_rss runs first: a child process inherits its parent's RSS high-water mark (Linux copies it into the child's
 # mm at fork and keeps it across exec), so after the big stages the subprocess would report this process's peak.
 PIPELINE_BATCH = 8  # config.batch_size: clouds per feature-extraction call
-STAGES = ('bank_rss', 'peak', 'group', 'vit', 'point_mae', 'coreset', 'knn', 'aupro', 'lspn')
+STAGES = ('bank_rss', 'peak', 'clean', 'group', 'vit', 'point_mae', 'coreset', 'knn', 'aupro', 'lspn')
 # A stage measured while the 1-minute load average was above this (other jobs on the machine) is marked.
 LOAD_LIMIT = 1.5  # a stage starting above this 1-minute load average shared the machine with another job
 QUIET_LOAD, QUIET_WAIT_S = 1.0, 90  # before each stage, wait up to this long for the load to fall below QUIET_LOAD
@@ -85,6 +92,8 @@ class Sizes:
   lspn_emb: int
   matmul_n: int
   bank_args: tuple[str, ...]               # benchmarks/bank_memory.py flags
+  clean_size: int                          # synthetic scan side for the SPEC §1.2 cleaning (fov 0.16, as MVTec)
+  clean_ref_repeats: int                   # Open3D calls timed after its warm-up (~50 s each at 800²)
 
 
 FULL = Sizes(
@@ -93,7 +102,7 @@ FULL = Sizes(
     knn_queries=3136, knn_banks=(('RGB coreset', 19_129, 768), ('PCD coreset', 76_518, 1152),
                                  ('FPFH coreset', 76_518, 33), ('whole RGB bank', 191_296, 768)), knn_k=20, aupro_images=150, aupro_size=224, lspn_batch=8192,
     lspn_dims=(768, 1152), lspn_coreset_rows=(19_129, 76_518), lspn_hidden=512, lspn_emb=128, matmul_n=4096,
-    bank_args=('--iterations', '50'))
+    bank_args=('--iterations', '50'), clean_size=800, clean_ref_repeats=1)
 QUICK = Sizes(
     cloud_side=40, cloud_radius=14.0, groups=((32, 16), (64, 16)),
     vit=dict(img_size=32, dim=64, depth=2, num_heads=2), point_mae=dict(dim=64, depth=2, num_heads=2,
@@ -101,7 +110,7 @@ QUICK = Sizes(
     point_mae_group=(32, 16), coreset_rows=4096, coreset_iters_jax=5, coreset_iters_torch=5, knn_queries=64,
     knn_banks=(('small', 1000, 32), ('wide', 200, 96)), knn_k=20, aupro_images=6, aupro_size=64, lspn_batch=64, lspn_dims=(8, 12),
     lspn_coreset_rows=(64, 64), lspn_hidden=32, lspn_emb=8, matmul_n=256,
-    bank_args=('--rows', '4000', '--dim', '64', '--iterations', '3'))
+    bank_args=('--rows', '4000', '--dim', '64', '--iterations', '3'), clean_size=160, clean_ref_repeats=1)
 
 
 @dataclasses.dataclass
@@ -330,6 +339,29 @@ def bench_knn(sizes: Sizes, repeats: int) -> list[Row]:
   return rows
 
 
+def bench_clean(sizes: Sizes, repeats: int) -> list[Row]:
+  """The two Open3D calls of SPEC §1.2 (RANSAC plane on the border points, DBSCAN on what is left) on one scan."""
+  _, xyz, _ = synthetic.render_sample('cube', 'good', sizes.clean_size, 0, fov=0.16)
+  edges = preprocessing.border_points(xyz)
+  settings = (preprocessing.PLANE_RANSAC_THRESHOLD, preprocessing.PLANE_RANSAC_N,
+              preprocessing.PLANE_RANSAC_ITERATIONS)
+  cleaned, _, _ = preprocessing.remove_plane(xyz, None, seed=0)
+  points = cleaned[transforms.valid_mask(cleaned)].astype(np.float64)
+  dbscan_args = (points, preprocessing.DBSCAN_EPS, preprocessing.DBSCAN_MIN_POINTS)
+  ours_calls = lambda: (plane.segment_plane(edges, *settings, seed=0), dbscan.cluster_dbscan(*dbscan_args))
+  ref_calls = lambda: (open3d_preprocessing.segment_plane(edges, *settings, seed=0),
+                       open3d_preprocessing.cluster_dbscan(*dbscan_args))
+  _, ours = timing.timed(ours_calls, repeats)
+  _, ref = timing.timed(ref_calls, sizes.clean_ref_repeats)
+  same = np.array_equal(ours_calls()[1], ref_calls()[1])
+  return [Row('clean', f'scan cleaning (RANSAC plane + DBSCAN), {sizes.clean_size}² synthetic scan, '
+                       f'{len(points):,} points', ours, ref, math.nan,
+              'Open3D `segment_plane` + `cluster_dbscan` (the reference preprocessing)',
+              note=f'Ours: NumPy (`data/plane.py`, `data/dbscan.py`); DBSCAN labels '
+                   f'{"identical" if same else "DIFFERENT"}. Reference: median of {sizes.clean_ref_repeats} '
+                   'call(s) after a warm-up.')]
+
+
 def bench_aupro(sizes: Sizes, repeats: int) -> list[Row]:
   masks, maps = aupro_speed.make_class(0, sizes.aupro_images, sizes.aupro_size)
   limits = metrics.DEFAULT_LIMITS
@@ -431,9 +463,9 @@ def bench_bank_rss(sizes: Sizes, repeats: int) -> list[Limit]:
   return out_rows
 
 
-BENCHES = {'peak': bench_peak, 'group': bench_group, 'vit': bench_vit, 'point_mae': bench_point_mae,
-           'coreset': bench_coreset, 'knn': bench_knn, 'aupro': bench_aupro, 'lspn': bench_lspn,
-           'bank_rss': bench_bank_rss}
+BENCHES = {'peak': bench_peak, 'clean': bench_clean, 'group': bench_group, 'vit': bench_vit,
+           'point_mae': bench_point_mae, 'coreset': bench_coreset, 'knn': bench_knn, 'aupro': bench_aupro,
+           'lspn': bench_lspn, 'bank_rss': bench_bank_rss}
 
 
 def run(only: Sequence[str] = STAGES, quick: bool = False, repeats: int = 3,

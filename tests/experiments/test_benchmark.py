@@ -17,7 +17,7 @@ def test_quick_run_has_every_row_and_writes_markdown(tmp_path):
     for value in (r.ours_s, r.ref_s, r.ratio):
       assert math.isfinite(value) and value > 0, (r.what, value)
     assert math.isnan(r.compile_s) or math.isfinite(r.compile_s), r.what
-  assert counts == {'group': 4, 'vit': 1, 'point_mae': 1, 'coreset': 2, 'knn': len(benchmark.QUICK.knn_banks),
+  assert counts == {'clean': 1, 'group': 4, 'vit': 1, 'point_mae': 1, 'coreset': 2, 'knn': len(benchmark.QUICK.knn_banks),
                     'aupro': 1, 'lspn': 1}
   assert all(math.isfinite(r.gflop) and r.gflop > 0 for r in rows if r.stage in ('vit', 'point_mae', 'knn', 'lspn'))
 
@@ -30,6 +30,7 @@ def test_quick_run_has_every_row_and_writes_markdown(tmp_path):
   for r in rows + limits:  # the load average around every stage is recorded
     assert all(math.isfinite(x) and x >= 0 for x in r.load), r.what
 
+  assert 'labels identical' in next(r for r in rows if r.stage == 'clean').note
   text = out.read_text()
   for r in rows + limits:
     assert r.what in text
