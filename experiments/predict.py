@@ -233,11 +233,11 @@ def _write_one(args, det, entry, stored, scores: detector.SampleScores, row: str
       np.save(f, anomaly_map.astype(np.float32))
   if args.overlay:
     from experiments import report
-    if stored.rgb is None:
+    if stored.raw_rgb is None:
       raise UserError('--overlay needs an RGB image')
-    rgb = preprocessing.unpad_square(stored.rgb, stored.raw_size or stored.rgb.shape[:2])
-    base = rgb if args.size == 'original' else np.asarray(Image.fromarray(stored.rgb).resize((224, 224),
-                                                                                             Image.BICUBIC))
+    rgb = stored.raw_rgb  # the scan as read: the cleaned one is black wherever the point cloud was removed
+    square = preprocessing.pad_square(rgb) if stored.raw_size else rgb  # as the stored sample the map covers
+    base = rgb if args.size == 'original' else np.asarray(Image.fromarray(square).resize((224, 224), Image.BICUBIC))
     io.write_png(args.overlay, report.overlay(base, anomaly_map, np.zeros(anomaly_map.shape, bool), (low, high)),
                  MARK)
   result = {'class': name, 'method': det.method.name, 'row': row, 'image_scores': scores.image, 'map': args.out,

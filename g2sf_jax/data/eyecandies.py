@@ -50,7 +50,7 @@ def preprocess_arrays(rgb: np.ndarray | None, xyz: np.ndarray | None) -> kind.St
   """Arrays of an already converted scan (SPEC §1.3 makes the cloud from depth and pose; use `scan_entry` for the
   raw files): stored as they are, the RGB masking happens in the load transforms."""
   size = (xyz if xyz is not None else rgb).shape[:2]
-  return kind.Stored(rgb, xyz, None, np.zeros(size, np.uint8))
+  return kind.Stored(rgb, xyz, None, np.zeros(size, np.uint8), raw_rgb=rgb)
 
 
 def _list_samples(folder: Path) -> list[Entry]:
@@ -128,7 +128,7 @@ def load_entry(entry: Entry, keep_orig: bool = False) -> kind.Stored:
   mask = io.read_mask_png(entry.mask) if entry.mask is not None else np.zeros(xyz.shape[:2], np.uint8)
   if mask.shape != xyz.shape[:2]:
     raise DataError(f'{entry.mask}: mask size {mask.shape} differs from the depth map {xyz.shape[:2]}')
-  return kind.Stored(rgb, xyz, None, mask, tuple(str(p) for p in problems))
+  return kind.Stored(rgb, xyz, None, mask, tuple(str(p) for p in problems), raw_rgb=rgb)
 
 
 KIND = kind.DatasetKind('eyecandies', CLASSES, list_class, load_entry, ('sample',), scan_entry, scan_folder,

@@ -38,6 +38,7 @@ class Stored:
   mask: np.ndarray
   problems: tuple[str, ...] = ()
   raw_size: tuple[int, int] | None = None  # (H, W) of the raw files before any padding; None = the stored size
+  raw_rgb: np.ndarray | None = None  # uint8 [H, W, 3]: the image as read, before masking and padding (for display)
 
   def arrays(self) -> dict[str, np.ndarray]:
     """The stored schema (`prepared.tfds_features`): an absent array is [0, 0, 3]."""

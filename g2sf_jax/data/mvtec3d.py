@@ -118,10 +118,11 @@ def preprocess(xyz: np.ndarray | None, rgb: np.ndarray | None, mask: np.ndarray,
   the plane and the clusters are found in the point cloud."""
   size = tuple(mask.shape[:2])
   if xyz is None:
-    return kind.Stored(preprocessing.pad_square(rgb), None, None, preprocessing.pad_square(mask), raw_size=size)
+    return kind.Stored(preprocessing.pad_square(rgb), None, None, preprocessing.pad_square(mask), raw_size=size,
+                       raw_rgb=rgb)
   sample = preprocessing.preprocess_mvtec(xyz, rgb, mask, seed=RANSAC_SEED)
   return kind.Stored(sample.rgb, sample.xyz, sample.xyz_orig if keep_orig else None, sample.mask,
-                     tuple(str(p) for p in sample.problems), raw_size=size)
+                     tuple(str(p) for p in sample.problems), raw_size=size, raw_rgb=rgb)
 
 
 def load_entry(entry: Entry, keep_orig: bool = False) -> kind.Stored:
