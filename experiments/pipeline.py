@@ -370,12 +370,24 @@ class Runner:
         self._save_config()
       if 'evaluate' not in self.selected:
         return {}
-      results = [self._class_result(name) for name in self.classes]
+      results = [self._class_result(name) for name in self._reported_classes()]
       title = (f'g2sf-jax · {c.dataset} · {self.method.name}: rows {", ".join(self.method.rows(c))} · stages '
                f'{", ".join(s.id for s in self.graph)}')
       out = report.write_report(self.workdir.report_dir(self.method.name), results, title=title)
       log.info('report: %s', out)
       return report.results_dict(results)
+
+  def _reported_classes(self) -> tuple[str, ...]:
+    """The run's classes, then each other class whose evaluation is up to date under this config (as when each
+    class runs as its own job): the report then covers every class evaluated so far, not only the last job's."""
+    evaluate = self.stages[f'{self.method.name}/evaluate']
+    folder = evaluate.folder(self.config)
+    earlier = tuple(n for n in data.resolve_classes(self.config.dataset) if n not in self.classes
+                    and self.workdir.marker(folder, n).is_file()
+                    and self.workdir.is_done(folder, n, self.key(evaluate.id, n)))
+    if earlier:
+      log.info('report: also %s, evaluated earlier with these settings', ', '.join(earlier))
+    return self.classes + earlier
 
   def _run(self, stage: base.Stage, name: str) -> bool:
     """Runs one stage for one class (or the dataset) unless it is up to date; True if it ran."""

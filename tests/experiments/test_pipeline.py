@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments import pipeline, predict
+from experiments import pipeline, predict, report
 from experiments.configs import synthetic
 from g2sf_jax import detector, io
 from g2sf_jax.data import synthetic as synthetic_data
@@ -189,9 +189,16 @@ def check_raw_predict(workdir: Path, modalities: str, tmp_path: Path, cli_single
   assert det.score(**{m: arrays[m](p) for m, p in files.items()}).image == one.image  # on arrays read from them
   if cli_single:
     single = predict.main(['--workdir', str(workdir)] + [a for m, p in files.items() for a in (f'--{m}', str(p))] +
-                          ['--out', str(tmp_path / 'one.png'), '--size', 'original'])
+                          ['--out', str(tmp_path / 'one.png'), '--size', 'original', '--npy', str(tmp_path / 'one.npy'),
+                           '--overlay', str(tmp_path / 'overlay.png')])
     assert single['image_scores'] == one.image
     assert io.read_mask_png(tmp_path / 'one.png').shape == io.read_mask_png(folders[0] / 'gt' / '000.png').shape
+    raw_map = np.load(tmp_path / 'one.npy')
+    assert raw_map.shape == io.read_mask_png(folders[0] / 'gt' / '000.png').shape
+    if 'rgb' in files:  # over the scan as it lies on disk, not the cleaned image (black where the plane was)
+      want = report.overlay(io.read_rgb_png(files['rgb']), raw_map, np.zeros(raw_map.shape, bool),
+                            tuple(single['map_range']))
+      np.testing.assert_array_equal(io.read_rgb_png(tmp_path / 'overlay.png'), want)
 
 
 @ONE_RUN
@@ -326,6 +333,22 @@ def test_baseline_and_single_modality_runs(tmp_path, method, modalities, rows):
   assert not (tmp_path / 'cube' / 'g2sf' / 'fusion_data').exists()  # no fusion without both modalities / for BTF
   if method == 'g2sf':  # RGB-only and 3D-only (rgb+xyz: test_predict_from_raw_files_gives_the_evaluation_scores)
     check_raw_predict(tmp_path, modalities, tmp_path / 'predict')
+
+
+def test_the_report_keeps_classes_evaluated_earlier_with_the_same_settings(tmp_path):
+  """One job per class: each job's report covers every class evaluated so far under its settings, and only those."""
+  config = tiny_config(tmp_path)
+  config.method, config.synthetic.n_train, config.synthetic.classes = 'btf', 4, 'cube,cylinder'
+  config.classes = 'cube'
+  cube = pipeline.run(config)['classes']['cube']
+  config.classes = 'cylinder'
+  both = pipeline.run(config)
+  assert list(both['classes']) == ['cylinder', 'cube'] and both['classes']['cube'] == cube
+  reported = lambda: sorted(json.loads((tmp_path / 'btf' / 'report' / 'results.json').read_text())['classes'])
+  assert reported() == ['cube', 'cylinder']
+  assert 'report: also cube, evaluated earlier with these settings' in (tmp_path / 'run.log').read_text()
+  config.scoring.blur = 'float'  # cube's result was made with the other blur: not this run's
+  assert list(pipeline.run(config)['classes']) == ['cylinder'] and reported() == ['cylinder']
 
 
 def test_a_changed_synthetic_field_regenerates_the_runners_own_data(tmp_path):
