@@ -1,4 +1,5 @@
 """`experiments.benchmark --quick`: every stage gives a row with positive finite times (no timing limits)."""
+import dataclasses
 import math
 
 import pytest
@@ -58,3 +59,10 @@ def test_a_loaded_stage_is_flagged():
   assert '⚠' in benchmark._load((benchmark.LOAD_LIMIT + 0.1, 0.4))
   assert '⚠' not in benchmark._load((0.4, benchmark.LOAD_LIMIT + 0.5))  # its own threads raised it
   assert benchmark._load((float('nan'), 1.0)) == '–'
+  row = benchmark.Row('x', 'a stage', 1.0, 1.0, 0.0, 'ref', load=(0.9, 1.9))
+  busy_start = ((benchmark.LOAD_LIMIT + 0.4,) * 3, (1.0,) * 3)  # decaying from an earlier job: the stages waited
+  info = dict(nproc=2, cpu='cpu', ram='1 GiB', jax_devices='cpu:0', torch_threads=2, niceness=0, python='3',
+              jax='0', flax='0', torch='0', numpy='0')
+  assert 'shared with other running jobs' not in benchmark.markdown([row], [], info, 'cmd', busy_start, 3, False)
+  loaded = dataclasses.replace(row, load=(benchmark.LOAD_LIMIT + 0.1, 1.9))
+  assert 'shared with other running jobs' in benchmark.markdown([loaded], [], info, 'cmd', busy_start, 3, False)
