@@ -53,7 +53,6 @@ from g2sf_jax.models import vit
 from g2sf_jax.ops import buckets
 from g2sf_jax.ops import fps
 from g2sf_jax.ops import knn
-from tests.references import open3d_preprocessing
 from tests.references import torch_point_mae
 
 REPO = Path(__file__).resolve().parents[1]
@@ -341,6 +340,7 @@ def bench_knn(sizes: Sizes, repeats: int) -> list[Row]:
 
 def bench_clean(sizes: Sizes, repeats: int) -> list[Row]:
   """The two Open3D calls of SPEC §1.2 (RANSAC plane on the border points, DBSCAN on what is left) on one scan."""
+  from tests.references import open3d_preprocessing  # imports open3d: only this stage needs it
   _, xyz, _ = synthetic.render_sample('cube', 'good', sizes.clean_size, 0, fov=0.16)
   edges = preprocessing.border_points(xyz)
   settings = (preprocessing.PLANE_RANSAC_THRESHOLD, preprocessing.PLANE_RANSAC_N,
@@ -559,7 +559,7 @@ def table(rows: Sequence[Row], limits: Sequence[Limit]) -> str:
 
 def markdown(rows: Sequence[Row], limits: Sequence[Limit], info: dict[str, str], command: str,
              load: tuple[tuple[float, ...], tuple[float, ...]], repeats: int, quick: bool) -> str:
-  # Every stage waits for a quiet machine first, so only a stage that started loaded says another job ran.
+  # Outside --quick every stage waits for a quiet machine first: only a stage that started loaded says another job ran.
   loaded = any(r.load[0] > LOAD_LIMIT for r in (*rows, *limits))
   header = [
       '# Benchmarks: g2sf-jax against PyTorch CPU references', '',

@@ -381,13 +381,16 @@ class Runner:
     """The run's classes, then each other class whose evaluation is up to date under this config (as when each
     class runs as its own job): the report then covers every class evaluated so far, not only the last job's."""
     evaluate = self.stages[f'{self.method.name}/evaluate']
-    folder = evaluate.folder(self.config)
-    earlier = tuple(n for n in data.resolve_classes(self.config.dataset) if n not in self.classes
-                    and self.workdir.marker(folder, n).is_file()
-                    and self.workdir.is_done(folder, n, self.key(evaluate.id, n)))
-    if earlier:
-      log.info('report: also %s, evaluated earlier with these settings', ', '.join(earlier))
-    return self.classes + earlier
+    everything = data.resolve_classes(self.config.dataset)
+    earlier = [n for n in everything if n not in self.classes
+               and self.workdir.marker(evaluate.folder(self.config), n).is_file()
+               and (self.stage_dir(evaluate.id, n) / 'evaluation.npz').is_file()
+               and prepared.is_prepared(self.config.dataset, self.workdir.data_dir, n)
+               and self.is_done(evaluate, n)]
+    if not earlier:
+      return self.classes
+    log.info('report: also %s, evaluated earlier with these settings', ', '.join(earlier))
+    return tuple(n for n in everything if n in self.classes or n in earlier)  # in the dataset's order
 
   def _run(self, stage: base.Stage, name: str) -> bool:
     """Runs one stage for one class (or the dataset) unless it is up to date; True if it ran."""

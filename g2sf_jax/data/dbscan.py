@@ -22,14 +22,17 @@ from scipy import sparse, spatial
 from scipy.sparse import csgraph
 
 _CELL_MARGIN = 1e-9  # cube side eps/2·(1+margin): a pair within eps is at most 2 cubes apart on every axis, rounding
-                     # of the cube coordinates included, and a cube's diagonal (0.87 eps) stays below eps
+                     # of the cube coordinates included (< _MAX_CUBES per axis), and a cube's diagonal (0.87 eps)
+                     # stays below eps
+_MAX_CUBES = 1 << 20  # cubes per axis: beyond, the margin would not cover that rounding
 _BOUND_MARGIN = 1e-9  # a bounding-box bound decides a pair only when it clears eps² by this relative margin
 _SMALL_CUBE_PAIR = 256  # cube pairs with at most this many point pairs are linked in one vectorised pass
 _BOUNDED_CUBE = 32  # a point is compared with the bounding box of a cube of at least this many points first
 _PAIR_BUDGET = 1 << 22  # a cloud with about this many pairs within eps or fewer is clustered from those pairs
 _PAIRS_PER_CUBE_POINT = 16  # pairs within eps ≈ this × Σ cube counts² (a ball of radius eps spans 12.6 cubes of a
                             # surface, 33 of a volume; halved for unordered pairs)
-_PAIRS_PER_BLOCK = 1 << 22  # pairs expanded at once (~100 MiB of temporaries)
+_PAIRS_PER_BLOCK = 1 << 21  # pairs expanded at once (a few [block, 3] float64 temporaries: ~250 MiB)
+_CUBES_PER_LOOKUP = 1 << 14  # cubes whose 125 neighbours are looked up at once
 _OFFSETS = np.stack(np.meshgrid(*[np.arange(-2, 3)] * 3, indexing='ij'), -1).reshape(-1, 3)  # [125, 3]
 
 
@@ -89,7 +92,7 @@ class _Grid:
     side = eps / 2 * (1 + _CELL_MARGIN)
     cube = np.floor((points - points.min(0)) / side).astype(np.int64) + 2  # +2: offsets -2..2 stay in range
     dims = cube.max(0) + 3
-    if float(np.prod(dims.astype(np.float64))) >= 2.0 ** 62:
+    if (dims > _MAX_CUBES).any():
       raise ValueError(f'DBSCAN: the cloud spans {dims.tolist()} cubes of side {side:g}; eps is too small for '
                        'its extent (check the units: MVTec 3D-AD is in metres)')
     self.strides = np.array([dims[1] * dims[2], dims[2], 1], np.int64)
@@ -112,10 +115,15 @@ class _Grid:
     """(a, b): cube pairs, a holding points of `left`, b of `right` (a itself included), whose boxes may hold a
     pair within eps."""
     if self._near is None:  # every occupied cube within 2 cubes on each axis, found once
-      wanted = (self.keys[:, None] + _OFFSETS @ self.strides).ravel()
-      found = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
-      hit = self.keys[found] == wanted
-      self._near = np.repeat(np.arange(len(self.keys)), len(_OFFSETS))[hit], found[hit]
+      near_a, near_b = [], []
+      for first in range(0, len(self.keys), _CUBES_PER_LOOKUP):
+        cubes = np.arange(first, min(first + _CUBES_PER_LOOKUP, len(self.keys)))
+        wanted = (self.keys[cubes, None] + _OFFSETS @ self.strides).ravel()
+        found = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
+        hit = self.keys[found] == wanted
+        near_a.append(np.repeat(cubes, len(_OFFSETS))[hit])
+        near_b.append(found[hit])
+      self._near = np.concatenate(near_a), np.concatenate(near_b)
     a, b = self._near
     held = (left.counts[a] > 0) & (right.counts[b] > 0)
     a, b = a[held], b[held]
@@ -171,6 +179,8 @@ def cluster_dbscan(points: np.ndarray, eps: float, min_points: int) -> np.ndarra
   points = np.asarray(points, np.float64)
   if points.ndim != 2 or points.shape[1] != 3:
     raise ValueError(f'DBSCAN: points must be [N, 3], got {points.shape}')
+  if not np.isfinite(points).all():
+    raise ValueError('DBSCAN: points must be finite (NaN or inf found)')
   if not eps > 0 or min_points < 1:
     raise ValueError(f'DBSCAN: needs eps > 0 and min_points ≥ 1, got eps={eps}, min_points={min_points}')
   if len(points) == 0:
@@ -267,7 +277,8 @@ def _dense_clusters(grid: _Grid, eps: float, min_points: int):
     pa, pb = grid.points[cores.members(ca)], grid.points[cores.members(cb)]
     pa = pa[_gap2(pa, pa, cores.lo[cb], cores.hi[cb]) < eps2 * (1 + _BOUND_MARGIN)]
     pb = pb[_gap2(pb, pb, cores.lo[ca], cores.hi[ca]) < eps2 * (1 + _BOUND_MARGIN)]
-    if len(pa) and len(pb) and (_squared_distance(pa[:, None], pb[None]) < eps2).any():
+    rows = max(1, _PAIRS_PER_BLOCK // max(len(pb), 1))
+    if any((_squared_distance(pa[k:k + rows, None], pb[None]) < eps2).any() for k in range(0, len(pa), rows)):
       parent[max(ra, rb)] = min(ra, rb)
   root = np.array([_find(parent, c) for c in range(len(grid.keys))])
   component = np.empty(n, np.int64)

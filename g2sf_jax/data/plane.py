@@ -36,14 +36,17 @@ def plane_from_points(points: np.ndarray) -> np.ndarray:
 
 
 def _distinct_samples(rng: np.random.Generator, total: int, iterations: int, size: int) -> np.ndarray:
-  """[iterations, size] indices into `total` points, distinct within each row (rows with a repeat are redrawn)."""
+  """[iterations, size] indices into `total` points, distinct within each row: a repeated index is drawn again,
+  as Open3D's sampler does (redrawing whole rows would almost never finish when `total` is close to `size`)."""
   samples = rng.integers(0, total, (iterations, size))
   while True:
-    ordered = np.sort(samples, axis=1)
-    repeat = (ordered[:, 1:] == ordered[:, :-1]).any(1)
+    order = np.argsort(samples, axis=1, kind='stable')
+    ordered = np.take_along_axis(samples, order, axis=1)
+    repeat = np.zeros(samples.shape, bool)  # every occurrence after the first of an index, in its row
+    np.put_along_axis(repeat, order[:, 1:], ordered[:, 1:] == ordered[:, :-1], axis=1)
     if not repeat.any():
       return samples
-    samples[repeat] = rng.integers(0, total, (int(repeat.sum()), size))
+    samples[repeat] = rng.integers(0, total, int(repeat.sum()))
 
 
 def segment_plane(points: np.ndarray, distance_threshold: float, ransac_n: int, num_iterations: int,

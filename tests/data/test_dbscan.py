@@ -71,6 +71,17 @@ def test_dense_scan_takes_the_cube_path_and_equals_open3d():
   assert np.array_equal(labels, ref.cluster_dbscan(points, preprocessing.DBSCAN_EPS, preprocessing.DBSCAN_MIN_POINTS))
 
 
+def test_small_lookup_and_distance_blocks_give_the_same_labels(monkeypatch):
+  """The neighbour-cube lookup and the cube-pair distance checks run in blocks: tiny blocks, the same labels."""
+  points, eps, min_points = _blobs(3)
+  expected = ref.cluster_dbscan(points, eps, min_points)
+  monkeypatch.setattr(dbscan, '_PAIR_BUDGET', 0)
+  monkeypatch.setattr(dbscan, '_CUBES_PER_LOOKUP', 3)
+  monkeypatch.setattr(dbscan, '_PAIRS_PER_BLOCK', 5)
+  monkeypatch.setattr(dbscan, '_SMALL_CUBE_PAIR', 0)  # every cube pair through the one-by-one check
+  assert np.array_equal(dbscan.cluster_dbscan(points, eps, min_points), expected)
+
+
 def test_bad_input_is_named():
   assert dbscan.cluster_dbscan(np.zeros((0, 3)), 0.01, 3).shape == (0,)
   with pytest.raises(ValueError, match=r'points must be \[N, 3\], got \(4, 2\)'):
@@ -79,3 +90,5 @@ def test_bad_input_is_named():
     dbscan.cluster_dbscan(np.zeros((4, 3)), 0.0, 3)
   with pytest.raises(ValueError, match='eps is too small for its extent'):
     dbscan.cluster_dbscan(np.array([[0, 0, 0], [1e6, 1e6, 1e6]]), 1e-6, 3)
+  with pytest.raises(ValueError, match='must be finite'):
+    dbscan.cluster_dbscan(np.array([[0, 0, 0], [np.nan, 0, 0]]), 0.01, 3)

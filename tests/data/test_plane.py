@@ -66,3 +66,15 @@ def test_collinear_border_is_a_problem_not_a_crash():
   assert [p.kind for p in problems] == ['no_border_plane'] and np.array_equal(out, xyz)
   with pytest.raises(ValueError, match='at least ransac_n points'):
     plane.segment_plane(edges[:10], *_SETTINGS, seed=0)
+
+
+@pytest.mark.parametrize('count', [50, 60, 120])
+def test_as_few_points_as_ransac_n_still_sample_distinct_points(count):
+  """With barely more points than `ransac_n` a sample of 50 distinct indices is rare to draw at once: repeated
+  indices are redrawn one by one, so the fit finishes."""
+  rng = np.random.default_rng(count)
+  points = np.column_stack([rng.uniform(-0.1, 0.1, (count, 2)), np.full(count, 0.4) + rng.normal(0, 1e-4, count)])
+  samples = plane._distinct_samples(np.random.default_rng(0), count, 200, preprocessing.PLANE_RANSAC_N)
+  assert all(len(set(row)) == preprocessing.PLANE_RANSAC_N for row in samples.tolist())
+  model = _oriented(plane.segment_plane(points, *_SETTINGS, seed=0))
+  np.testing.assert_allclose(model[2:], [-1, 0.4], atol=1e-3)
