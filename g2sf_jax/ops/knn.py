@@ -3,9 +3,14 @@
 Distances are exact float32 differences (not the |a|²-2ab+|b|² expansion). Each query first searches the points of
 its 32 nearest boxes (runs of 32 consecutive points: in an organised scan's raster order, short row segments) and
 keeps that answer where it is provably exact; the other queries, or all of them when many fail (an unorganised
-cloud), are redone over every point in query chunks that keep the [chunk, N] distance blocks in cache. Both give
-the same indices. Ties go to the lowest point index (`lax.top_k` is stable and every candidate list is in index
-order). Padded points (`valid == False`) are never neighbours; points with a non-finite coordinate are at infinity.
+cloud), are redone over every point in query chunks that keep the [N, chunk] distance blocks in cache. Both give
+the same indices. Ties go to the lowest point index (every candidate list is in index order and `ops.smallest`
+ranks by (distance, position)). Padded points (`valid == False`) are never neighbours; points with a non-finite
+coordinate are at infinity.
+
+Each cloud is searched by its own program, mapped over the batch with `vmap`: a batch sharded over a device mesh
+is then searched where it lies, with no gather (the selections avoid `lax.top_k`, which XLA's partitioner
+gathers onto every device).
 
 Fewer valid points than k: the valid points come first, sorted by distance, and the remaining slots repeat them
 cyclically (slot j holds the neighbour of slot j mod n_valid). The reference would fail here (`topk` with k > N);
@@ -18,27 +23,35 @@ import jax.numpy as jnp
 
 from g2sf_jax.ops import fps
 from g2sf_jax.ops import select
+from g2sf_jax.ops import smallest
 
 _CHUNK_ELEMENTS = 1 << 22  # distance-block budget per chunk: 16 MB of float32 (cache-sized: 1.7x faster than 64 MB)
 # Box search (`_boxed`): boxes of 32 consecutive points, the 32 with the lowest bounds searched (1,024 candidates);
 # on a 25k-point organised scan ~97% of the 128-NN queries are then provably exact, the rest are redone.
 _BOX_POINTS = 32
 _BOXES = 32
+_ROWS_PER_CHUNK = 512  # queries per box search step: its [1,024, 512] candidate blocks (2 MB each) stay in cache
 _FALLBACK_SHARE = 16  # up to S/16 inexact queries per cloud are redone alone; with more, the whole batch is redone
 
 
 def _exact(planes, valid, queries, k: int) -> jax.Array:
   """[B, S, k] k-NN by full distance rows, chunked over the queries (always exact; the fallback of `_boxed`)."""
   batch, n = valid.shape
-  block = select.block_size(n, k)
-
-  def nearest(query):  # [B, 3] -> [B, k]
-    d = fps.sum_of_squares(*(p - query[:, i, None] for i, p in enumerate(planes)))
-    return select.top_k_indices(jnp.where(valid, -d, -jnp.inf), k, block)
-
   chunk = max(1, min(queries.shape[1], _CHUNK_ELEMENTS // (batch * n)))
-  idx = jax.lax.map(nearest, jnp.swapaxes(queries, 0, 1), batch_size=chunk)  # [S, B, k]
-  return jnp.swapaxes(idx, 0, 1)
+  return jax.vmap(functools.partial(_exact_cloud, k=k, chunk=chunk))(planes, valid, queries)
+
+
+def _exact_cloud(planes, valid, queries, k: int, chunk: int) -> jax.Array:
+  """`_exact` of one cloud: x, y, z [N], valid [N], queries [S, 3] -> [S, k]; [N, chunk] distance blocks."""
+  s = queries.shape[0]
+  block = select.block_size(valid.shape[0], k)
+
+  def nearest(query):  # [C, 3] -> [k, C]
+    d = fps.sum_of_squares(*(p[:, None] - query[:, i] for i, p in enumerate(planes)))
+    return smallest.smallest_k(jnp.where(valid[:, None], d, jnp.inf), k, block)[0]
+
+  idx = jax.lax.map(nearest, jnp.pad(queries, ((0, -s % chunk), (0, 0))).reshape(-1, chunk, 3))  # [n, k, C]
+  return idx.swapaxes(1, 2).reshape(-1, k)[:s]
 
 
 def _boxed(planes, valid, queries, k: int) -> tuple[jax.Array, jax.Array]:
@@ -48,34 +61,40 @@ def _boxed(planes, valid, queries, k: int) -> tuple[jax.Array, jax.Array]:
   short row segment. Its lower bound `Σ gap²` (gap: query to box per axis, the same float operations as a point
   distance, so never above any of its points' rounded distances) ranks the boxes; the points of the best
   `_BOXES`, in index order, are the candidates. The result is exact (ties included) when the k-th candidate
-  distance is below the next box's bound: no point left out can be as near.
+  distance is below the next box's bound: no point left out can be as near. Both selections run on [candidates,
+  queries] blocks through `ops.smallest`, `_ROWS_PER_CHUNK` queries (of all clouds together) at a time.
   """
-  batch, n = valid.shape
-  boxes, s = n // _BOX_POINTS, queries.shape[1]
-  coords = [q.reshape(batch * s, 1) for q in jnp.moveaxis(queries, 2, 0)]  # x, y, z of every query [B·S, 1]
+  batch, s = queries.shape[:2]
+  chunk = min(s, max(1, _ROWS_PER_CHUNK // batch))
+  return jax.vmap(functools.partial(_boxed_cloud, k=k, chunk=chunk))(planes, valid, queries)
+
+
+def _boxed_cloud(planes, valid, queries, k: int, chunk: int) -> tuple[jax.Array, jax.Array]:
+  """`_boxed` of one cloud: x, y, z [N], valid [N], queries [S, 3] -> k-NN [S, k], exact [S]."""
+  n, s = valid.shape[0], queries.shape[0]
+  boxes = n // _BOX_POINTS
   finite = valid & jnp.isfinite(planes[0]) & jnp.isfinite(planes[1]) & jnp.isfinite(planes[2])  # others: d = inf
-  inside = finite.reshape(batch, 1, boxes, _BOX_POINTS)
-  gaps = []
-  for p, q in zip(planes, coords):
-    p = p.reshape(batch, 1, boxes, _BOX_POINTS)
-    lo = jnp.min(jnp.where(inside, p, jnp.inf), axis=3)    # [B, 1, boxes]
-    hi = jnp.max(jnp.where(inside, p, -jnp.inf), axis=3)
-    q = q.reshape(batch, s, 1)
-    gaps.append(jnp.maximum(jnp.maximum(lo - q, q - hi), 0.0).reshape(batch * s, boxes))
-  neg_bound = -fps.sum_of_squares(*gaps)                                                # [B·S, boxes]
-  # Each top_k result goes through a barrier: XLA:CPU drops its fast TopK (3-5x slower here) when the indices
-  # have several users.
-  nearest_boxes = jax.lax.optimization_barrier(jax.lax.top_k(neg_bound, _BOXES + 1)[1])
-  next_bound = -jnp.take_along_axis(neg_bound, nearest_boxes[:, _BOXES:], axis=1)[:, 0]
-  chosen = jnp.sort(nearest_boxes[:, :_BOXES], axis=1)                                  # ascending box ids
-  cand = (chosen[:, :, None] * _BOX_POINTS + jnp.arange(_BOX_POINTS)).reshape(batch * s, -1)  # [B·S, mL]
-  flat = cand + jnp.repeat(jnp.arange(batch) * n, s)[:, None]
-  neg_d = jnp.where(valid.reshape(-1)[flat],
-                    -fps.sum_of_squares(*(p.reshape(-1)[flat] - q for p, q in zip(planes, coords))), -jnp.inf)
-  best = jax.lax.optimization_barrier(jax.lax.top_k(neg_d, k)[1])
-  exact = -jnp.take_along_axis(neg_d, best[:, k - 1:], axis=1)[:, 0] < next_bound
-  idx = jnp.take_along_axis(cand, best, axis=1)
-  return idx.reshape(batch, s, k), exact.reshape(batch, s)
+  inside = finite.reshape(boxes, _BOX_POINTS, 1)
+  extents = [(jnp.min(jnp.where(inside, p, jnp.inf), axis=1), jnp.max(jnp.where(inside, p, -jnp.inf), axis=1))
+             for p in (p.reshape(boxes, _BOX_POINTS, 1) for p in planes)]                  # (lo, hi) [boxes, 1]
+  columns = [c[:, None] for c in (*planes, valid)]                                         # x, y, z, valid [N, 1]
+  offsets = jnp.arange(_BOX_POINTS)[:, None]
+
+  def search(query):  # [C, 3] -> k-NN [k, C], exact [C]
+    coords = [query[:, i] for i in range(3)]
+    gaps = [jnp.maximum(jnp.maximum(lo - q, q - hi), 0.0) for (lo, hi), q in zip(extents, coords)]
+    bounds = fps.sum_of_squares(*gaps)                                                     # [boxes, C]
+    next_bound = smallest.kth_smallest(bounds, _BOXES + 1)
+    chosen = smallest.first_k(bounds, _BOXES, next_bound)                                  # ascending box ids
+    cand = (chosen[:, None, :] * _BOX_POINTS + offsets).reshape(_BOXES * _BOX_POINTS, -1)  # [mL, C] index order
+    x, y, z, ok = (jnp.take_along_axis(c, cand, axis=0) for c in columns)
+    d = jnp.where(ok, fps.sum_of_squares(x - coords[0], y - coords[1], z - coords[2]), jnp.inf)
+    best, kth = smallest.smallest_k(d, k)                                                  # [k, C], [C]
+    return jnp.take_along_axis(cand, best, axis=0), kth < next_bound
+
+  pad = -s % chunk
+  idx, exact = jax.lax.map(search, jnp.pad(queries, ((0, pad), (0, 0))).reshape(-1, chunk, 3))  # [n, k, C], [n, C]
+  return idx.swapaxes(1, 2).reshape(-1, k)[:s], exact.reshape(-1)[:s]
 
 
 def _with_fallback(planes, valid, queries, k: int, share: int = _FALLBACK_SHARE) -> jax.Array:
@@ -83,13 +102,17 @@ def _with_fallback(planes, valid, queries, k: int, share: int = _FALLBACK_SHARE)
   idx, exact = _boxed(planes, valid, queries, k)
   batch, s = exact.shape
   capacity = max(1, s // share)
-  rank = jnp.cumsum(~exact, axis=1) - 1
-  slot = jnp.where(~exact & (rank < capacity), rank, capacity)                       # capacity: not redone
-  redo = jnp.zeros((batch, capacity + 1), jnp.int32).at[jnp.arange(batch)[:, None], slot].set(
-      jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (batch, s)))[:, :capacity]   # [B, capacity] query ids
-  redone = _exact(planes, valid, jnp.take_along_axis(queries, redo[..., None], axis=1), k)
-  target = jnp.where(jnp.arange(capacity) < jnp.sum(~exact, axis=1, keepdims=True), redo, s)  # s: dropped
-  idx = idx.at[jnp.arange(batch)[:, None], target].set(redone, mode='drop')
+  chunk = max(1, min(capacity, _CHUNK_ELEMENTS // (batch * valid.shape[1])))
+
+  def redo(planes, valid, queries, idx, exact):  # one cloud
+    rank = jnp.cumsum(~exact) - 1
+    slot = jnp.where(~exact & (rank < capacity), rank, capacity)                       # capacity: not redone
+    ids = jnp.zeros(capacity + 1, jnp.int32).at[slot].set(jnp.arange(s, dtype=jnp.int32))[:capacity]
+    redone = _exact_cloud(planes, valid, queries[ids], k, chunk)
+    target = jnp.where(jnp.arange(capacity) < jnp.sum(~exact), ids, s)                   # s: dropped
+    return idx.at[target].set(redone, mode='drop')
+
+  idx = jax.vmap(redo)(planes, valid, queries, idx, exact)
   overflow = jnp.any(jnp.sum(~exact, axis=1) > capacity)
   return jax.lax.cond(overflow, lambda: _exact(planes, valid, queries, k), lambda: idx)
 

@@ -1,4 +1,4 @@
-"""Exact top-k selection in two stages, for rows much longer than k (kNN grouping, bank search).
+"""Exact top-k selection in two stages, for rows much longer than k (the bank search).
 
 XLA:CPU's `lax.top_k` costs grow with both the row length N and k (k = 28 of 76,544: 120 ms for 784 rows). Here it
 runs twice on short rows instead: once on the maxima of blocks of `block` consecutive entries, once on the

@@ -1,4 +1,10 @@
 """kNN and grouping against a NumPy reference written here (SPEC §2.2)."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -131,3 +137,47 @@ def test_box_search_falls_back_whole_on_ties_few_points_and_nan():
   np.testing.assert_array_equal(got[1], numpy_knn(grid[:5], queries[1], 24))
   finite = np.flatnonzero(np.isfinite(scan).all(axis=1))
   np.testing.assert_array_equal(got[2], finite[numpy_knn(scan[finite], queries[2], 24)])
+
+
+def test_box_search_over_several_query_chunks():
+  # 2 clouds × 300 queries = 600 rows: two chunks of `_ROWS_PER_CHUNK` (512), the second one padded; each row keeps
+  # its own cloud's points.
+  assert 512 < 600 < 2 * knn._ROWS_PER_CHUNK
+  clouds = [_scan(100, 3), _scan(96, 4)]
+  points, valid = buckets.pad_batch(clouds, buckets=(8192,))
+  centres = np.asarray(fps.farthest_point_sample(points, valid, 300))
+  queries = np.stack([c[i] for c, i in zip(clouds, centres)])
+  assert _inexact_share(points, valid, queries, 16) == 0
+  got = np.asarray(knn.knn_indices(points, valid, queries, 16))
+  for b, cloud in enumerate(clouds):
+    np.testing.assert_array_equal(got[b], numpy_knn(cloud, queries[b], 16))
+
+
+_SHARDED = textwrap.dedent('''
+    import os, re, sys
+    os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+    import jax, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    from g2sf_jax.ops import knn
+    from tests.ops.test_knn import _scan
+    from g2sf_jax.ops import buckets
+    points, valid = buckets.pad_batch([_scan(96, seed) for seed in range(8)], buckets=(8192,))
+    sharding = NamedSharding(Mesh(np.array(jax.devices()), ('data',)), PartitionSpec('data'))
+    placed = [jax.device_put(x, sharding) for x in (points, valid)]
+    group = jax.jit(knn.group, static_argnames=('num_group', 'group_size'))
+    hlo = group.lower(*placed, num_group=64, group_size=16).compile().as_text()
+    gathers = re.findall(r'(all-gather|all-to-all|collective-permute)(-start)?\\(', hlo)
+    same = all(np.array_equal(a, b) for a, b in zip(group(*placed, num_group=64, group_size=16),
+                                                    group(points, valid, num_group=64, group_size=16)))
+    print(len(gathers), same)
+''')
+
+
+def test_sharded_batch_is_grouped_where_it_lies():
+  # 8 clouds over 8 forced host devices (the box search path): the compiled program moves no point data between
+  # devices (only the fallback's one-bit "any cloud overflowed" is reduced), and gives the one-device result.
+  root = Path(__file__).resolve().parents[2]
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(root))
+  out = subprocess.run([sys.executable, '-c', _SHARDED], check=True, env=env, cwd=root, timeout=600,
+                       capture_output=True, text=True).stdout.split()
+  assert out == ['0', 'True']
