@@ -34,10 +34,16 @@ _ROWS_PER_CHUNK = 512  # queries per box search step: its [1,024, 512] candidate
 _FALLBACK_SHARE = 16  # up to S/16 inexact queries per cloud are redone alone; with more, the whole batch is redone
 
 
+def _balanced(s: int, budget: int) -> int:
+  """Queries per chunk: the fewest chunks of at most `budget` (≥ 1), evened out so padding stays under one per chunk."""
+  chunks = -(-s // max(1, budget))
+  return -(-s // chunks)
+
+
 def _exact(planes, valid, queries, k: int) -> jax.Array:
   """[B, S, k] k-NN by full distance rows, chunked over the queries (always exact; the fallback of `_boxed`)."""
   batch, n = valid.shape
-  chunk = max(1, min(queries.shape[1], _CHUNK_ELEMENTS // (batch * n)))
+  chunk = _balanced(queries.shape[1], _CHUNK_ELEMENTS // (batch * n))
   return jax.vmap(functools.partial(_exact_cloud, k=k, chunk=chunk))(planes, valid, queries)
 
 
@@ -50,7 +56,7 @@ def _exact_cloud(planes, valid, queries, k: int, chunk: int) -> jax.Array:
     d = fps.sum_of_squares(*(p[:, None] - query[:, i] for i, p in enumerate(planes)))
     return smallest.smallest_k(jnp.where(valid[:, None], d, jnp.inf), k, block)[0]
 
-  idx = jax.lax.map(nearest, jnp.pad(queries, ((0, -s % chunk), (0, 0))).reshape(-1, chunk, 3))  # [n, k, C]
+  idx = jax.lax.map(nearest, jnp.pad(queries, ((0, -s % chunk), (0, 0))).reshape(-1, chunk, 3))  # [chunks, k, C]
   return idx.swapaxes(1, 2).reshape(-1, k)[:s]
 
 
@@ -65,7 +71,7 @@ def _boxed(planes, valid, queries, k: int) -> tuple[jax.Array, jax.Array]:
   queries] blocks through `ops.smallest`, `_ROWS_PER_CHUNK` queries (of all clouds together) at a time.
   """
   batch, s = queries.shape[:2]
-  chunk = min(s, max(1, _ROWS_PER_CHUNK // batch))
+  chunk = _balanced(s, _ROWS_PER_CHUNK // batch)
   return jax.vmap(functools.partial(_boxed_cloud, k=k, chunk=chunk))(planes, valid, queries)
 
 
@@ -93,7 +99,7 @@ def _boxed_cloud(planes, valid, queries, k: int, chunk: int) -> tuple[jax.Array,
     return jnp.take_along_axis(cand, best, axis=0), kth < next_bound
 
   pad = -s % chunk
-  idx, exact = jax.lax.map(search, jnp.pad(queries, ((0, pad), (0, 0))).reshape(-1, chunk, 3))  # [n, k, C], [n, C]
+  idx, exact = jax.lax.map(search, jnp.pad(queries, ((0, pad), (0, 0))).reshape(-1, chunk, 3))  # [chunks, k, C], [chunks, C]
   return idx.swapaxes(1, 2).reshape(-1, k)[:s], exact.reshape(-1)[:s]
 
 
@@ -102,7 +108,7 @@ def _with_fallback(planes, valid, queries, k: int, share: int = _FALLBACK_SHARE)
   idx, exact = _boxed(planes, valid, queries, k)
   batch, s = exact.shape
   capacity = max(1, s // share)
-  chunk = max(1, min(capacity, _CHUNK_ELEMENTS // (batch * valid.shape[1])))
+  chunk = _balanced(capacity, _CHUNK_ELEMENTS // (batch * valid.shape[1]))
 
   def redo(planes, valid, queries, idx, exact):  # one cloud
     rank = jnp.cumsum(~exact) - 1
@@ -124,7 +130,7 @@ def knn_indices(points: jax.Array, valid: jax.Array, queries: jax.Array, k: int)
   queries = queries.astype(jnp.float32)
   valid = valid.astype(bool)
   batch, n, _ = points.shape
-  if k > n:  # top_k needs k <= N; the extra points are padding and never chosen before a valid one.
+  if k > n:  # the selection needs k <= N; the extra points are padding and never chosen before a valid one.
     points = jnp.pad(points, ((0, 0), (0, k - n), (0, 0)))
     valid = jnp.pad(valid, ((0, 0), (0, k - n)))
     n = k

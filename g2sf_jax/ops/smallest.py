@@ -8,7 +8,8 @@ the minor axis, so every step is elementwise across them (and batch axes added b
   their bit patterns);
 * the keys below it, then the earliest equal to it, are placed in position order by prefix counts;
 * their order by key comes from a bitonic sorting network on (key, position), a total order.
-The result is `lax.top_k(-keys.T, k)[1].T` exactly, ties to the lowest position, in 3-4 ms.
+The result is `lax.top_k(-keys.T, k)[1].T` exactly (keys -0.0 and +0.0 count as equal), ties to the lowest
+position, in 3-4 ms.
 """
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ _EXACT_COUNTS = 1 << 24  # float32 holds every integer below this
 
 
 def kth_smallest(keys: jax.Array, k: int) -> jax.Array:
-  """The k-th smallest value [R] (1-based) of each column of `keys` [M, R] (float32, ≥ 0 or +inf, no NaN)."""
+  """The k-th smallest value [R] (1 ≤ k ≤ M) of each column of `keys` [M, R] (float32, ≥ 0 or +inf, no NaN)."""
   bits = jax.lax.bitcast_convert_type(keys, jnp.int32)  # -0.0 is negative here: below everything, as 0 is
   lo = jnp.zeros(keys.shape[1:], jnp.int32)
   hi = jnp.full(keys.shape[1:], _INF_BITS, jnp.int32)  # the answer stays in [lo, hi]
@@ -38,27 +39,30 @@ def kth_smallest(keys: jax.Array, k: int) -> jax.Array:
 def _inclusive_counts(values: jax.Array) -> jax.Array:
   """Running sums [M, R] int32 of `values` [M, R] (float32 integers) down each column, totals below 2²⁴.
 
-  Two triangular matmuls (exact in float32 while every sum stays below 2²⁴), which XLA:CPU runs faster than its
-  cumsum and compiles faster than `associative_scan`.
+  Triangular matmuls within blocks of 32 rows, the block totals summed the same way (recursively), which XLA:CPU
+  runs faster than its cumsum and compiles faster than `associative_scan`; exact while every sum is below 2²⁴.
   """
   m, r = values.shape
-  pad = -m % _SCAN_BLOCK
-  x = jnp.pad(values, ((0, pad), (0, 0))).reshape(-1, _SCAN_BLOCK, r)
-  upper = lambda n, diagonal: jnp.triu(jnp.ones((n, n), jnp.float32), diagonal)
-  within = jnp.einsum('ij,bir->bjr', upper(_SCAN_BLOCK, 0), x, precision=jax.lax.Precision.HIGHEST)
-  before = jnp.einsum('ij,ir->jr', upper(x.shape[0], 1), within[:, -1], precision=jax.lax.Precision.HIGHEST)
-  return (within + before[:, None]).reshape(-1, r)[:m].astype(jnp.int32)
+  x = jnp.pad(values, ((0, -m % _SCAN_BLOCK), (0, 0))).reshape(-1, _SCAN_BLOCK, r)
+  upper = jnp.triu(jnp.ones((_SCAN_BLOCK, _SCAN_BLOCK), jnp.float32))
+  within = jnp.einsum('ij,bir->bjr', upper, x, precision=jax.lax.Precision.HIGHEST)
+  totals = within[:, -1]                                                              # [blocks, R]
+  if totals.shape[0] > 1:
+    within = within + (_inclusive_counts(totals).astype(jnp.float32) - totals)[:, None]
+  return within.reshape(-1, r)[:m].astype(jnp.int32)
 
 
 def first_k(keys: jax.Array, k: int, threshold: jax.Array) -> jax.Array:
   """Positions [k, R] int32, ascending, of the k smallest `keys` [M, R] of each column, ties to the lowest position.
 
-  `threshold` [R] must lie between them: fewer than k keys below it and at least k at or below it (the k-th or,
+  `threshold` [R] must lie between them: at most k keys below it and at least k at or below it (the k-th or,
   for the same set, the (k+1)-th smallest value). The keys below it are taken, then the earliest equal to it.
   """
   m, r = keys.shape
+  if not k <= m < _EXACT_COUNTS:
+    raise ValueError(f'first_k: k = {k} of {m} keys per column; needs k <= M < 2**24')
   below, equal = keys < threshold, keys == threshold
-  if (m + 1) ** 2 < _EXACT_COUNTS:  # both counts in one: below + (M + 1)·equal
+  if (m + 1) ** 2 <= _EXACT_COUNTS // 2:  # both counts in one, below + (M + 1)·equal, with a bit to spare
     counts = _inclusive_counts(below.astype(jnp.float32) + equal.astype(jnp.float32) * (m + 1))
     below_upto, equal_upto = counts % (m + 1), counts // (m + 1)
   else:
@@ -92,7 +96,9 @@ def sort_by_key(keys: jax.Array, positions: jax.Array) -> jax.Array:
   gather of the partners and one elementwise compare-exchange; the stages run in a loop (fast to compile).
   """
   k, r = keys.shape
-  length = 1 << max(k - 1, 0).bit_length()
+  if k == 1:
+    return positions
+  length = 1 << (k - 1).bit_length()
   keys = jnp.pad(keys, ((0, length - k), (0, 0)), constant_values=jnp.inf)
   sentinels = jnp.max(positions, axis=0) + 1 + jnp.arange(length - k, dtype=positions.dtype)[:, None]
   positions = jnp.concatenate([positions, sentinels], axis=0)
@@ -112,9 +118,10 @@ def sort_by_key(keys: jax.Array, positions: jax.Array) -> jax.Array:
 
 
 def smallest_k(keys: jax.Array, k: int, block: int = 1) -> tuple[jax.Array, jax.Array]:
-  """Positions [k, R] of the k smallest `keys` [M, R] of each column in order, and the k-th value [R].
+  """Positions [k, R] of the k smallest `keys` [M, R] of each column in order, and the k-th value [R] (k ≤ M).
 
-  Equal to `lax.top_k(-keys.T, k)[1].T`. With `block` > 1 (dividing M; see `select.block_size`) the candidates
+  Equal to `lax.top_k(-keys.T, k)[1].T`. With `block` > 1 (dividing M into at least k blocks; see
+  `select.block_size`) the candidates
   are first cut to the k blocks of `block` consecutive keys with the smallest minima, in position order: each holds
   a key at least as small, and earlier among equals, as any key of a block left out.
   """

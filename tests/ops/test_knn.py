@@ -140,9 +140,9 @@ def test_box_search_falls_back_whole_on_ties_few_points_and_nan():
 
 
 def test_box_search_over_several_query_chunks():
-  # 2 clouds × 300 queries = 600 rows: two chunks of `_ROWS_PER_CHUNK` (512), the second one padded; each row keeps
-  # its own cloud's points.
-  assert 512 < 600 < 2 * knn._ROWS_PER_CHUNK
+  # 2 clouds × 300 queries, 512 rows per step: 2 chunks of 150 queries per cloud; each row keeps its own cloud's
+  # points.
+  assert knn._balanced(300, knn._ROWS_PER_CHUNK // 2) == 150 and knn._balanced(301, 256) == 151
   clouds = [_scan(100, 3), _scan(96, 4)]
   points, valid = buckets.pad_batch(clouds, buckets=(8192,))
   centres = np.asarray(fps.farthest_point_sample(points, valid, 300))
@@ -166,7 +166,7 @@ _SHARDED = textwrap.dedent('''
     placed = [jax.device_put(x, sharding) for x in (points, valid)]
     group = jax.jit(knn.group, static_argnames=('num_group', 'group_size'))
     hlo = group.lower(*placed, num_group=64, group_size=16).compile().as_text()
-    gathers = re.findall(r'(all-gather|all-to-all|collective-permute)(-start)?\\(', hlo)
+    gathers = re.findall(r'(all-gather|all-to-all|collective-permute|reduce-scatter)(-start)?\\(', hlo)
     same = all(np.array_equal(a, b) for a, b in zip(group(*placed, num_group=64, group_size=16),
                                                     group(points, valid, num_group=64, group_size=16)))
     print(len(gathers), same)
@@ -181,3 +181,14 @@ def test_sharded_batch_is_grouped_where_it_lies():
   out = subprocess.run([sys.executable, '-c', _SHARDED], check=True, env=env, cwd=root, timeout=600,
                        capture_output=True, text=True).stdout.split()
   assert out == ['0', 'True']
+
+
+def test_one_neighbour_and_a_nan_query():
+  # k = 1 on both paths (the box search needs N > 4,096); a NaN query is at infinity from every point, so it gets
+  # the lowest valid indices, as a stable sort of its distances does.
+  for cloud, bucket in ((_scan(100, 5), 8192), (np.random.default_rng(6).normal(size=(500, 3)).astype(np.float32), 512)):
+    points, valid = buckets.pad_batch([cloud], buckets=(bucket,))
+    queries = np.concatenate([cloud[[3, 400, 77]], np.full((1, 3), np.nan, np.float32)])[None]
+    got = np.asarray(knn.knn_indices(points, valid, queries, 1))[0]
+    np.testing.assert_array_equal(got[:3], numpy_knn(cloud, queries[0, :3], 1))
+    assert got[3, 0] == 0
