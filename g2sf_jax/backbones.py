@@ -85,7 +85,7 @@ class PointMaeBackbone:
     self.dim = model.dim * len(model.out_blocks)
 
     def forward(variables, points, valid, pixel_idx, key, num_pixels):
-      neighborhood, centers = knn.group(points, valid, num_group, group_size)
+      neighborhood, centers = knn.group(points, valid, num_group, group_size, self.mesh.size)
       feats, _ = model.apply(variables, neighborhood, centers, rngs={'drop_path': key})
       point_feats = interpolate.idw(centers, feats, points)  # [B, Nb, C]
       b = points.shape[0]
