@@ -73,7 +73,8 @@ def _boxed(planes, valid, queries, k: int, shards: int = 1) -> tuple[jax.Array, 
   distance, so never above any of its points' rounded distances) ranks the boxes; the points of the best
   `_BOXES`, in index order, are the candidates. The result is exact (ties included) when the k-th candidate
   distance is below the next box's bound: no point left out can be as near. Both selections run on [candidates,
-  queries] blocks through `ops.smallest`, `_ROWS_PER_CHUNK` queries (of all clouds together) at a time.
+  queries] blocks through `ops.smallest`, `_ROWS_PER_CHUNK` queries (of all the clouds a device
+  holds) at a time.
   """
   batch, s = queries.shape[:2]
   chunk = _balanced(s, _ROWS_PER_CHUNK // _local(batch, shards))
