@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 _SKIP_MAGNITUDE = 1e-3  # SPEC §2.2: the kernel ignores points with |p|² <= 1e-3.
 _INIT_DISTANCE = 1e10   # SPEC §2.2: running min squared distance starts here.
+_BLOCK = 128            # FPS argmax: block maxima, then one block searched (fastest of 64-4,096 on XLA:CPU)
 
 
 def squared_distance(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -55,26 +56,36 @@ def first_argmax(x: jax.Array, axis: int = -1) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=('num_samples',))
 def farthest_point_sample(points: jax.Array, valid: jax.Array, num_samples: int) -> jax.Array:
-  """Returns the FPS indices [B, S] int32 of `points` [B, N, 3] restricted to `valid` [B, N] bool."""
+  """Returns the FPS indices [B, S] int32 of `points` [B, N, 3] restricted to `valid` [B, N] bool.
+
+  Each of the S − 1 sequential steps is a few microseconds of arithmetic, so the loop body is kept to one pass
+  over the cloud plus small reductions: points that are not eligible hold a running distance of −1, which no
+  distance (≥ 0, never NaN) lowers and every eligible point outranks, so no mask is applied in the loop; the argmax
+  takes the maximum of each block of `_BLOCK` points in that pass, then searches one block for the first index
+  holding it, instead of a second pass over the whole cloud.
+  """
   points = points.astype(jnp.float32)
   valid = valid.astype(bool)
-  batch = points.shape[0]
+  batch, n = points.shape[:2]
   magnitude = squared_distance(points, jnp.zeros((), jnp.float32))
   eligible = valid & (magnitude > _SKIP_MAGNITUDE)
   any_eligible = jnp.any(eligible, axis=1)
   start = jnp.argmax(valid, axis=1).astype(jnp.int32)
 
-  planes = tuple(points[..., i] for i in range(3))  # x, y, z [B, N]
+  pad = -n % _BLOCK  # padded points are not eligible: never picked
+  planes = tuple(jnp.pad(points[..., i], ((0, 0), (0, pad))) for i in range(3))  # x, y, z [B, N + pad]
+  running = jnp.where(jnp.pad(eligible, ((0, 0), (0, pad))), _INIT_DISTANCE, -1.0).astype(jnp.float32)
 
   def step(j, carry):
     indices, running, last = carry
     d = sum_of_squares(*(p - jnp.take_along_axis(p, last[:, None], axis=1) for p in planes))
-    running = jnp.where(eligible, jnp.minimum(d, running), running)
-    best = first_argmax(jnp.where(eligible, running, -1.0), axis=1)
-    best = jnp.where(any_eligible, best, start)
+    running = jnp.minimum(d, running)
+    blocks = running.reshape(batch, -1, _BLOCK)
+    block = first_argmax(jnp.max(blocks, axis=2), axis=1)                             # [B]
+    within = first_argmax(jnp.take_along_axis(blocks, block[:, None, None], axis=1)[:, 0], axis=1)
+    best = jnp.where(any_eligible, block * _BLOCK + within, start)
     return indices.at[:, j].set(best), running, best
 
   indices = jnp.zeros((batch, num_samples), jnp.int32).at[:, 0].set(start)
-  running = jnp.full(points.shape[:2], _INIT_DISTANCE, jnp.float32)
   indices, _, _ = jax.lax.fori_loop(1, num_samples, step, (indices, running, start))
   return indices

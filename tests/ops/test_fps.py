@@ -52,6 +52,17 @@ def test_duplicates_and_exact_ties():
   np.testing.assert_array_equal(got[0], kernel_fps(cloud, 40))
 
 
+def test_ties_across_argmax_blocks_at_a_size_that_is_not_a_block_multiple():
+  # Each lattice point has a twin 164 indices later, in another 128-point block of the argmax; the skipped points
+  # near the origin between them must stay unpicked. N = 228 is not padded by a bucket here.
+  grid = np.stack(np.meshgrid(*[np.arange(1, 5, dtype=np.float32)] * 3, indexing='ij'), -1).reshape(-1, 3)
+  near_origin = np.random.default_rng(3).uniform(-0.01, 0.01, size=(100, 3)).astype(np.float32)
+  cloud = np.concatenate([grid, near_origin, grid])
+  got = np.asarray(fps.farthest_point_sample(cloud[None], np.ones((1, len(cloud)), bool), 80))
+  np.testing.assert_array_equal(got[0], kernel_fps(cloud, 80))
+  assert not np.isin(got[0], np.arange(64, 164)).any()
+
+
 def test_exact_ties_on_a_non_integer_lattice_follow_the_kernel_order():
   # Spacing 0.1 (not exact in float32): a fused multiply-add would round dx·dx + dy·dy once instead of twice and
   # break the many exact ties of this lattice differently from the kernel's order of operations.
