@@ -64,9 +64,10 @@ class PointMaeBackbone:
   """PointMAE group features interpolated back to the valid pixels (SPEC §2.2–§2.4 steps 1–2).
 
   Per call: the valid pixels (all three coordinates non-zero, SPEC §1.4) of each cloud in raster order → padded to
-  a shared bucket size → FPS/kNN groups → encoder → IDW onto the valid points → scattered into the pixel plane.
+  a shared bucket size → FPS/kNN groups → encoder → IDW onto the valid points → gathered into the pixel plane.
   One compiled program per (batch size, bucket). With `drop_path='stochastic'` pass `key`, or the backbone draws
-  keys from its own stream seeded by `seed` (one fold-in per call, so a run is reproducible call by call).
+  keys from its own stream seeded by `seed` (one fold-in per call, so a run is reproducible call by call); sample
+  i of a call draws with `fold_in(key, i)`, on any device.
   """
   name = 'point_mae'
   dim = 1152
@@ -84,18 +85,15 @@ class PointMaeBackbone:
     model = model or point_mae.PointMAE(batchnorm=batchnorm, drop_path=drop_path)  # tests pass tiny ones
     self.dim = model.dim * len(model.out_blocks)
 
-    def forward(variables, points, valid, pixel_idx, key, num_pixels):
-      neighborhood, centers = knn.group(points, valid, num_group, group_size, self.mesh.size)
+    def forward(variables, keys, points, valid, source):  # the clouds one device holds (shard_map)
+      neighborhood, centers = knn.group(points, valid, num_group, group_size)
+      key = jax.random.wrap_key_data(keys[0])  # one sample per step on CPU; else the device's rows draw apart
       feats, _ = model.apply(variables, neighborhood, centers, rngs={'drop_path': key})
       point_feats = interpolate.idw(centers, feats, points)  # [B, Nb, C]
-      b = points.shape[0]
-      plane = jnp.zeros((b, num_pixels + 1, feats.shape[-1]), point_feats.dtype)  # last slot takes the padding
-      plane = plane.at[jnp.arange(b)[:, None], pixel_idx].set(point_feats)
-      return plane[:, :num_pixels]
+      rows = jnp.concatenate([point_feats, jnp.zeros_like(point_feats[:, :1])], axis=1)  # last row: off the cloud
+      return jnp.take_along_axis(rows, source[:, :, None], axis=1)  # [B, H·W, C]
 
-    self._forward = {}  # one data-parallel program per pixel count (224² in the pipeline)
-    self._make_forward = lambda num_pixels: distributed.batch_parallel(
-        lambda v, key, p, m, i: forward(v, p, m, i, key, num_pixels), self.mesh, replicated=2, batched=3)
+    self._forward = distributed.batch_parallel(forward, self.mesh, replicated=1, batched=4)
 
   def __call__(self, xyz: np.ndarray | jax.Array, key: jax.Array | None = None) -> jax.Array:
     xyz = np.asarray(xyz, np.float32)
@@ -105,16 +103,15 @@ class PointMaeBackbone:
     flat = xyz.reshape(b, h * w, 3)
     valid_pixels = transforms.valid_mask(flat)  # SPEC §1.4
     points, valid = buckets.pad_batch([flat[i][valid_pixels[i]] for i in range(b)], self.bucket_sizes)
-    pixel_idx = np.full(valid.shape, h * w, np.int32)
+    source = np.full((b, h * w), points.shape[1], np.int32)  # each pixel's point; the extra zero row off the cloud
     for i in range(b):
-      pixel_idx[i, :valid[i].sum()] = np.flatnonzero(valid_pixels[i])
+      source[i, valid_pixels[i]] = np.arange(valid_pixels[i].sum(), dtype=np.int32)
     if key is None:
       key = jax.random.fold_in(self._key, self._calls)
       self._calls += 1
-    if h * w not in self._forward:
-      self._forward[h * w] = self._make_forward(h * w)
+    keys = np.asarray(jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))))
     shard = lambda x: distributed.shard_batch(x, self.mesh)  # data parallel: clouds split over the mesh
-    out = self._forward[h * w](self.variables, key, shard(points), shard(valid), shard(pixel_idx))
+    out = self._forward(self.variables, shard(keys), shard(points), shard(valid), shard(source))
     return distributed.gather(out)[:b].reshape(b, h, w, self.dim)
 
 
