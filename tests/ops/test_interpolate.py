@@ -46,3 +46,15 @@ def test_float64_when_x64_enabled():
     got = np.asarray(interpolate.idw(centers, feats, points))
   assert got.dtype == np.float64
   np.testing.assert_allclose(got[0], numpy_idw64(centers[0], feats[0], points[0]), rtol=1e-10, atol=1e-12)
+
+
+def test_equidistant_centres_go_to_the_lowest_indices():
+  """A point at the middle of a square of 4 centres (and one on the square's axis): the 3 nearest by the stable
+  order, as `argsort(kind='stable')` and `lax.top_k` choose, so the distinct features show which were taken."""
+  centers = np.array([[[1, 1, 0], [-1, 1, 0], [3, 3, 0], [1, -1, 0], [-1, -1, 0]]], np.float32)
+  feats = np.array([[[1.0], [10.0], [100.0], [1000.0], [10000.0]]], np.float32)
+  points = np.array([[[0, 0, 0], [0, 1, 0]]], np.float32)
+  got = np.asarray(interpolate.idw(centers, feats, points))
+  np.testing.assert_allclose(got[0, 0, 0], (1 + 10 + 1000) / 3, rtol=1e-6)  # not 10000: index 4 ties, comes last
+  np.testing.assert_allclose(got[0], numpy_idw64(centers[0], feats[0], points[0]), rtol=1e-6)
+  assert np.asarray(interpolate.idw(centers, feats, points, k=9)).shape == (1, 2, 1)  # k above G: all centres
