@@ -45,3 +45,13 @@ def test_matches_torch():
   assert got.shape == (2, 56, 56, 5)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(got[:, :, :24] == 0, want[:, :, :24] == 0)
+
+
+def test_bands_rebuild_the_pooling_matrix():
+  for in_size, out_size in ((224, 56), (224, 224), (48, 12), (32, 4), (10, 3)):
+    starts, weights = pooling.band(in_size, out_size)
+    rebuilt = np.zeros((out_size, in_size))
+    for i, start in enumerate(starts):
+      rebuilt[i, start:start + weights.shape[1]] = weights[i]
+    np.testing.assert_allclose(rebuilt, pooling.pooling_matrix(in_size, out_size), rtol=1e-7, atol=0)
+    assert starts.min() >= 0 and starts.max() + weights.shape[1] <= in_size
