@@ -26,6 +26,21 @@ def knn_group(points: torch.Tensor, num_group: int, group_size: int) -> tuple[to
   return points[nn_idx] - centers[:, None], centers
 
 
+def point_features_to_grid(points: torch.Tensor, centers: torch.Tensor, feats: torch.Tensor, pixels: torch.Tensor,
+                           side: int, grid: int = 56) -> torch.Tensor:
+  """Group features `feats [G, C]` at `centers [G, 3]` → IDW onto the valid `points [N, 3]` (3 nearest, weights
+  1/(d²+1e-8)) → scattered to their `pixels [N]` of a side² plane → avg_pool2d(3, 1) + adaptive_avg_pool2d(grid)
+  (SPEC §2.4 steps 1–3) → [C, grid, grid]."""
+  d2, idx = (torch.cdist(points, centers) ** 2).topk(3, dim=1, largest=False)
+  w = 1.0 / (d2 + 1e-8)
+  w = w / w.sum(1, keepdim=True)
+  plane = torch.zeros(side * side, feats.shape[1])
+  plane[pixels] = (feats[idx] * w[..., None]).sum(1)
+  plane = plane.T.reshape(1, -1, side, side)
+  pooled = torch.nn.functional.avg_pool2d(plane, 3, 1)
+  return torch.nn.functional.adaptive_avg_pool2d(pooled, grid)[0]
+
+
 def dino_vit(img_size: int = 224, patch_size: int = 8, dim: int = 768, depth: int = 12, heads: int = 12
              ) -> ViTModel:
   """A randomly initialised ViT with the DINO ViT-B/8 configuration (SPEC §2.1), eval mode, no pooler."""

@@ -38,6 +38,8 @@ from benchmarks import bank_memory
 from benchmarks import timing
 from benchmarks import torch_reference
 from experiments.configs.common import get_base_config
+from g2sf_jax import backbones
+from g2sf_jax import features
 from g2sf_jax import io
 from g2sf_jax import memory_bank as mb
 from g2sf_jax import metrics
@@ -59,7 +61,8 @@ REPO = Path(__file__).resolve().parents[1]
 # bank_rss runs first: a child process inherits its parent's RSS high-water mark (Linux copies it into the child's
 # mm at fork and keeps it across exec), so after the big stages the subprocess would report this process's peak.
 PIPELINE_BATCH = 8  # config.batch_size: clouds per feature-extraction call
-STAGES = ('bank_rss', 'peak', 'clean', 'group', 'vit', 'point_mae', 'coreset', 'knn', 'aupro', 'lspn')
+STAGES = ('bank_rss', 'peak', 'clean', 'group', 'vit', 'point_mae', 'extract', 'coreset', 'knn', 'aupro',
+          'lspn')
 # A stage measured while the 1-minute load average was above this (other jobs on the machine) is marked.
 LOAD_LIMIT = 1.5  # a stage starting above this 1-minute load average shared the machine with another job
 QUIET_LOAD, QUIET_WAIT_S = 1.0, 90  # before each stage, wait up to this long for the load to fall below QUIET_LOAD
@@ -208,14 +211,21 @@ def lspn_step_flops(batch: int, dim: int, hidden: int, emb: int, calls: int = 12
 # Stages
 
 
-def organised_cloud(side: int, radius: float, seed: int = 0) -> np.ndarray:
-  """Valid points [N, 3] of a side² organised scan in raster order: a bumpy sheet seen through a centred disk."""
+def organised_scan(side: int, radius: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """A side² organised scan [side, side, 3] of a bumpy sheet seen through a centred disk, and the disk [side, side]
+  (zeros outside it)."""
   rng = np.random.default_rng(seed)
   yy, xx = np.mgrid[:side, :side].astype(np.float32)
   inside = (yy - side / 2 + 0.5) ** 2 + (xx - side / 2 + 0.5) ** 2 <= radius ** 2
-  x, y = 0.4 * (xx - side / 2), 0.4 * (yy - side / 2)  # mm, 0.4 mm pitch
+  x, y = 0.4 * (xx - side / 2 + 0.5), 0.4 * (yy - side / 2 + 0.5)  # mm, 0.4 mm pitch, never exactly 0
   z = 400.0 + 3.0 * np.sin(x / 7.0) * np.cos(y / 5.0) + 0.01 * rng.standard_normal((side, side))
-  return np.stack([x, y, z], -1)[inside].astype(np.float32)
+  return np.where(inside[..., None], np.stack([x, y, z], -1), 0).astype(np.float32), inside
+
+
+def organised_cloud(side: int, radius: float, seed: int = 0) -> np.ndarray:
+  """Valid points [N, 3] of `organised_scan` in raster order."""
+  scan, inside = organised_scan(side, radius, seed)
+  return scan[inside]
 
 
 def bench_group(sizes: Sizes, repeats: int) -> list[Row]:
@@ -281,6 +291,44 @@ def bench_point_mae(sizes: Sizes, repeats: int) -> list[Row]:
               gflop=point_mae_flops(g, k, model.dim, model.depth) / 1e9,
               note='Grouping excluded (see the FPS + kNN rows). BatchNorm uses per-cloud batch statistics, '
                    'DropPath off, on both sides.')]
+
+
+def bench_extract(sizes: Sizes, repeats: int) -> list[Row]:
+  """`features.extract` of the pipeline's batch (ViT + PointMAE backbones, IDW, pixel plane, pooling) per sample,
+  against the reference's one sample at a time (SPEC §1.1: batch size 1) in torch."""
+  g, k = sizes.point_mae_group
+  rng = np.random.default_rng(0)
+  scans = [organised_scan(sizes.cloud_side, sizes.cloud_radius, seed=i) for i in range(PIPELINE_BATCH)]
+  vit_model, mae_model = vit.VisionTransformer(**sizes.vit), point_mae.PointMAE(**sizes.point_mae)
+  size = vit_model.img_size
+  samples = [{'rgb': rng.standard_normal((size, size, 3), dtype=np.float32), 'xyz': scan} for scan, _ in scans]
+  rgb = backbones.DinoVitB8(random_params(vit_model.init, jnp.zeros((1, size, size, 3))), vit_model)
+  point = backbones.PointMaeBackbone(random_params(mae_model.init, jnp.zeros((1, 2, 4, 3)), jnp.zeros((1, 2, 3))),
+                                     num_group=g, group_size=k, model=mae_model)
+  first, ours = timing.timed(lambda: features.extract(rgb, point, samples, PIPELINE_BATCH), repeats)
+
+  ref_vit = torch_reference.dino_vit(size, vit_model.patch_size, vit_model.dim, vit_model.depth, vit_model.num_heads)
+  ref_mae = torch_point_mae.PointMAEEncoder(mae_model.dim, mae_model.depth, mae_model.num_heads,
+                                            tuple(mae_model.out_blocks)).train()  # batch-stat BN (SPEC §2.3)
+  scan, inside = scans[0]
+  image = torch.from_numpy(samples[0]['rgb'].transpose(2, 0, 1)[None].copy())
+  cloud, pixels = torch.from_numpy(scan[inside]), torch.from_numpy(np.flatnonzero(inside))
+
+  def reference():
+    ref_vit(pixel_values=image)
+    neighborhood, centers = torch_reference.knn_group(cloud, g, k)
+    feats = ref_mae(neighborhood, centers)
+    return torch_reference.point_features_to_grid(cloud, centers, feats, pixels, sizes.cloud_side)
+
+  _, ref = timing.timed(_no_grad(reference), repeats)
+  return [Row('extract', f'feature extraction per sample in a batch of {PIPELINE_BATCH}: ViT forward + PointMAE '
+              f'{g}×{k} (grouping, encoder, IDW onto {int(inside.sum()):,} points, pixel plane, pooling to 56²)',
+              ours / PIPELINE_BATCH, ref, (first - ours), 'the same in torch, one sample at a time (the '
+              'reference\'s loaders use batch 1)',
+              note=f'Ours: `features.extract` on {PIPELINE_BATCH} samples, ÷ {PIPELINE_BATCH}; on CPU each sample '
+                   'runs alone through the backbones (`distributed.batch_parallel`). Reference: HF ViTModel, the '
+                   'FPS loop + `cdist`/`topk` grouping, the tests/references PointMAE encoder, `cdist`/`topk(3)` '
+                   'IDW and `avg_pool2d` + `adaptive_avg_pool2d`. Random weights on both sides.')]
 
 
 def bench_coreset(sizes: Sizes, repeats: int) -> list[Row]:
@@ -471,7 +519,7 @@ def bench_bank_rss(sizes: Sizes, repeats: int) -> list[Limit]:
 
 
 BENCHES = {'peak': bench_peak, 'clean': bench_clean, 'group': bench_group, 'vit': bench_vit,
-           'point_mae': bench_point_mae, 'coreset': bench_coreset, 'knn': bench_knn, 'aupro': bench_aupro,
+           'point_mae': bench_point_mae, 'extract': bench_extract, 'coreset': bench_coreset, 'knn': bench_knn, 'aupro': bench_aupro,
            'lspn': bench_lspn, 'bank_rss': bench_bank_rss}
 
 
