@@ -519,8 +519,8 @@ def bench_bank_rss(sizes: Sizes, repeats: int) -> list[Limit]:
 
 
 BENCHES = {'peak': bench_peak, 'clean': bench_clean, 'group': bench_group, 'vit': bench_vit,
-           'point_mae': bench_point_mae, 'extract': bench_extract, 'coreset': bench_coreset, 'knn': bench_knn, 'aupro': bench_aupro,
-           'lspn': bench_lspn, 'bank_rss': bench_bank_rss}
+           'point_mae': bench_point_mae, 'extract': bench_extract, 'coreset': bench_coreset, 'knn': bench_knn,
+           'aupro': bench_aupro, 'lspn': bench_lspn, 'bank_rss': bench_bank_rss}
 
 
 def run(only: Sequence[str] = STAGES, quick: bool = False, repeats: int = 3,

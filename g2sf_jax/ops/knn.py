@@ -40,15 +40,10 @@ def _balanced(s: int, budget: int) -> int:
   return -(-s // chunks)
 
 
-def _local(batch: int, shards: int) -> int:
-  """Clouds each device holds of a batch split over `shards` devices: the per-step cache budgets are per device."""
-  return -(-batch // shards)
-
-
-def _exact(planes, valid, queries, k: int, shards: int = 1) -> jax.Array:
+def _exact(planes, valid, queries, k: int) -> jax.Array:
   """[B, S, k] k-NN by full distance rows, chunked over the queries (always exact; the fallback of `_boxed`)."""
   batch, n = valid.shape
-  chunk = _balanced(queries.shape[1], _CHUNK_ELEMENTS // (_local(batch, shards) * n))
+  chunk = _balanced(queries.shape[1], _CHUNK_ELEMENTS // (batch * n))
   return jax.vmap(functools.partial(_exact_cloud, k=k, chunk=chunk))(planes, valid, queries)
 
 
@@ -65,7 +60,7 @@ def _exact_cloud(planes, valid, queries, k: int, chunk: int) -> jax.Array:
   return idx.swapaxes(1, 2).reshape(-1, k)[:s]
 
 
-def _boxed(planes, valid, queries, k: int, shards: int = 1) -> tuple[jax.Array, jax.Array]:
+def _boxed(planes, valid, queries, k: int) -> tuple[jax.Array, jax.Array]:
   """k-NN [B, S, k] among the points of the `_BOXES` boxes nearest each query, and whether that is exact [B, S].
 
   A box is `_BOX_POINTS` consecutive points with their bounding box; in an organised scan's raster order it is a
@@ -73,11 +68,11 @@ def _boxed(planes, valid, queries, k: int, shards: int = 1) -> tuple[jax.Array, 
   distance, so never above any of its points' rounded distances) ranks the boxes; the points of the best
   `_BOXES`, in index order, are the candidates. The result is exact (ties included) when the k-th candidate
   distance is below the next box's bound: no point left out can be as near. Both selections run on [candidates,
-  queries] blocks through `ops.smallest`, `_ROWS_PER_CHUNK` queries (of all the clouds a device
-  holds) at a time.
+  queries] blocks through `ops.smallest`, `_ROWS_PER_CHUNK` queries (of all the clouds given) at
+  a time.
   """
   batch, s = queries.shape[:2]
-  chunk = _balanced(s, _ROWS_PER_CHUNK // _local(batch, shards))
+  chunk = _balanced(s, _ROWS_PER_CHUNK // batch)
   return jax.vmap(functools.partial(_boxed_cloud, k=k, chunk=chunk))(planes, valid, queries)
 
 
@@ -109,12 +104,12 @@ def _boxed_cloud(planes, valid, queries, k: int, chunk: int) -> tuple[jax.Array,
   return idx.swapaxes(1, 2).reshape(-1, k)[:s], exact.reshape(-1)[:s]
 
 
-def _with_fallback(planes, valid, queries, k: int, share: int = _FALLBACK_SHARE, shards: int = 1) -> jax.Array:
+def _with_fallback(planes, valid, queries, k: int, share: int = _FALLBACK_SHARE) -> jax.Array:
   """`_boxed`, its inexact queries (up to S/share per cloud) redone by `_exact`; all of them when more fail."""
-  idx, exact = _boxed(planes, valid, queries, k, shards)
+  idx, exact = _boxed(planes, valid, queries, k)
   batch, s = exact.shape
   capacity = max(1, s // share)
-  chunk = _balanced(capacity, _CHUNK_ELEMENTS // (_local(batch, shards) * valid.shape[1]))
+  chunk = _balanced(capacity, _CHUNK_ELEMENTS // (batch * valid.shape[1]))
 
   def redo(planes, valid, queries, idx, exact):  # one cloud
     rank = jnp.cumsum(~exact) - 1
@@ -126,16 +121,15 @@ def _with_fallback(planes, valid, queries, k: int, share: int = _FALLBACK_SHARE,
 
   idx = jax.vmap(redo)(planes, valid, queries, idx, exact)
   overflow = jnp.any(jnp.sum(~exact, axis=1) > capacity)
-  return jax.lax.cond(overflow, lambda: _exact(planes, valid, queries, k, shards), lambda: idx)
+  return jax.lax.cond(overflow, lambda: _exact(planes, valid, queries, k), lambda: idx)
 
 
-@functools.partial(jax.jit, static_argnames=('k', 'shards'))
-def knn_indices(points: jax.Array, valid: jax.Array, queries: jax.Array, k: int, shards: int = 1) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=('k',))
+def knn_indices(points: jax.Array, valid: jax.Array, queries: jax.Array, k: int) -> jax.Array:
   """Indices [B, S, k] int32 into `points` [B, N, 3] of the k valid points nearest to each of `queries` [B, S, 3].
 
-  `shards`: the devices the batch is split over (it sizes each device's per-step blocks; results do not depend
-  on it).
-  """
+  The per-step blocks are sized for the B clouds given, so call it on the clouds one device holds (the backbones
+  run it inside `shard_map`)."""
   points = points.astype(jnp.float32)
   queries = queries.astype(jnp.float32)
   valid = valid.astype(bool)
@@ -147,18 +141,18 @@ def knn_indices(points: jax.Array, valid: jax.Array, queries: jax.Array, k: int,
 
   planes = tuple(points[..., i] for i in range(3))  # x, y, z [B, N]
   if n % _BOX_POINTS == 0 and n // _BOX_POINTS > 4 * _BOXES and _BOXES * _BOX_POINTS >= 2 * k:
-    idx = _with_fallback(planes, valid, queries, k, shards=shards)
+    idx = _with_fallback(planes, valid, queries, k)
   else:
-    idx = _exact(planes, valid, queries, k, shards)
+    idx = _exact(planes, valid, queries, k)
   idx = idx.astype(jnp.int32)
   num_valid = jnp.maximum(jnp.sum(valid, axis=1), 1)  # [B]
   slots = jnp.arange(k)[None, :] % num_valid[:, None]  # [B, k]
   return jnp.take_along_axis(idx, slots[:, None, :], axis=2)
 
 
-@functools.partial(jax.jit, static_argnames=('num_group', 'group_size', 'shards'))
-def group(points: jax.Array, valid: jax.Array, num_group: int, group_size: int,
-          shards: int = 1) -> tuple[jax.Array, jax.Array]:
+@functools.partial(jax.jit, static_argnames=('num_group', 'group_size'))
+def group(points: jax.Array, valid: jax.Array, num_group: int,
+          group_size: int) -> tuple[jax.Array, jax.Array]:
   """PointMAE `Group`: FPS centres, then each centre's kNN expressed relative to it.
 
   Args:
@@ -166,7 +160,6 @@ def group(points: jax.Array, valid: jax.Array, num_group: int, group_size: int,
     valid: [B, N] bool.
     num_group: G, the number of FPS centres.
     group_size: K, the neighbours per centre (the centre itself included).
-    shards: the devices the batch is split over (see `knn_indices`).
 
   Returns:
     neighborhood [B, G, K, 3] (points − centre) and centers [B, G, 3].
@@ -174,7 +167,7 @@ def group(points: jax.Array, valid: jax.Array, num_group: int, group_size: int,
   points = points.astype(jnp.float32)
   centre_idx = fps.farthest_point_sample(points, valid, num_group)
   centers = jnp.take_along_axis(points, centre_idx[:, :, None], axis=1)
-  idx = knn_indices(points, valid, centers, group_size, shards)
+  idx = knn_indices(points, valid, centers, group_size)
   batch, g, k = idx.shape
   neighbours = jnp.take_along_axis(points, idx.reshape(batch, g * k, 1), axis=1).reshape(batch, g, k, 3)
   return neighbours - centers[:, :, None, :], centers

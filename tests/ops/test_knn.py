@@ -164,10 +164,10 @@ _SHARDED = textwrap.dedent('''
     points, valid = buckets.pad_batch([_scan(96, seed) for seed in range(8)], buckets=(8192,))
     sharding = NamedSharding(Mesh(np.array(jax.devices()), ('data',)), PartitionSpec('data'))
     placed = [jax.device_put(x, sharding) for x in (points, valid)]
-    group = jax.jit(knn.group, static_argnames=('num_group', 'group_size', 'shards'))
-    hlo = group.lower(*placed, num_group=64, group_size=16, shards=8).compile().as_text()
+    group = jax.jit(knn.group, static_argnames=('num_group', 'group_size'))
+    hlo = group.lower(*placed, num_group=64, group_size=16).compile().as_text()
     gathers = re.findall(r'(all-gather|all-to-all|collective-permute|reduce-scatter)(-start)?\\(', hlo)
-    same = all(np.array_equal(a, b) for a, b in zip(group(*placed, num_group=64, group_size=16, shards=8),
+    same = all(np.array_equal(a, b) for a, b in zip(group(*placed, num_group=64, group_size=16),
                                                     group(points, valid, num_group=64, group_size=16)))
     print(len(gathers), same)
 ''')
