@@ -28,6 +28,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   choice(config, 'point_backbone', backbones.POINT_BACKBONES)
   number(config, 'seed', integer=True)
   number(config, 'batch_size', 1, integer=True)
+  number(config, 'workers', 0, integer=True)
   _distributed(config)
   choice(config, 'point_mae.batchnorm', point_mae.BATCHNORM_MODES)
   choice(config, 'point_mae.drop_path', point_mae.DROP_PATH_MODES)

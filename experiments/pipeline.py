@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from experiments import config_check, report
-from g2sf_jax import backbones, data, distributed, features, io, methods
+from g2sf_jax import backbones, data, distributed, features, io, methods, parallel
 from g2sf_jax.data import prepared, synthetic, transforms
 from g2sf_jax.config_fields import get as config_value
 from g2sf_jax.errors import ConfigError, DataError, MissingInputError, OutputExistsError
@@ -72,7 +72,8 @@ def _prepare(ctx: 'Context') -> dict:
     ctx.log('prepare: generating synthetic class %s in %s', ctx.class_name, raw_dir)
     synthetic.generate(raw_dir, classes=[ctx.class_name], n_train=c.synthetic.n_train, n_test=c.synthetic.n_test,
                        size=c.synthetic.size, seed=c.seed, modalities=c.synthetic.modalities,
-                       fov=c.synthetic.fov, replace=True)  # <workdir>/raw is the runner's own
+                       fov=c.synthetic.fov, replace=True,  # <workdir>/raw is the runner's own
+                       workers=parallel.resolve(c.workers))
   target = prepared.prepared_dir(c.dataset, ctx.workdir.data_dir, ctx.class_name)
   if target.exists():  # prepared from other raw inputs (this stage's key changed): ours to rebuild
     if not (target / 'dataset_info.json').is_file():
@@ -83,7 +84,8 @@ def _prepare(ctx: 'Context') -> dict:
     shutil.rmtree(stale)
   import tensorflow_datasets as tfds  # Heavy: only this stage needs it directly.
   tfds.disable_progress_bar()
-  result = prepared.prepare(c.dataset, raw_dir, ctx.workdir.data_dir, [ctx.class_name])[ctx.class_name]
+  result = prepared.prepare(c.dataset, raw_dir, ctx.workdir.data_dir, [ctx.class_name],
+                            workers=parallel.resolve(c.workers))[ctx.class_name]
   for problem in result['problems']:
     log.warning('prepare %s: %s', ctx.class_name, problem)
   _check_modalities(ctx)
@@ -235,6 +237,10 @@ class Context:
   @property
   def mesh(self):
     return self.runner.mesh
+
+  @property
+  def data_dir(self) -> Path:
+    return self.runner.workdir.data_dir
 
   @property
   def classes(self) -> tuple[str, ...]:

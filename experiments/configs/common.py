@@ -22,6 +22,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.rgb_backbone = 'dino_vit_b8'   # dino_vit_b8 | efficientnet_lite0
   c.point_backbone = 'point_mae'   # point_mae | fpfh
   c.batch_size = 8                 # feature extraction batch
+  c.workers = 0                    # processes for the CPU data work (rendering, cleaning, synthesis); 0 = one per
+                                   # core. Keys no stage: the results are the same for any number (g2sf_jax/parallel.py)
 
   # Several cooperating processes (jax.distributed; README "Many devices and hosts"). All empty: one process, or
   # JAX's cluster detection when SLURM / Open MPI / a TPU pod started more than one task. Keys no stage.

@@ -2,11 +2,14 @@
 
 All the work is the kind's (`g2sf_jax.data.kind.DatasetKind`): this class only lists the raw class, stores each
 entry's `Stored` arrays as array_record and records the class's modalities and problems in `metadata.json`.
+Each entry's preprocessing runs in one of `workers` processes (set by `prepared.prepare`), in the listing's order.
 """
+import functools
 from pathlib import Path
 
 import tensorflow_datasets as tfds
 
+from g2sf_jax import parallel
 from g2sf_jax.data import kind, prepared
 
 
@@ -19,6 +22,7 @@ class KindBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Subclasses set `KIND` (a `DatasetKind`), `name`, `BUILDER_CONFIGS` and `MANUAL_DOWNLOAD_INSTRUCTIONS`."""
 
   KIND: kind.DatasetKind
+  workers = 1
   VERSION = tfds.core.Version(prepared.VERSION)
   RELEASE_NOTES = {prepared.VERSION: 'Reference preprocessing (SPEC §1.2/§1.3) through g2sf_jax.data.'}
 
@@ -33,8 +37,9 @@ class KindBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {split: self._generate_examples(entries, split) for split, entries in listing.splits.items()}
 
   def _generate_examples(self, entries, split: str):
-    for entry in entries:
-      stored = self.KIND.load_entry(entry, split == 'train')
-      self.info.metadata['problems'].extend(f'{entry.name}: {p}' for p in stored.problems)
-      yield entry.name, dict(stored.arrays(), label=int(entry.defect != 'good'), defect=entry.defect,
-                             name=entry.name, problems=list(stored.problems))
+    with parallel.Workers(self.workers) as pool:
+      for entry, stored in zip(entries, pool.map(functools.partial(self.KIND.load_entry, keep_orig=split == 'train'),
+                                                 entries)):
+        self.info.metadata['problems'].extend(f'{entry.name}: {p}' for p in stored.problems)
+        yield entry.name, dict(stored.arrays(), label=int(entry.defect != 'good'), defect=entry.defect,
+                               name=entry.name, problems=list(stored.problems))

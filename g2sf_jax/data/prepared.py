@@ -79,8 +79,10 @@ def is_prepared(dataset: str, data_dir: str | Path, class_name: str) -> bool:
 
 
 def prepare(dataset: str, raw_dir: str | Path, data_dir: str | Path,
-            classes: str | Sequence[str] | None = None) -> dict[str, dict]:
+            classes: str | Sequence[str] | None = None, workers: int = 1) -> dict[str, dict]:
   """Builds the TFDS array_record data of each class from the user's raw download (read only).
+
+  `workers` processes read and clean the samples (`g2sf_jax.parallel`); the stored data is the same for any number.
 
   `classes`: None = every class of the dataset (synthetic: every class found in `raw_dir`).
   Returns `{class: {'path', 'built', 'num_examples': {split: n}, 'modalities': (str, ...), 'problems': [str]}}`;
@@ -108,6 +110,7 @@ def prepare(dataset: str, raw_dir: str | Path, data_dir: str | Path,
   for name in classes:
     built = not is_prepared(dataset, data_dir, name)
     builder = module.Builder(config=name, data_dir=str(Path(data_dir).absolute()), file_format='array_record')
+    builder.workers = workers
     builder.download_and_prepare(download_config=config)
     info = builder.info
     report[name] = dict(path=str(prepared_dir(dataset, data_dir, name)), built=built,

@@ -21,7 +21,7 @@ import numpy as np
 import cv2
 from scipy import ndimage
 
-from g2sf_jax import io
+from g2sf_jax import io, parallel
 from g2sf_jax.data import kind, mvtec3d
 from g2sf_jax.errors import OutputExistsError
 
@@ -260,21 +260,40 @@ def _test_counts(n_test: int) -> dict[str, int]:
 
 
 def _write_class(root: Path, shape: str, n_train: int, n_test: int, size: int, seed: int,
-                 modalities: tuple[str, ...], fov: float) -> None:
+                 modalities: tuple[str, ...], fov: float, workers: parallel.Workers) -> None:
   shape_id = SHAPES.index(shape)
   plan = [('train', 'good', n_train), ('validation', 'good', max(1, n_train // 4))]
   plan += [('test', folder, n) for folder, n in _test_counts(n_test).items()]
-  for split_id, (split, folder, count) in enumerate(plan):
-    folder_id = 0 if folder == 'good' else 1 + DEFECTS.index(folder)
-    for i in range(count):
-      rgb, xyz, gt = render_sample(shape, folder, size, (seed, shape_id, split_id, folder_id, i), fov)
-      base = root / split / folder
-      if 'rgb' in modalities:
-        io.write_png(base / 'rgb' / f'{i:03d}.png', rgb)
-      if 'xyz' in modalities:
-        io.write_xyz_tiff(base / 'xyz' / f'{i:03d}.tiff', xyz)
-      if split == 'test':
-        io.write_png(base / 'gt' / f'{i:03d}.png', gt)
+  jobs = [_SampleJob(root / split / folder, i, shape, folder, size,
+                     (seed, shape_id, split_id, 0 if folder == 'good' else 1 + DEFECTS.index(folder), i), fov,
+                     modalities, split == 'test')
+          for split_id, (split, folder, count) in enumerate(plan) for i in range(count)]
+  for _ in workers.map(_write_sample, jobs):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class _SampleJob:
+  """One sample's files: what `_write_sample` renders and where it writes them (picklable for a worker)."""
+  folder: Path
+  index: int
+  shape: str
+  defect: str
+  size: int
+  seed: tuple[int, ...]
+  fov: float
+  modalities: tuple[str, ...]
+  ground_truth: bool
+
+
+def _write_sample(job: _SampleJob) -> None:
+  rgb, xyz, gt = render_sample(job.shape, job.defect, job.size, job.seed, job.fov)
+  if 'rgb' in job.modalities:
+    io.write_png(job.folder / 'rgb' / f'{job.index:03d}.png', rgb)
+  if 'xyz' in job.modalities:
+    io.write_xyz_tiff(job.folder / 'xyz' / f'{job.index:03d}.tiff', xyz)
+  if job.ground_truth:
+    io.write_png(job.folder / 'gt' / f'{job.index:03d}.png', gt)
 
 
 def _stored_params(meta: Path) -> dict:
@@ -285,7 +304,7 @@ def _stored_params(meta: Path) -> dict:
 
 def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: int, n_test: int, size: int,
              seed: int, modalities: str | Sequence[str] = io.MODALITIES, fov: float = FOV,
-             replace: bool = False) -> Path:
+             replace: bool = False, workers: int = 1) -> Path:
   """Writes `<out_dir>/<class>/{train,validation}/good/{rgb,xyz}` and `<class>/test/<folder>/{rgb,xyz,gt}`.
 
   `n_test` is the test total per class, split evenly over `good` and `DEFECTS`; validation gets `n_train // 4`
@@ -296,6 +315,7 @@ def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: 
   `<class>/synthetic.json`: a class already generated with the same parameters is kept (resumable, idempotent);
   one generated with other parameters is an error rather than silently mixed, unless `replace` (the runner's own
   `<workdir>/raw`): then it is regenerated in one rename. A folder without `synthetic.json` is never replaced.
+  `workers` processes render the samples (`g2sf_jax.parallel`; the files are the same for any number).
   """
   if isinstance(classes, str):
     classes = [c.strip() for c in classes.split(',') if c.strip()]
@@ -317,8 +337,9 @@ def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: 
       if not (replace and meta.is_file()):
         raise OutputExistsError(f'{final} exists but was not generated with {params} (see {meta}); '
                                 'remove it or choose another output folder')
-    with io.atomic_dir(final, lambda folder: replace and (folder / 'synthetic.json').is_file()) as tmp:
-      _write_class(tmp, shape, n_train, n_test, size, seed, modalities, fov)
+    with io.atomic_dir(final, lambda folder: replace and (folder / 'synthetic.json').is_file()) as tmp, \
+        parallel.Workers(workers) as pool:
+      _write_class(tmp, shape, n_train, n_test, size, seed, modalities, fov, pool)
       (tmp / 'synthetic.json').write_text(json.dumps(params, indent=1, sort_keys=True))
   return out_dir
 

@@ -68,10 +68,12 @@ class StageContext(ScorerContext, Protocol):
 
   `class_name` is '' for a dataset-scope stage; `classes` are the classes it pools over (`Stage.pool`; by default
   the run's); `out_dir` is this stage's fresh
-  output folder (kept across an interrupted run with the same inputs, so a stage can resume from it).
+  output folder (kept across an interrupted run with the same inputs, so a stage can resume from it); `data_dir`
+  holds the prepared data (`g2sf_jax.data.prepared`), for worker processes that open the splits themselves.
   """
   classes: tuple[str, ...]
   out_dir: Path
+  data_dir: Path
 
   def key(self, *names: str) -> jax.Array:
     """The run's PRNG key folded with the class and `names`: explicit and reproducible."""

@@ -51,6 +51,22 @@ def test_prepare_is_idempotent(synthetic):
   assert _tree(data_dir) == tree and _tree(raw) == before
 
 
+def test_workers_prepare_the_same_samples(synthetic, tmp_path):
+  raw, data_dir, before, report = synthetic
+  again = prepared.prepare('synthetic', raw, tmp_path / 'data', 'cube', workers=2)['cube']
+  assert again['num_examples'] == report['cube']['num_examples'] and again['problems'] == report['cube']['problems']
+  for split in ('train', 'test'):
+    one, two = (prepared.load_split_full('synthetic', d, 'cube', split) for d in (data_dir, tmp_path / 'data'))
+    for a, b in zip(one, two, strict=True):
+      assert a.keys() == b.keys() and a['name'] == b['name']
+      for k, v in a.items():
+        if isinstance(v, np.ndarray):
+          np.testing.assert_array_equal(v, b[k])
+        else:
+          assert v == b[k], k
+  assert _tree(raw) == before
+
+
 def test_load_split_order_and_transforms(synthetic):
   raw, data_dir, _, _ = synthetic
   test = prepared.load_split('synthetic', data_dir, 'cube', 'test')
@@ -255,8 +271,9 @@ def _break(raw, tmp_path, how):
 def test_bad_mvtec_inputs_name_the_file(mvtec_raw, tmp_path, how, what):
   bad, path = _break(mvtec_raw, tmp_path, how)
   before = _tree(bad)
+  workers = 2 if how == 'truncated tiff' else 1  # a worker's error too
   with pytest.raises(DataError, match=re.escape(what)) as e:
-    prepared.prepare('mvtec3d', bad, tmp_path / 'data', ['bagel'])
+    prepared.prepare('mvtec3d', bad, tmp_path / 'data', ['bagel'], workers=workers)
   assert str(path) in str(e.value)
   assert not prepared.is_prepared('mvtec3d', tmp_path / 'data', 'bagel')
   assert _tree(bad) == before

@@ -57,6 +57,11 @@ def test_deterministic_and_idempotent(tmp_path):
   assert _tree(sd.generate(tmp_path / 'a', ['cylinder'], 2, 7, SIZE, seed=4, replace=True)) == c  # regenerated whole
 
 
+def test_workers_write_the_same_files(tmp_path):
+  one = _tree(sd.generate(tmp_path / 'one', ['torus'], 3, 7, SIZE, seed=2))
+  assert _tree(sd.generate(tmp_path / 'two', ['torus'], 3, 7, SIZE, seed=2, workers=2)) == one
+
+
 def test_replace_never_touches_a_folder_it_did_not_generate(tmp_path):
   (tmp_path / 'cube' / 'train').mkdir(parents=True)
   (tmp_path / 'cube' / 'train' / 'mine.txt').write_text('user data')

@@ -4,15 +4,18 @@ Stages: `patchcore/banks` (shared with the plain rows), `g2sf/fusion_data` (SPEC
 (SPEC §4.5). Rows: IMG, PCD and FUS; with one modality only there is nothing to fuse and the method reduces to
 that modality's PatchCore row. The scorer reuses the anchors of the IMG/PCD search for FUS (SPEC §4.6).
 """
+import dataclasses
+import functools
 import json
 import zlib
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import ml_collections
 import numpy as np
 
-from g2sf_jax import data, features, io, memory_bank
-from g2sf_jax.data import transforms
+from g2sf_jax import data, features, io, memory_bank, parallel
+from g2sf_jax.data import prepared, transforms
 from g2sf_jax.config_fields import choice, number
 from g2sf_jax.errors import ConfigError, DataError
 from g2sf_jax.methods import base, patchcore
@@ -36,12 +39,13 @@ class _Subset(Sequence):
     return self.samples[self.indices[i]]
 
 
-def _anomaly_sources(ctx: base.StageContext):
+def _anomaly_sources(ctx: base.StageContext) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
   """SPEC §4.2: `synthesis.num_sources` preprocessed training clouds per class, pooled over the stage's classes
   (`synthesis.source_classes`, or the run's: the reference pools every class of the dataset).
 
-  Returns (source names 'class/split/…', load(i) → xyz [S, S, 3]); the list is saved in the stage's folder. A cloud
-  with too few valid points is passed over (the next in the seeded order is taken).
+  Returns the source names ('class/split/…') and where each lies (class, row of its training split); the list is
+  saved in the stage's folder. A cloud with too few valid points is passed over (the next in the seeded order is
+  taken).
   """
   from g2sf_jax.methods.g2sf import synthesis  # albumentations and torch: only this stage needs them
   c = ctx.config
@@ -58,14 +62,14 @@ def _anomaly_sources(ctx: base.StageContext):
                                              usable=lambda n: synthesis.can_host_anomaly(load_name(n)))
   with io.atomic_write(ctx.out_dir / 'anomaly_sources.json', 'w') as f:
     json.dump(sources, f, indent=1)
-  return sources, lambda i: load_name(sources[i])
+  return tuple(sources), tuple(where[n] for n in sources)
 
 
 def _names(split: Sequence[dict]) -> list[str]:
   return [s['name'] for s in split]
 
 
-def _hosts(ctx: base.StageContext, train_full: Sequence[dict]) -> Sequence[dict]:
+def _hosts(ctx: base.StageContext, train_full: Sequence[dict]) -> tuple[int, ...]:
   """The training samples that can receive (and donate) an anomaly; the others are named in the log."""
   from g2sf_jax.methods.g2sf import synthesis
   keep, left_out = [], []
@@ -78,7 +82,44 @@ def _hosts(ctx: base.StageContext, train_full: Sequence[dict]) -> Sequence[dict]
   if len(keep) < 2:
     raise DataError(f'class {ctx.class_name!r}: {len(keep)} of {len(train_full)} training clouds have enough valid '
                     'points for anomaly synthesis (2 needed: a normal sample and a donor)')
-  return _Subset(train_full, keep)
+  return tuple(keep)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SynthesisPlan:
+  """What one synthetic anomaly of a class is made from, as plain data so that a worker process can open the
+  prepared splits itself (`g2sf_jax.parallel`): each anomaly is a function of (plan, index) alone."""
+  dataset: str
+  data_dir: str
+  class_name: str
+  hosts: tuple[int, ...]                   # rows of the class's training split that may host and donate
+  sources: tuple[str, ...]                 # anomaly-source names ('class/split/…')
+  source_rows: tuple[tuple[str, int], ...]  # (class, training row) of each source
+  profile: str
+  seed: int
+
+
+@functools.lru_cache(maxsize=4)
+def _opened(plan: _SynthesisPlan):
+  """The hosts and a source loader of `plan`, opened once per process."""
+  split = lambda name: prepared.load_split_full(plan.dataset, plan.data_dir, name, 'train')
+  train = split(plan.class_name)
+  source_splits = {name: split(name) for name, _ in plan.source_rows}
+
+  def load_source(i: int) -> np.ndarray:
+    name, row = plan.source_rows[i]
+    return source_splits[name][row]['xyz']
+
+  return _Subset(train, plan.hosts), load_source
+
+
+def _synthesize(plan: _SynthesisPlan, index: int) -> dict:
+  """Synthetic anomaly `index` of `plan` → its model input (SPEC §4.2.8 resizing)."""
+  from g2sf_jax.methods.g2sf import synthesis
+  hosts, load_source = _opened(plan)
+  made = synthesis.synthesize_indexed(hosts, load_source, plan.sources, plan.class_name, plan.profile, plan.seed,
+                                      index)
+  return transforms.model_input(made, mask_rgb_by_xyz=False)
 
 
 def _placed_coresets(ctx: base.ScorerContext, banks: Mapping[str, memory_bank.ModalityBank]):
@@ -87,28 +128,26 @@ def _placed_coresets(ctx: base.ScorerContext, banks: Mapping[str, memory_bank.Mo
 
 def build_fusion_data(ctx: base.StageContext) -> dict:
   """SPEC §4.2–4.3: `synthesis.num_anomalies` synthetic anomalies → their foreground patch rows."""
-  from g2sf_jax.methods.g2sf import synthesis
   c = ctx.config
   banks = patchcore.load_banks(ctx)
-  train_full = _hosts(ctx, ctx.samples('train', full=True))
-  sources, load_source = _anomaly_sources(ctx)
+  hosts = _hosts(ctx, ctx.samples('train', full=True))
+  sources, source_rows = _anomaly_sources(ctx)
+  plan = _SynthesisPlan(c.dataset, str(Path(ctx.data_dir).absolute()), ctx.class_name, hosts, sources,
+                        source_rows, data.get(c.dataset).synthesis, zlib.crc32(f'{c.seed}/{ctx.class_name}'.encode()))
   rgb, point = ctx.backbones()
-  profile = data.get(c.dataset).synthesis
   bar = ctx.progress(c.synthesis.num_anomalies, f'{ctx.class_name} fusion data')
-  seed = zlib.crc32(f'{c.seed}/{ctx.class_name}'.encode())
 
-  def make_chunk(indices: np.ndarray) -> dict[str, np.ndarray]:
-    """Synthetic samples (seed, i) → SPEC §4.2.8 resizing → normalised IMG and raw PCD features."""
-    made = [synthesis.synthesize_indexed(train_full, load_source, sources, ctx.class_name, profile, seed, int(i))
-            for i in indices]
-    inputs = [transforms.model_input(m, mask_rgb_by_xyz=False) for m in made]
-    feats = features.extract(rgb, point, inputs, c.batch_size)
-    bar.update(len(indices))
-    return {'img': banks['img'].normaliser(feats['img']), 'pcd': feats['pcd'],
-            'mask': np.stack([x['mask'] for x in inputs])}
+  with parallel.Workers(min(parallel.resolve(c.workers), c.batch_size)) as pool:
+    def make_chunk(indices: np.ndarray) -> dict[str, np.ndarray]:
+      """Synthetic samples (seed, i), made in the worker processes → normalised IMG and raw PCD features."""
+      inputs = list(pool.map(functools.partial(_synthesize, plan), [int(i) for i in indices]))
+      feats = features.extract(rgb, point, inputs, c.batch_size)
+      bar.update(len(indices))
+      return {'img': banks['img'].normaliser(feats['img']), 'pcd': feats['pcd'],
+              'mask': np.stack([x['mask'] for x in inputs])}
 
-  fused = fusion_dataset.build(ctx.out_dir, c.synthesis.num_anomalies, make_chunk, _placed_coresets(ctx, banks),
-                               chunk_size=c.batch_size, num_anchors=c.memory_bank.num_anchors)
+    fused = fusion_dataset.build(ctx.out_dir, c.synthesis.num_anomalies, make_chunk, _placed_coresets(ctx, banks),
+                                 chunk_size=c.batch_size, num_anchors=c.memory_bank.num_anchors)
   bar.close()
   info = {'rows': int(len(fused.label)), 'anomalous': int(np.sum(fused.label))}
   ctx.log('fusion_data %s: %d patches, %d anomalous', ctx.class_name, info['rows'], info['anomalous'])

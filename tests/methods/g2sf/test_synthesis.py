@@ -98,11 +98,34 @@ def test_fusion_data_leaves_empty_training_clouds_out_and_says_so():
 
   train = [dict(_disc_sample(i), name=f'train/good/{i:03d}') for i in range(3)]
   train[1] = dict(train[1], xyz=np.zeros((S, S, 3), np.float32))
-  hosts = method._hosts(Ctx(), train)
-  assert [h['name'] for h in hosts] == ['train/good/000', 'train/good/002']
+  assert method._hosts(Ctx(), train) == (0, 2)
+  hosts = method._Subset(train, (0, 2))
   assert logged and 'train/good/001' in logged[0] and 'too few valid points' in logged[0]
   made = synthesis.synthesize_indexed(hosts, lambda i: train[0]['xyz'], ['s.tiff'], 'bagel', 'mvtec', 0, 3)
   assert made['mask'].any()
+
+
+def test_fusion_data_synthesis_is_the_same_in_worker_processes(tmp_path):
+  """The anomalies `fusion_data` makes in workers, which open the prepared splits themselves, equal the in-process
+  ones: each is a function of (plan, index) alone."""
+  import functools
+  from g2sf_jax import parallel
+  from g2sf_jax.data import prepared, synthetic
+  from g2sf_jax.methods.g2sf import method
+  raw = synthetic.generate(tmp_path / 'raw', ['cube'], n_train=3, n_test=7, size=S, seed=0)
+  prepared.prepare('synthetic', raw, tmp_path / 'data', 'cube')
+  names = [s['name'] for s in prepared.load_split_full('synthetic', tmp_path / 'data', 'cube', 'train')]
+  plan = method._SynthesisPlan('synthetic', str(tmp_path / 'data'), 'cube', (0, 2), tuple(f'cube/{n}' for n in names),
+                               tuple(('cube', i) for i in range(len(names))), 'mvtec', 7)
+  make = functools.partial(method._synthesize, plan)
+  here = [make(i) for i in range(4)]
+  with parallel.Workers(2) as pool:
+    there = list(pool.map(make, range(4)))
+  assert sum(bool(x['mask'].any()) for x in here) >= 2
+  for a, b in zip(here, there, strict=True):
+    assert a.keys() == b.keys() == {'rgb', 'xyz', 'mask'}
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
 
 
 def test_geometric_augment_shares_parameters_across_channels():
