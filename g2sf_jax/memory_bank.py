@@ -147,16 +147,21 @@ def _greedy_dtype(fp16: bool):
   return jnp.float16 if fp16 else jnp.float32
 
 
-# Rows per tile of the greedy's distance pass. XLA:CPU runs one [n, c] row-reduction fusion ~5× slower than the
-# same work as a loop over [8192, c] tiles (5.5 MB of fp16 at c = 334, L2/L3-sized): 1.6–1.8× one read pass over
-# the bank at MVTec size, bound by XLA:CPU's arithmetic, not by bandwidth (BENCHMARKS.md); no operation of any row
-# changes.
+# Rows per tile of the greedy's distance pass on CPU. XLA:CPU runs one [n, c] row-reduction fusion ~5× slower than
+# the same work as a loop over [8192, c] tiles (5.5 MB of fp16 at c = 334, L2/L3-sized): 1.6–1.8× one read pass
+# over the bank at MVTec size, bound by XLA:CPU's arithmetic, not by bandwidth (BENCHMARKS.md); no operation of any
+# row changes. Accelerators take each device's rows as one tile: a loop over 77 tiles would launch 77 small kernels
+# in each of a full PCD coreset's ~62.7k iterations.
 GREEDY_TILE = 8192
 
 
-def _greedy_tile(num_rows: int, mesh: Mesh, tile: int) -> int:
-  """Tile rows for a bank of `num_rows` on `mesh`: `tile`, or one tile per device for a smaller bank."""
-  return max(1, min(tile, -(-num_rows // mesh.size)))
+def _greedy_tile(num_rows: int, mesh: Mesh, tile: int | None) -> int:
+  """Tile rows for a bank of `num_rows` on `mesh`: `tile` (None: `GREEDY_TILE` on CPU, else one tile per device),
+  at most one tile per device for a smaller bank."""
+  per_device = -(-num_rows // mesh.size)
+  if tile is None:
+    tile = GREEDY_TILE if mesh.devices.flat[0].platform == 'cpu' else per_device
+  return max(1, min(tile, per_device))
 
 
 @functools.partial(jax.jit, static_argnames=('fp16', 'mode', 'mesh', 'tile'), donate_argnums=1)
@@ -209,7 +214,7 @@ def _greedy_steps(z: jax.Array, carry: tuple, sq_norms: jax.Array, start: jax.Ar
 
 def greedy_k_center(z: np.ndarray | jax.Array, dist0: np.ndarray | jax.Array, k: int, fp16: bool, *, mesh: Mesh,
                     progress: Callable[[int, int], None] | None = None, seconds_per_call: float = 2.0,
-                    mode: str = 'reference', tile: int = GREEDY_TILE) -> np.ndarray:
+                    mode: str = 'reference', tile: int | None = None) -> np.ndarray:
   """Reference greedy k-centre on the projected bank `z [n, c]` → `[k]` int32 row indices (SPEC §3.2).
 
   Starts at row 0 with running minimum `dist0`; k−1 iterations, the first re-using row 0. Each picks the first
@@ -221,7 +226,8 @@ def greedy_k_center(z: np.ndarray | jax.Array, dist0: np.ndarray | jax.Array, k:
   The bank's rows are split over `mesh` (one running minimum per shard, the same picks on any number of devices).
   The iterations run in device calls of about `seconds_per_call` each; `progress(done, k)` is called after each,
   so a multi-hour coreset reports its progress (and an ETA) instead of running silent. Neither this chunking nor
-  the `tile` rows per distance pass (speed only) changes a single operation: the result is that of one loop.
+  the `tile` rows per distance pass (speed only; None: `_greedy_tile`'s choice for the platform) changes a single
+  operation: the result is that of one loop.
   """
   if mode not in GREEDY_MODES:
     raise ValueError(f'greedy_k_center: mode must be one of {GREEDY_MODES}, got {mode!r}')

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import jax
@@ -299,3 +300,13 @@ def test_greedy_coreset_picks_the_same_rows_on_one_and_eight_devices(tmp_path):
     for n in (1, 8):
       for tile in (mb.GREEDY_TILE, 48):
         np.testing.assert_array_equal(got[f'{fp16}-{n}-{tile}'], want, err_msg=f'fp16={fp16}, {n} devices, tile {tile}')
+
+
+def test_greedy_tile_is_cache_sized_on_cpu_and_one_per_device_on_accelerators():
+  fake_mesh = lambda platform, n: types.SimpleNamespace(
+      size=n, devices=np.array([types.SimpleNamespace(platform=platform)] * n))
+  assert mb._greedy_tile(765_184, fake_mesh('cpu', 1), None) == mb.GREEDY_TILE
+  assert mb._greedy_tile(765_184, fake_mesh('gpu', 1), None) == 765_184
+  assert mb._greedy_tile(765_184, fake_mesh('tpu', 8), None) == 95_648
+  assert mb._greedy_tile(1003, fake_mesh('cpu', 8), None) == 126  # a small bank: one tile per device anywhere
+  assert mb._greedy_tile(765_184, fake_mesh('gpu', 1), 48) == 48  # an explicit tile wins
