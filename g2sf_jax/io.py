@@ -160,10 +160,10 @@ def link_tree(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
   return Path(dst)
 
 
-def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-  """`np.savez_compressed` to exactly `path` (no `.npz` appended), atomically."""
+def save_npz_atomic(path: str | os.PathLike, *, compress: bool = True, **arrays: np.ndarray) -> Path:
+  """`np.savez_compressed` (or `np.savez`) to exactly `path` (no `.npz` appended), atomically."""
   with atomic_write(path) as f:
-    np.savez_compressed(f, **arrays)
+    (np.savez_compressed if compress else np.savez)(f, **arrays)
   return Path(path)
 
 

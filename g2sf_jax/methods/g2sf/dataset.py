@@ -3,10 +3,13 @@
 
 `build` works through the synthetic samples in chunks; each chunk is written atomically to `chunks/` as soon as it is
 done, so an interrupted build resumes at the first missing chunk. The chunks are then joined into `.npy` files that
-`load` memory-maps (the MVTec set is 8–15 GB of features, SPEC §8).
+`load` memory-maps (the MVTec set is 8–15 GB of features, SPEC §8), and removed. They are stored uncompressed: zlib
+took 7.8 s per 217 MB chunk of a full-size class here (6.5 min per class) to save a quarter of a disk space that
+is freed at the end anyway.
 """
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -80,9 +83,10 @@ def build(out_dir, num_samples: int, make_chunk: Callable[[np.ndarray], Mapping[
   out_dir = Path(out_dir)
   meta = {'num_samples': int(num_samples), 'chunk_size': int(chunk_size), 'num_anchors': int(num_anchors),
           'coreset_rows': [int(coresets[0].num_rows), int(coresets[1].num_rows)]}
-  if (out_dir / _META).is_file() and json.loads((out_dir / _META).read_text()) == meta:
-    return load(out_dir)
   chunk_dir = out_dir / 'chunks'
+  if (out_dir / _META).is_file() and json.loads((out_dir / _META).read_text()) == meta:
+    shutil.rmtree(chunk_dir, ignore_errors=True)  # what an interruption after the join left behind
+    return load(out_dir)
   chunk_dir.mkdir(parents=True, exist_ok=True)
   paths = []
   for start in range(0, num_samples, chunk_size):
@@ -94,10 +98,11 @@ def build(out_dir, num_samples: int, make_chunk: Callable[[np.ndarray], Mapping[
     arrays = make_chunk(indices)
     rows = chunk_rows(np.asarray(arrays['img']), np.asarray(arrays['pcd']), np.asarray(arrays['mask']), coresets,
                       num_anchors)
-    io.save_npz_atomic(path, **rows)
+    io.save_npz_atomic(path, compress=False, **rows)
   _join(paths, out_dir)
   with io.atomic_write(out_dir / _META, 'w') as f:
     f.write(json.dumps(meta))
+  shutil.rmtree(chunk_dir)
   return load(out_dir)
 
 

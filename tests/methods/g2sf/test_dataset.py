@@ -1,3 +1,5 @@
+import zipfile
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -78,14 +80,20 @@ def test_build_resumes_per_chunk(tmp_path):
   with pytest.raises(KeyboardInterrupt):
     dataset.build(tmp_path / 'fd', 5, make, cs, chunk_size=2, num_anchors=20)
   assert calls == [[0, 1], [2, 3]]
+  with zipfile.ZipFile(tmp_path / 'fd' / 'chunks' / 'chunk_000000_2.npz') as z:  # stored, not deflated: fast
+    assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_STORED}
   data = dataset.build(tmp_path / 'fd', 5, make, cs, chunk_size=2, num_anchors=20)
   assert calls[2:] == [[2, 3], [4]]  # chunk 0 was kept
+  assert not (tmp_path / 'fd' / 'chunks').exists()  # joined, then removed
   ref = dataset.chunk_rows(*(lambda a: (a['img'], a['pcd'], a['mask']))(_chunk(range(5))), cs, num_anchors=20)
   for k in ('feature', 'score', 'label', 'anchor_idx'):
     np.testing.assert_array_equal(np.asarray(getattr(data, k)), ref[k])
   n_calls = len(calls)
+  (tmp_path / 'fd' / 'chunks').mkdir()  # as an interruption between the join and the removal leaves it
+  (tmp_path / 'fd' / 'chunks' / 'chunk_000000_2.npz').touch()
   again = dataset.build(tmp_path / 'fd', 5, make, cs, chunk_size=2, num_anchors=20)
   assert len(calls) == n_calls and isinstance(again.feature, np.memmap)
+  assert not (tmp_path / 'fd' / 'chunks').exists()
   np.testing.assert_array_equal(again.label, data.label)
   with pytest.raises(FileNotFoundError, match='fusion_data'):
     dataset.load(tmp_path / 'nothing')
