@@ -109,6 +109,40 @@ def gather(x: jax.Array) -> jax.Array | np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def fits_on_devices(nbytes: int, mesh: Mesh, share: float = 0.5) -> bool:
+  """Whether `nbytes` replicated on every device of `mesh` takes at most `share` of an accelerator's memory.
+
+  False on CPU: there the devices are the host's memory, where the data already lies (memory-mapped), and a device
+  copy would only double it. False too where the platform does not report its memory.
+  """
+  device = mesh.devices.flat[0]
+  if device.platform == 'cpu':
+    return False
+  stats = device.memory_stats() or {}
+  return nbytes <= share * stats.get('bytes_limit', 0)
+
+
+class StepOutputs:
+  """The outputs of dispatched device steps, read back together (`fetch`) instead of after each step.
+
+  A read per step (`float(loss)`) makes the host wait for the device before it prepares the next batch; without it
+  the two overlap. At most `depth` steps are left in flight, since each holds its batch on the device.
+  """
+
+  def __init__(self, depth: int = 2):
+    self.depth = depth
+    self._outputs = []
+
+  def append(self, output) -> None:
+    self._outputs.append(output)
+    if len(self._outputs) > self.depth:
+      jax.block_until_ready(self._outputs[-self.depth - 1])
+
+  def fetch(self) -> list:
+    """Every output so far, as NumPy, in the order they were appended."""
+    return jax.device_get(self._outputs)
+
+
 def is_primary() -> bool:
   """True in the process that writes shared outputs (markers, reports): process 0, or the only process."""
   return jax.process_index() == 0

@@ -1,5 +1,7 @@
 """Mesh and row-sharding helpers (the single device of the test process; 8 devices are covered in
 tests/test_memory_bank.py::test_knn_one_vs_eight_devices)."""
+import types
+
 import jax
 import numpy as np
 import pytest
@@ -51,3 +53,26 @@ def test_initialize_is_a_no_op_for_one_process_and_checks_its_arguments():
   assert jax.process_count() == 1
   assert distributed.primary_decides(True) and not distributed.primary_decides(False)
   distributed.barrier('one process: returns at once')
+
+
+def test_fits_on_devices_only_on_accelerators_with_room():
+  mesh = distributed.make_mesh()
+  assert not distributed.fits_on_devices(1, mesh)  # CPU: the host memory the data already lies in
+  gpu = lambda stats: types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform='gpu',
+                                                                                    memory_stats=lambda: stats)]))
+  assert distributed.fits_on_devices(40 << 30, gpu({'bytes_limit': 80 << 30}))
+  assert not distributed.fits_on_devices(41 << 30, gpu({'bytes_limit': 80 << 30}))
+  assert not distributed.fits_on_devices(1, gpu(None))  # memory not reported
+
+
+def test_step_outputs_come_back_in_order_as_numpy():
+  mesh = distributed.make_mesh()
+  step = jax.jit(lambda x, i: {'loss': x.sum() * i, 'rows': x * i})
+  outputs = distributed.StepOutputs(depth=2)
+  x = distributed.replicate(np.arange(4, dtype=np.float32), mesh)
+  for i in range(5):
+    outputs.append(step(x, i))
+  got = outputs.fetch()
+  assert [float(o['loss']) for o in got] == [6.0 * i for i in range(5)]
+  assert all(isinstance(o['rows'], np.ndarray) for o in got)
+  np.testing.assert_array_equal(got[3]['rows'], np.arange(4) * 3)

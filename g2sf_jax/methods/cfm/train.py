@@ -86,8 +86,8 @@ def train(config: ml_collections.ConfigDict, num_samples: int, batch_rows: Calla
   params, opt_state = jax.device_put((params, opt_state), distributed.replicated(mesh))
   for epoch in range(start, c.epochs):
     order = np.random.default_rng([*seed, epoch]).permutation(num_samples)
-    sums = {'2d_to_3d': 0.0, '3d_to_2d': 0.0}
     batches = range(0, num_samples, c.batch_size)
+    steps = distributed.StepOutputs()  # the losses read once per epoch: the next batch is read during this step
     for first in batches:
       idx = order[first:first + c.batch_size]
       rgb, pcd, bg = batch_rows(idx)
@@ -99,6 +99,9 @@ def train(config: ml_collections.ConfigDict, num_samples: int, batch_rows: Calla
       flat = tuple(distributed.shard_rows(x, mesh) for x in (rgb.reshape(-1, rgb.shape[-1]),
                                                              pcd.reshape(-1, pcd.shape[-1]), ~bg.reshape(-1)))
       params, opt_state, terms = step(params, opt_state, *flat)
+      steps.append(terms)
+    sums = {'2d_to_3d': 0.0, '3d_to_2d': 0.0}
+    for terms in steps.fetch():
       for k in sums:
         sums[k] += float(terms[k]) / len(batches)
     leaves = jax.tree.leaves(opt_state)

@@ -182,17 +182,20 @@ def val_terms(model: lspn.LSPN, params: Any, batch: dict, coresets, mu: jax.Arra
           'margin': losses.margin(d2, batch['normal']), 'score': l0}
 
 
-def make_steps(g2sf_config, mesh: Mesh, rows: NamedSharding | None = None):
+def make_steps(g2sf_config, mesh: Mesh, rows: NamedSharding | None = None, gather: bool = False):
   """Jitted (train_step, val_step, optimizer): the batch laid out as `rows` (default: sharded over the mesh axis, see
   `batch_sharding`), everything else replicated.
 
-  Cached per (config, mesh, rows), so training several classes in one process compiles once.
+  The steps take the batch as `{'feature', 'anchor_idx', 'normal'}`; with `gather=True` they take instead the whole
+  fusion table (those three over all M rows, replicated) and the batch's row indices `[B]` int32 laid out as `rows`,
+  and gather the batch on the device (`_table_on_device`). Cached per (config, mesh, rows, gather), so training
+  several classes in one process compiles once.
   """
-  return _make_steps(ml_collections.FrozenConfigDict(g2sf_config), mesh, rows or distributed.row_sharded(mesh))
+  return _make_steps(ml_collections.FrozenConfigDict(g2sf_config), mesh, rows or distributed.row_sharded(mesh), gather)
 
 
 @functools.lru_cache(maxsize=4)
-def _make_steps(c: ml_collections.FrozenConfigDict, mesh: Mesh, rows: NamedSharding):
+def _make_steps(c: ml_collections.FrozenConfigDict, mesh: Mesh, rows: NamedSharding, gather: bool):
   model = lspn.from_config(c)
   tx = make_optimizer(c)
   rep = distributed.replicated(mesh)
@@ -206,10 +209,22 @@ def _make_steps(c: ml_collections.FrozenConfigDict, mesh: Mesh, rows: NamedShard
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, dict(terms, loss=loss)
 
-  train = jax.jit(train_step, in_shardings=(rep, rep, batch_sh, rep, rep, rep, rep),
-                  out_shardings=(rep, rep, rep), donate_argnums=(0, 1))
-  val = jax.jit(functools.partial(val_terms, model), in_shardings=(rep, batch_sh, rep, rep, rep),
-                out_shardings=rep)
+  val_step = functools.partial(val_terms, model)
+  if not gather:
+    train = jax.jit(train_step, in_shardings=(rep, rep, batch_sh, rep, rep, rep, rep),
+                    out_shardings=(rep, rep, rep), donate_argnums=(0, 1))
+    val = jax.jit(val_step, in_shardings=(rep, batch_sh, rep, rep, rep), out_shardings=rep)
+    return train, val, tx
+
+  def take(table, idx):
+    batch = {k: jnp.take(x, idx, axis=0) for k, x in table.items()}
+    return jax.lax.with_sharding_constraint(batch, batch_sh)
+
+  train = jax.jit(lambda params, opt_state, table, idx, *rest: train_step(params, opt_state, take(table, idx), *rest),
+                  in_shardings=(rep, rep, rep, rows, rep, rep, rep, rep), out_shardings=(rep, rep, rep),
+                  donate_argnums=(0, 1))
+  val = jax.jit(lambda params, table, idx, *rest: val_step(params, take(table, idx), *rest),
+                in_shardings=(rep, rep, rows, rep, rep, rep), out_shardings=rep)
   return train, val, tx
 
 
@@ -224,13 +239,30 @@ def _host_batch(data: 'FusionData', rows: np.ndarray) -> dict:
           'normal': np.asarray(data.label[rows] == 0)}
 
 
+def _table_on_device(data: 'FusionData', mesh: Mesh, on_device: bool | None) -> dict | None:
+  """The whole fusion table (features, anchors, normal flags) replicated on the mesh, when `on_device` says so or,
+  for None, when it fits on an accelerator (`distributed.fits_on_devices`): each step then receives B row indices
+  instead of B feature rows read from the memory-mapped file on the host (~24 ms for 8,192 of 1,920 columns here,
+  plus their copy to the device). None otherwise: the batches come from the host."""
+  nbytes = data.feature.size * 4 + data.anchor_idx.size * 4 + data.label.size
+  if not (distributed.fits_on_devices(nbytes, mesh) if on_device is None else on_device):
+    return None
+  table = {'feature': np.asarray(data.feature, np.float32), 'anchor_idx': np.asarray(data.anchor_idx, np.int32),
+           'normal': np.asarray(data.label) == 0}
+  return jax.device_put(table, distributed.replicated(mesh))
+
+
 def train(config, data: 'FusionData', coresets: tuple[np.ndarray, np.ndarray], workdir, key: jax.Array, *,
-          mesh: Mesh, on_epoch_end: Callable[[int, dict], None] | None = None) -> FusionState:
+          mesh: Mesh, on_epoch_end: Callable[[int, dict], None] | None = None,
+          data_on_device: bool | None = None) -> FusionState:
   """Trains (or resumes training of) the LSPN and θ; returns the best-validation state (SPEC §4.5).
 
   `coresets = (img [K_R, D_R], pcd [K_P, D_P])`, normalised as the fusion features. `on_epoch_end(epoch, metrics)`
   is called after each finished epoch (after its state is saved). Re-running with the same inputs resumes from
-  `workdir/state`; a finished run returns immediately.
+  `workdir/state`; a finished run returns immediately. `data_on_device`: keep the whole fusion table on the devices
+  and gather each batch there (None: when it fits on an accelerator; see `_table_on_device`); the same batches
+  either way, the same training up to float rounding (XLA compiles the step around the gather differently). The losses are read back once per epoch, so the host prepares a batch while the device trains on
+  the previous one.
   """
   from sklearn.metrics import roc_auc_score  # the validation AUROC; scoring never needs scikit-learn
   workdir = Path(workdir)
@@ -252,7 +284,8 @@ def train(config, data: 'FusionData', coresets: tuple[np.ndarray, np.ndarray], w
   mu, margin = constants(data, balanced_batches(train_rows, label, batch, _rng(key, 1)),
                          balanced_batches(train_rows, label, batch, _rng(key, 2)))
 
-  train_step, val_step, tx = make_steps(c, mesh, rows_sh)
+  table = _table_on_device(data, mesh, data_on_device)
+  train_step, val_step, tx = make_steps(c, mesh, rows_sh, gather=table is not None)
   params = init_params(config, jax.random.fold_in(key, 0), data.feature.shape[1])
   opt_state = tx.init(params)
   opt_def = jax.tree.structure(opt_state)
@@ -271,26 +304,30 @@ def train(config, data: 'FusionData', coresets: tuple[np.ndarray, np.ndarray], w
   params, opt_state = jax.device_put((params, opt_state), rep)
   dev_coresets = jax.device_put(tuple(jnp.asarray(x, jnp.float32) for x in coresets), rep)
   dev_mu, dev_margin = jax.device_put((jnp.asarray(mu), jnp.float32(margin)), rep)
-  put = lambda rows: jax.device_put(_host_batch(data, rows), rows_sh)
+  if table is None:
+    put = lambda rows: (jax.device_put(_host_batch(data, rows), rows_sh),)
+  else:
+    put = lambda rows: (table, jax.device_put(np.asarray(rows, np.int32), rows_sh))
 
   for epoch in range(start, c.epochs):
-    sums = {}
+    steps = distributed.StepOutputs()
     for step, rows in enumerate(balanced_batches(train_rows, label, batch, _rng(key, 3, epoch))):
       step_key = jax.random.fold_in(jax.random.fold_in(key, 1 + epoch), step)
-      params, opt_state, terms = train_step(params, opt_state, put(rows), dev_coresets, dev_mu, dev_margin, step_key)
-      for k, v in terms.items():
-        sums[k] = sums.get(k, 0.0) + float(v)
-    metrics = {k: v / max(step + 1, 1) for k, v in sums.items()}
+      params, opt_state, terms = train_step(params, opt_state, *put(rows), dev_coresets, dev_mu, dev_margin, step_key)
+      steps.append(terms)
+    outputs = steps.fetch()
+    metrics = {k: sum(float(o[k]) for o in outputs) / max(len(outputs), 1) for k in (outputs[0] if outputs else {})}
     if epoch > 0:  # SPEC §4.5d: the reference's epoch counter skips the first validation
-      seps, mars, scores, labels = [], [], [], []
-      for rows in balanced_batches(val_rows, label, batch, _rng(key, 4, epoch)):
-        out = val_step(params, put(rows), dev_coresets, dev_mu, dev_margin)
-        seps.append(float(out['separation']))
-        mars.append(float(out['margin']))
-        scores.append(np.asarray(out['score']))
-        labels.append(label[rows])
-      val = float(np.mean(seps) + c.w_margin * np.mean(mars))
-      metrics.update(val=val, val_auroc=float(roc_auc_score(np.concatenate(labels), np.concatenate(scores))))
+      batches = balanced_batches(val_rows, label, batch, _rng(key, 4, epoch))
+      vals = distributed.StepOutputs()
+      for rows in batches:
+        vals.append(val_step(params, *put(rows), dev_coresets, dev_mu, dev_margin))
+      outs = vals.fetch()
+      val = float(np.mean([float(o['separation']) for o in outs]) +
+                  c.w_margin * np.mean([float(o['margin']) for o in outs]))
+      auroc = roc_auc_score(np.concatenate([label[rows] for rows in batches]),
+                            np.concatenate([np.asarray(o['score']) for o in outs]))
+      metrics.update(val=val, val_auroc=float(auroc))
       if val <= best_val:
         best_val = val
         _save_best(workdir, params, mu, margin, best_val, epoch)

@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import subprocess
@@ -140,6 +141,23 @@ def test_resume_continues_the_same_run(tmp_path):
     fusion_train.train(cfg, data, cs, tmp_path / 'b', jax.random.key(4), mesh=MESH)
 
 
+def test_batches_gathered_on_the_device_train_the_same(tmp_path):
+  data, cs = toy_data(n=800)
+  cfg = toy_config(epochs=3)
+  logs = {True: [], False: []}
+  states = {on: fusion_train.train(cfg, data, cs, tmp_path / str(on), jax.random.key(2), mesh=MESH, data_on_device=on,
+                                   on_epoch_end=lambda e, m, on=on: logs[on].append(m))
+            for on in (True, False)}
+  close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)  # XLA's other fusions: float rounding
+  jax.tree.map(close, states[True].lspn_params, states[False].lspn_params)
+  close(states[True].theta, states[False].theta)
+  assert len(logs[True]) == len(logs[False]) == 3 and 'val_auroc' in logs[True][-1]
+  for got, want in zip(logs[True], logs[False]):
+    assert got.keys() == want.keys()
+    close([got[k] for k in want], [want[k] for k in want])
+  assert fusion_train._table_on_device(data, MESH, None) is None  # on CPU the batches come from the host
+
+
 _ONE_STEP = textwrap.dedent('''
   import json, sys
   import jax, numpy as np
@@ -163,6 +181,13 @@ _ONE_STEP = textwrap.dedent('''
     mesh = distributed.make_mesh(devices=jax.devices()[:n])
     state = ft.train(toy_config(epochs=2), data, cs, f'{{sys.argv[1]}}/{{n}}', jax.random.key(1), mesh=mesh)
     out[f'train{{n}}'] = [np.asarray(x).tolist() for x in jax.tree.leaves(state.lspn_params)] + [state.best_val]
+  # A batch of 56 rows split over 8 devices, gathered there from the fusion table, against 1 device's host batches.
+  data, cs = toy_data(n=1600)
+  for n in (1, 8):
+    mesh = distributed.make_mesh(devices=jax.devices()[:n])
+    state = ft.train(toy_config(epochs=2), data, cs, f'{{sys.argv[1]}}/gather{{n}}', jax.random.key(1), mesh=mesh,
+                     data_on_device=n == 8)
+    out[f'gather{{n}}'] = [np.asarray(x).tolist() for x in jax.tree.leaves(state.lspn_params)] + [state.best_val]
   print(json.dumps(out))
 ''')
 
@@ -178,8 +203,10 @@ def test_one_and_eight_devices_give_the_same_loss_and_training(tmp_path):
   out = json.loads(res.stdout.strip().splitlines()[-1])
   for k in ('loss', 'separation', 'margin', 'scaling', 'alignment', 'consistency', 'l1'):
     np.testing.assert_allclose(out['8'][k], out['1'][k], rtol=2e-6, err_msg=k)
-  assert len(out['train8']) == len(out['train1']) > 2
-  for got, want in zip(out['train8'], out['train1']):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  for name in ('train', 'gather'):
+    assert len(out[f'{name}8']) == len(out[f'{name}1']) > 2
+    for got, want in zip(out[f'{name}8'], out[f'{name}1']):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
   for n in (1, 8):
     assert json.loads((tmp_path / str(n) / 'state' / 'g2sf_meta.json').read_text())['batch'] == 14
+    assert json.loads((tmp_path / f'gather{n}' / 'state' / 'g2sf_meta.json').read_text())['batch'] == 56
