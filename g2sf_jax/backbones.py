@@ -85,10 +85,14 @@ class PointMaeBackbone:
     model = model or point_mae.PointMAE(batchnorm=batchnorm, drop_path=drop_path)  # tests pass tiny ones
     self.dim = model.dim * len(model.out_blocks)
 
+    def encode(variables, key, neighborhood, centers):  # one cloud, its DropPath drawn from its own key
+      feats, _ = model.apply(variables, neighborhood[None], centers[None],
+                             rngs={'drop_path': jax.random.wrap_key_data(key)})
+      return feats[0]
+
     def forward(variables, keys, points, valid, source):  # the clouds one device holds (shard_map)
       neighborhood, centers = knn.group(points, valid, num_group, group_size)
-      key = jax.random.wrap_key_data(keys[0])  # one sample per step on CPU; else the device's rows draw apart
-      feats, _ = model.apply(variables, neighborhood, centers, rngs={'drop_path': key})
+      feats = jax.vmap(encode, in_axes=(None, 0, 0, 0))(variables, keys, neighborhood, centers)
       point_feats = interpolate.idw(centers, feats, points)  # [B, Nb, C]
       rows = jnp.concatenate([point_feats, jnp.zeros_like(point_feats[:, :1])], axis=1)  # last row: off the cloud
       return jnp.take_along_axis(rows, source[:, :, None], axis=1)  # [B, H·W, C]

@@ -65,7 +65,7 @@ def replicate(x, mesh: Mesh):
   return jax.device_put(x, replicated(mesh))
 
 
-def batch_parallel(fn, mesh: Mesh, replicated: int, batched: int):
+def batch_parallel(fn, mesh: Mesh, replicated: int, batched: int, one_at_a_time: bool | None = None):
   """`fn(*replicated_args, *batch_args)` jitted data parallel: every device runs `fn` on its slice of the batch
   (`shard_batch`) with the replicated arguments (weights, keys) whole; the result stays split along the batch.
 
@@ -73,11 +73,13 @@ def batch_parallel(fn, mesh: Mesh, replicated: int, batched: int):
   ViT-B/8 and PointMAE encoders 1.3× and 1.4–1.8× slower per sample at batch 8 than at batch 1 (a batch's
   activations, 1 GB for PointMAE's group encoder, leave the cache); accelerators run the device's rows together.
   Either way each sample's features are the ones `fn` computes for it alone, up to the matmul blocking of other
-  batch shapes, so they do not depend on the device count.
+  batch shapes, so they do not depend on the device count. `one_at_a_time` overrides the platform's choice.
   """
   axis = axis_name(mesh)
   specs = (P(),) * replicated + (P(axis),) * batched
-  if mesh.devices.flat[0].platform == 'cpu':
+  if one_at_a_time is None:
+    one_at_a_time = mesh.devices.flat[0].platform == 'cpu'
+  if one_at_a_time:
     fn = _one_sample_at_a_time(fn, replicated)
   return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P(axis), check_vma=False))
 

@@ -125,7 +125,7 @@ def test_efficientnet_lite0_converts_once_and_rejects_stale(tmp_path):
 
 
 _EXTRACT_DEVICES = textwrap.dedent('''
-  import os, sys
+  import functools, os, sys
   os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
   import jax, numpy as np
   from g2sf_jax import backbones, distributed
@@ -134,6 +134,8 @@ _EXTRACT_DEVICES = textwrap.dedent('''
   vit_vars = jax.jit(tiny.init)(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
   mae = point_mae.PointMAE(dim=16, depth=2, num_heads=2, out_blocks=(0, 1))
   mae_vars = jax.jit(mae.init)(jax.random.key(1), np.zeros((1, 2, 4, 3), np.float32), np.zeros((1, 2, 3), np.float32))
+  drop = point_mae.PointMAE(dim=16, depth=2, num_heads=2, out_blocks=(0, 1), drop_path='stochastic', drop_path_rate=0.5)
+  parallel = distributed.batch_parallel
   rng = np.random.default_rng(0)
   rgb_in = rng.normal(size=(3, 32, 32, 3)).astype(np.float32)  # 3 samples: not a multiple of 8
   v, u = np.mgrid[0:48, 0:48] / 48.0
@@ -146,6 +148,12 @@ _EXTRACT_DEVICES = textwrap.dedent('''
     out[f'img{n}'] = np.asarray(backbones.DinoVitB8(vit_vars, tiny, mesh)(rgb_in))
     point = backbones.PointMaeBackbone(mae_vars, num_group=16, group_size=8, mesh=mesh, model=mae)
     out[f'pcd{n}'] = np.asarray(point(xyz_in))
+    # Stochastic DropPath, each device running its samples one at a time (CPU) or together (accelerators).
+    for together in (False, True):
+      distributed.batch_parallel = functools.partial(parallel, one_at_a_time=not together)
+      point = backbones.PointMaeBackbone(mae_vars, num_group=16, group_size=8, mesh=mesh, model=drop)
+      out[f'drop{n}{together}'] = np.asarray(point(xyz_in, key=jax.random.key(7)))
+      distributed.batch_parallel = parallel
   np.savez(sys.argv[1], **out)
 ''')
 
@@ -166,3 +174,8 @@ def test_feature_extraction_is_the_same_on_one_and_eight_devices(tmp_path):
   np.testing.assert_allclose(got['img8'], got['img1'], rtol=0, atol=1e-5)
   np.testing.assert_allclose(got['pcd8'], got['pcd1'], rtol=0, atol=1e-5)
   assert np.array_equal(got['pcd8'] == 0, got['pcd1'] == 0)  # the same valid pixels
+  # Sample i draws its DropPath masks from fold_in(key, i) on any device count, alone on its device or not.
+  for together in (False, True):
+    np.testing.assert_allclose(got[f'drop8{together}'], got['drop1False'], rtol=0, atol=1e-5, err_msg=together)
+    np.testing.assert_allclose(got[f'drop1{together}'], got['drop1False'], rtol=0, atol=1e-5, err_msg=together)
+  assert np.abs(got['drop1False'] - got['pcd1']).max() > 1e-3  # the masks drop something
