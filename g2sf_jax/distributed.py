@@ -115,13 +115,14 @@ def fits_on_devices(nbytes: int, mesh: Mesh, share: float = 0.5) -> bool:
   """Whether `nbytes` replicated on every device of `mesh` takes at most `share` of an accelerator's memory.
 
   False on CPU: there the devices are the host's memory, where the data already lies (memory-mapped), and a device
-  copy would only double it. False too where the platform does not report its memory.
+  copy would only double it. False too where the platform does not report its memory. Each process can only ask
+  its own devices, so in a multi-process run process 0's answer holds for all (`primary_decides`): the processes
+  must compile the same program.
   """
-  device = mesh.devices.flat[0]
-  if device.platform == 'cpu':
-    return False
-  stats = device.memory_stats() or {}
-  return nbytes <= share * stats.get('bytes_limit', 0)
+  devices = mesh.local_devices
+  fits = devices[0].platform != 'cpu' and all(
+      nbytes <= share * (device.memory_stats() or {}).get('bytes_limit', 0) for device in devices)
+  return primary_decides(fits)
 
 
 class StepOutputs:

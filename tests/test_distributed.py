@@ -58,8 +58,8 @@ def test_initialize_is_a_no_op_for_one_process_and_checks_its_arguments():
 def test_fits_on_devices_only_on_accelerators_with_room():
   mesh = distributed.make_mesh()
   assert not distributed.fits_on_devices(1, mesh)  # CPU: the host memory the data already lies in
-  gpu = lambda stats: types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform='gpu',
-                                                                                    memory_stats=lambda: stats)]))
+  gpu = lambda stats: types.SimpleNamespace(local_devices=[types.SimpleNamespace(platform='gpu',
+                                                                                memory_stats=lambda: stats)])
   assert distributed.fits_on_devices(40 << 30, gpu({'bytes_limit': 80 << 30}))
   assert not distributed.fits_on_devices(41 << 30, gpu({'bytes_limit': 80 << 30}))
   assert not distributed.fits_on_devices(1, gpu(None))  # memory not reported
@@ -76,3 +76,20 @@ def test_step_outputs_come_back_in_order_as_numpy():
   assert [float(o['loss']) for o in got] == [6.0 * i for i in range(5)]
   assert all(isinstance(o['rows'], np.ndarray) for o in got)
   np.testing.assert_array_equal(got[3]['rows'], np.arange(4) * 3)
+
+
+def test_step_outputs_wait_for_all_but_the_last_steps():
+  waited = []
+
+  class Pending:  # a step output that records when the host waits for it
+    def __init__(self, i):
+      self.i = i
+
+    def block_until_ready(self):
+      waited.append(self.i)
+      return self
+
+  outputs = distributed.StepOutputs(depth=2)
+  for i in range(5):
+    outputs.append(Pending(i))
+    assert sorted(set(waited)) == list(range(max(0, i - 1)))  # steps i-1 and i may still run

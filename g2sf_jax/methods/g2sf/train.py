@@ -188,8 +188,9 @@ def make_steps(g2sf_config, mesh: Mesh, rows: NamedSharding | None = None, gathe
 
   The steps take the batch as `{'feature', 'anchor_idx', 'normal'}`; with `gather=True` they take instead the whole
   fusion table (those three over all M rows, replicated) and the batch's row indices `[B]` int32 laid out as `rows`,
-  and gather the batch on the device (`_table_on_device`). Cached per (config, mesh, rows, gather), so training
-  several classes in one process compiles once.
+  and gather the batch on the device (`_table_on_device`). Cached per (config, mesh, rows, gather), so classes
+  trained in one process share the compiled steps where their shapes agree (the batch; with `gather`, also the
+  table's row count, which differs between classes).
   """
   return _make_steps(ml_collections.FrozenConfigDict(g2sf_config), mesh, rows or distributed.row_sharded(mesh), gather)
 
@@ -261,8 +262,8 @@ def train(config, data: 'FusionData', coresets: tuple[np.ndarray, np.ndarray], w
   is called after each finished epoch (after its state is saved). Re-running with the same inputs resumes from
   `workdir/state`; a finished run returns immediately. `data_on_device`: keep the whole fusion table on the devices
   and gather each batch there (None: when it fits on an accelerator; see `_table_on_device`); the same batches
-  either way, the same training up to float rounding (XLA compiles the step around the gather differently). The losses are read back once per epoch, so the host prepares a batch while the device trains on
-  the previous one.
+  either way, the same training up to float rounding (XLA compiles the step around the gather differently). The
+  losses are read back once per epoch, so the host prepares a batch while the device trains on the previous one.
   """
   from sklearn.metrics import roc_auc_score  # the validation AUROC; scoring never needs scikit-learn
   workdir = Path(workdir)
@@ -284,10 +285,8 @@ def train(config, data: 'FusionData', coresets: tuple[np.ndarray, np.ndarray], w
   mu, margin = constants(data, balanced_batches(train_rows, label, batch, _rng(key, 1)),
                          balanced_batches(train_rows, label, batch, _rng(key, 2)))
 
-  table = _table_on_device(data, mesh, data_on_device)
-  train_step, val_step, tx = make_steps(c, mesh, rows_sh, gather=table is not None)
   params = init_params(config, jax.random.fold_in(key, 0), data.feature.shape[1])
-  opt_state = tx.init(params)
+  opt_state = make_optimizer(c).init(params)
   opt_def = jax.tree.structure(opt_state)
   start, best_val = 0, np.inf
   meta_common = {'num_rows': num_rows, 'batch': batch, 'feature_dim': int(data.feature.shape[1]),
@@ -301,6 +300,8 @@ def train(config, data: 'FusionData', coresets: tuple[np.ndarray, np.ndarray], w
     start, best_val = meta['epoch'], meta['best_val']
     mu, margin = np.asarray(meta['mu'], np.float32), meta['margin']
     logging.info('fusion training: resuming %s at epoch %d', workdir, start)
+  table = _table_on_device(data, mesh, data_on_device) if start < c.epochs else None
+  train_step, val_step, _ = make_steps(c, mesh, rows_sh, gather=table is not None)
   params, opt_state = jax.device_put((params, opt_state), rep)
   dev_coresets = jax.device_put(tuple(jnp.asarray(x, jnp.float32) for x in coresets), rep)
   dev_mu, dev_margin = jax.device_put((jnp.asarray(mu), jnp.float32(margin)), rep)

@@ -141,13 +141,19 @@ def test_resume_continues_the_same_run(tmp_path):
     fusion_train.train(cfg, data, cs, tmp_path / 'b', jax.random.key(4), mesh=MESH)
 
 
-def test_batches_gathered_on_the_device_train_the_same(tmp_path):
+def test_batches_gathered_on_the_device_train_the_same(tmp_path, monkeypatch):
   data, cs = toy_data(n=800)
   cfg = toy_config(epochs=3)
+  gathers = []
+  make_steps = fusion_train.make_steps
+  monkeypatch.setattr(fusion_train, 'make_steps', lambda *a, **kw: gathers.append(kw['gather']) or make_steps(*a, **kw))
   logs = {True: [], False: []}
   states = {on: fusion_train.train(cfg, data, cs, tmp_path / str(on), jax.random.key(2), mesh=MESH, data_on_device=on,
                                    on_epoch_end=lambda e, m, on=on: logs[on].append(m))
             for on in (True, False)}
+  assert gathers == [True, False]
+  fusion_train.train(cfg, data, cs, tmp_path / 'True', jax.random.key(2), mesh=MESH, data_on_device=True)
+  assert gathers[-1] is False  # a finished run places nothing on the device
   close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)  # XLA's other fusions: float rounding
   jax.tree.map(close, states[True].lspn_params, states[False].lspn_params)
   close(states[True].theta, states[False].theta)
@@ -156,6 +162,9 @@ def test_batches_gathered_on_the_device_train_the_same(tmp_path):
     assert got.keys() == want.keys()
     close([got[k] for k in want], [want[k] for k in want])
   assert fusion_train._table_on_device(data, MESH, None) is None  # on CPU the batches come from the host
+  placed = fusion_train._table_on_device(data, MESH, True)
+  np.testing.assert_array_equal(placed['feature'], data.feature)
+  np.testing.assert_array_equal(placed['normal'], data.label == 0)
 
 
 _ONE_STEP = textwrap.dedent('''
