@@ -211,6 +211,7 @@ def train(config: ml_collections.ConfigDict, rows: np.ndarray, offsets: np.ndarr
   params, opt_state, zeros, grads_sum = jax.device_put((params, opt_state, zeros, grads_sum),
                                                        distributed.replicated(mesh))
   rows_sh = distributed.row_sharded(mesh)
+  in_flight = distributed.StepOutputs()  # without a read per step, bounds the batches queued on the device
   while update < total:
     order = np.random.default_rng([*seed, epoch]).permutation(num_samples)
     if c.schedule == 'code':  # the reference's zero_grad at each epoch start drops an incomplete window
@@ -227,6 +228,7 @@ def train(config: ml_collections.ConfigDict, rows: np.ndarray, offsets: np.ndarr
       batch = np.concatenate([batch, np.zeros((n - len(batch), batch.shape[1]), np.float32)])
       point, rgb, keep = jax.device_put((batch[:, :point_dim], batch[:, point_dim:], keep), rows_sh)
       loss, grads = grad_fn(params, point, rgb, keep, np.float32(1 / c.accum))
+      in_flight.append(loss)
       grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
       window += 1
       if window == c.accum:

@@ -120,6 +120,20 @@ def test_training_lowers_the_loss_and_resumes_exactly(tmp_path):
     uff.train(_train_config(), rows, offsets, 6, tmp_path / 'b', jax.random.key(1), mesh=MESH)
 
 
+def test_training_keeps_few_micro_batches_in_flight(tmp_path, monkeypatch):
+  """Nothing is read back per micro-batch, so without a bound the host would queue an epoch of batches."""
+  appended = []
+
+  class Recording(distributed.StepOutputs):
+    def append(self, output):
+      appended.append(self.depth)
+      super().append(output)
+  monkeypatch.setattr(distributed, 'StepOutputs', Recording)
+  rows, offsets = _rows()
+  uff.train(_train_config(), rows, offsets, 6, tmp_path, jax.random.key(0), mesh=MESH, log=lambda m: None)
+  assert appended == [2] * 16  # 8 updates of 2 micro-batches, each through a queue of depth 2
+
+
 def test_code_schedule_drops_the_incomplete_window(tmp_path):
   rows, offsets = _rows(samples=7)  # 3 micro-batches of 2 per epoch, windows of 2: one incomplete per epoch
   logged = []
