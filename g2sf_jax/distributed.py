@@ -37,6 +37,12 @@ def row_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(axis_name(mesh)))
 
 
+def on_cpu(mesh: Mesh) -> bool:
+  """Whether `mesh` holds the host's CPU devices (a mesh is of one platform), where some work is laid out for the
+  cache rather than for an accelerator."""
+  return mesh.devices.flat[0].platform == 'cpu'
+
+
 def padded_rows(num_rows: int, mesh: Mesh, multiple: int = 1) -> int:
   """Smallest multiple of `multiple` × the device count that is ≥ num_rows (and ≥ `multiple` rows per device)."""
   n = mesh.size * multiple
@@ -78,7 +84,7 @@ def batch_parallel(fn, mesh: Mesh, replicated: int, batched: int, one_at_a_time:
   axis = axis_name(mesh)
   specs = (P(),) * replicated + (P(axis),) * batched
   if one_at_a_time is None:
-    one_at_a_time = mesh.devices.flat[0].platform == 'cpu'
+    one_at_a_time = on_cpu(mesh)
   if one_at_a_time:
     fn = _one_sample_at_a_time(fn, replicated)
   return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P(axis), check_vma=False))
@@ -119,9 +125,8 @@ def fits_on_devices(nbytes: int, mesh: Mesh, share: float = 0.5) -> bool:
   its own devices, so in a multi-process run process 0's answer holds for all (`primary_decides`): the processes
   must compile the same program.
   """
-  devices = mesh.local_devices
-  fits = devices[0].platform != 'cpu' and all(
-      nbytes <= share * (device.memory_stats() or {}).get('bytes_limit', 0) for device in devices)
+  fits = not on_cpu(mesh) and all(
+      nbytes <= share * (device.memory_stats() or {}).get('bytes_limit', 0) for device in mesh.local_devices)
   return primary_decides(fits)
 
 

@@ -160,7 +160,7 @@ def _greedy_tile(num_rows: int, mesh: Mesh, tile: int | None) -> int:
   at most one tile per device for a smaller bank."""
   per_device = -(-num_rows // mesh.size)
   if tile is None:
-    tile = GREEDY_TILE if mesh.devices.flat[0].platform == 'cpu' else per_device
+    tile = GREEDY_TILE if distributed.on_cpu(mesh) else per_device
   return max(1, min(tile, per_device))
 
 

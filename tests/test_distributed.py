@@ -58,8 +58,9 @@ def test_initialize_is_a_no_op_for_one_process_and_checks_its_arguments():
 def test_fits_on_devices_only_on_accelerators_with_room():
   mesh = distributed.make_mesh()
   assert not distributed.fits_on_devices(1, mesh)  # CPU: the host memory the data already lies in
-  gpu = lambda stats: types.SimpleNamespace(local_devices=[types.SimpleNamespace(platform='gpu',
-                                                                                memory_stats=lambda: stats)])
+  def gpu(stats):
+    devices = [types.SimpleNamespace(platform='gpu', memory_stats=lambda: stats)]
+    return types.SimpleNamespace(devices=np.array(devices), local_devices=devices)
   assert distributed.fits_on_devices(40 << 30, gpu({'bytes_limit': 80 << 30}))
   assert not distributed.fits_on_devices(41 << 30, gpu({'bytes_limit': 80 << 30}))
   assert not distributed.fits_on_devices(1, gpu(None))  # memory not reported

@@ -211,8 +211,8 @@ def train(config: ml_collections.ConfigDict, rows: np.ndarray, offsets: np.ndarr
   params, opt_state, zeros, grads_sum = jax.device_put((params, opt_state, zeros, grads_sum),
                                                        distributed.replicated(mesh))
   rows_sh = distributed.row_sharded(mesh)
-  in_flight = distributed.StepOutputs()  # without a read per step, bounds the batches queued on the device
   while update < total:
+    in_flight = distributed.StepOutputs()  # without a read per step, bounds the batches queued on the device
     order = np.random.default_rng([*seed, epoch]).permutation(num_samples)
     if c.schedule == 'code':  # the reference's zero_grad at each epoch start drops an incomplete window
       grads_sum, window = zeros, 0
