@@ -20,7 +20,7 @@ test features) meets a quadratic one (their searches in coresets that grow with 
 is the one measured at the fraction run. The LSPN batch is min(0.7·M/20, 8,192) for M fusion rows (SPEC §4.5a):
 a fraction with fewer than ~234k rows trains with smaller batches than the full class, and its B×B consistency
 term grows faster than linearly with B, so the linear law then underestimates training (the command says so;
-`python -m experiments.benchmark --only lspn` times one full-size step). On a GPU machine the same command runs
+`python -m benchmarks.speed --only lspn` times one full-size step). On a GPU machine the same command runs
 on the GPU (JAX's default backend); the dataset and weights are made on the host, by `config.workers` processes. A
 GPU machine without network access whose python has jax, flax, torch and scipy gets the rest as wheels:
 `bash scripts/gpu_wheels.sh` here, then `bash scripts/gpu_full_scale.sh` there (it checks the imports and the GPU

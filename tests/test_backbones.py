@@ -20,7 +20,7 @@ from g2sf_jax import checkpoints
 from ports import common as port_common
 from ports import efficientnet_lite0 as enl_port
 from ports import point_mae as port
-from tests.references import torch_point_mae as ref
+from references import torch_point_mae as ref
 
 
 def organised_cloud(radius: float, seed: int) -> np.ndarray:

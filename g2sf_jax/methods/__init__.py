@@ -4,10 +4,12 @@ Each entry implements `base.Method` (rows, stages, scorer); the runner (`experim
 (`g2sf_jax.detector`) are generic over them.
 """
 from g2sf_jax.errors import ConfigError
-from g2sf_jax.methods import base, btf, patchcore
+from g2sf_jax.methods import base
+from g2sf_jax.methods.btf import method as btf
 from g2sf_jax.methods.cfm import method as cfm
 from g2sf_jax.methods.g2sf import method as g2sf
 from g2sf_jax.methods.m3dm import method as m3dm
+from g2sf_jax.methods.patchcore import method as patchcore
 
 REGISTRY: dict[str, base.Method] = {m.name: m for m in (patchcore.PatchCore(), btf.Btf(), m3dm.M3dm(), cfm.Cfm(),
                                                         g2sf.G2sf())}

@@ -4,7 +4,7 @@ import pytest
 
 from g2sf_jax.data import dbscan, preprocessing, synthetic
 from g2sf_jax.data.transforms import valid_mask
-from tests.references import open3d_preprocessing as ref
+from references import open3d_preprocessing as ref
 
 PATHS = {'pairs': 10 ** 12, 'cubes': 0}  # _PAIR_BUDGET that forces each path
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from g2sf_jax.data import plane, preprocessing, synthetic
-from tests.references import open3d_preprocessing as ref
+from references import open3d_preprocessing as ref
 
 _SETTINGS = (preprocessing.PLANE_RANSAC_THRESHOLD, preprocessing.PLANE_RANSAC_N,
              preprocessing.PLANE_RANSAC_ITERATIONS)

@@ -639,7 +639,7 @@ def test_method_footprint_measures_a_finished_run(finished):
   r = method_footprint.measure(config.workdir, 'cube', 'g2sf', repeats=1)
   assert r['rows'] == ['IMG', 'PCD', 'FUS'] and r['samples'] == config.synthetic.n_test
   from g2sf_jax import memory_bank
-  from g2sf_jax.methods import patchcore
+  from g2sf_jax.methods.patchcore import method as patchcore
   banks, _ = memory_bank.load(Path(config.workdir) / 'cube' / 'patchcore' / 'banks' / patchcore.BANK_CHECKPOINT)
   coresets = sum(b.coreset.nbytes for b in banks.values())
   assert coresets <= r["state_bytes"] < 8 * coresets  # the coresets on the host and placed (padded), norms, LSPN

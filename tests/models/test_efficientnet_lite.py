@@ -8,7 +8,7 @@ from torch.nn import functional as F
 from g2sf_jax.models import efficientnet_lite as enl
 from ports import common
 from ports import efficientnet_lite0 as port
-from tests.references import torch_efficientnet_lite as ref
+from references import torch_efficientnet_lite as ref
 
 
 @pytest.fixture(scope='module')

@@ -12,7 +12,7 @@ from g2sf_jax.ops import buckets
 from g2sf_jax.ops import fps
 from g2sf_jax.ops import knn
 from ports import point_mae as port
-from tests.references import torch_point_mae as ref
+from references import torch_point_mae as ref
 
 
 @pytest.fixture(scope='module')

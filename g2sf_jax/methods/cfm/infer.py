@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from g2sf_jax.models import cfm_mlp
+from g2sf_jax.methods.cfm import mlp as cfm_mlp
 
 SIZE = 224
 

@@ -19,7 +19,7 @@ import optax
 from jax.sharding import Mesh
 
 from g2sf_jax import checkpoints, distributed
-from g2sf_jax.models import cfm_mlp
+from g2sf_jax.methods.cfm import mlp as cfm_mlp
 
 
 def cosine(a: jax.Array, b: jax.Array, eps: float = 1e-6) -> jax.Array:

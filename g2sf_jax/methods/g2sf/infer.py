@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from g2sf_jax import features, memory_bank
-from g2sf_jax.models import lspn
+from g2sf_jax.methods.g2sf import lspn
 
 if TYPE_CHECKING:
   from g2sf_jax.methods.g2sf.train import FusionState

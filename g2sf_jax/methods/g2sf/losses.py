@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from g2sf_jax.models import lspn
+from g2sf_jax.methods.g2sf import lspn
 
 CONSISTENCY_MODES = ('reference', 'per_row')
 _E = float(jnp.e)

@@ -18,7 +18,8 @@ from g2sf_jax import data, features, io, memory_bank, parallel
 from g2sf_jax.data import prepared, transforms
 from g2sf_jax.config_fields import choice, number
 from g2sf_jax.errors import ConfigError, DataError
-from g2sf_jax.methods import base, patchcore
+from g2sf_jax.methods import base
+from g2sf_jax.methods.patchcore import method as patchcore
 from g2sf_jax.methods.g2sf import dataset as fusion_dataset
 from g2sf_jax.methods.g2sf import infer, losses
 from g2sf_jax.methods.g2sf import train as fusion_train

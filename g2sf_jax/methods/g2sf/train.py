@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding
 from g2sf_jax import checkpoints, distributed
 from g2sf_jax.errors import DataError
 from g2sf_jax.methods.g2sf import losses
-from g2sf_jax.models import lspn
+from g2sf_jax.methods.g2sf import lspn
 
 if TYPE_CHECKING:
   from g2sf_jax.methods.g2sf.dataset import FusionData

@@ -23,7 +23,8 @@ import numpy as np
 from g2sf_jax import checkpoints, memory_bank
 from g2sf_jax.config_fields import choice, number
 from g2sf_jax.errors import ConfigError
-from g2sf_jax.methods import base, patchcore
+from g2sf_jax.methods import base
+from g2sf_jax.methods.patchcore import method as patchcore
 from g2sf_jax.methods.m3dm import dlf, uff
 
 BANKS = ('xyz', 'rgb', 'fused')  # the order of the DLF columns

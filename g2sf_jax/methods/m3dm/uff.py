@@ -33,7 +33,7 @@ from jax.sharding import Mesh
 
 from g2sf_jax import checkpoints, distributed, features, io
 from g2sf_jax.errors import DataError
-from g2sf_jax.models import uff as uff_model
+from g2sf_jax.methods.m3dm import uff_net as uff_model
 
 _ROWS, _META = 'rows.npy', 'rows.json'
 

@@ -30,7 +30,7 @@ def test_maps_and_scores_match_torch():
 
 
 def torch_cfm_maps(n23, n32, rgb, xyz):
-  from tests.references import torch_cfm
+  from references import torch_cfm
   return torch_cfm.maps(n23, n32, rgb, xyz)
 
 

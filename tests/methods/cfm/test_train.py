@@ -14,8 +14,8 @@ import torch
 from experiments.configs.common import get_base_config
 from g2sf_jax import distributed
 from g2sf_jax.methods.cfm import train as cfm_train
-from g2sf_jax.models import cfm_mlp
-from tests.references import torch_cfm
+from g2sf_jax.methods.cfm import mlp as cfm_mlp
+from references import torch_cfm
 
 MESH = distributed.make_mesh()
 

@@ -6,8 +6,8 @@ from experiments.configs.common import get_base_config
 from g2sf_jax import distributed, memory_bank
 from g2sf_jax.methods.g2sf import infer
 from g2sf_jax.methods.g2sf.train import FusionState
-from g2sf_jax.models import lspn
-from tests.references import torch_g2sf
+from g2sf_jax.methods.g2sf import lspn
+from references import torch_g2sf
 
 RGB, PCD, K = 6, 10, 40
 

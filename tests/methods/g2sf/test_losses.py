@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from g2sf_jax.methods.g2sf import losses
-from g2sf_jax.models import lspn
-from tests.references import torch_g2sf
+from g2sf_jax.methods.g2sf import lspn
+from references import torch_g2sf
 
 B = 48
 

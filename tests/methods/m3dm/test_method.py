@@ -7,9 +7,9 @@ import torch
 from experiments.configs.common import get_base_config
 from g2sf_jax import checkpoints, memory_bank
 from g2sf_jax.methods.m3dm import method
-from g2sf_jax.models import uff as uff_model
+from g2sf_jax.methods.m3dm import uff_net as uff_model
 from tests.methods.context import FakeContext
-from tests.references import torch_m3dm
+from references import torch_m3dm
 
 
 def _context(tmp_path, **m3dm):

@@ -11,7 +11,8 @@ import numpy as np
 
 from g2sf_jax import features, memory_bank
 from g2sf_jax.errors import ConfigError
-from g2sf_jax.methods import base, patchcore
+from g2sf_jax.methods import base
+from g2sf_jax.methods.patchcore import method as patchcore
 
 BANK_CHECKPOINT = 'coresets'
 

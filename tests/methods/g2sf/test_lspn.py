@@ -3,8 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from g2sf_jax.models import lspn
-from tests.references import torch_g2sf
+from g2sf_jax.methods.g2sf import lspn
+from references import torch_g2sf
 
 RGB, PCD = 12, 20
 

@@ -1,23 +1,11 @@
-"""Times each pipeline stage, ours (JAX) against a PyTorch CPU version of what the reference runs, in one process.
+"""The timed stages of `benchmarks.speed`: each runs ours (JAX) and a PyTorch CPU version of what the reference
+computes on the same inputs, and returns `Row`s (stage times) or `Limit`s (machine measurements).
 
-  python -m experiments.benchmark                       # full sizes (several minutes on 2 cores)
-  python -m experiments.benchmark --quick               # tiny sizes, 1 repetition (smoke run / test)
-  python -m experiments.benchmark --only vit,knn --repeats 5 --out BENCHMARKS.md
-
-Every stage is called once to warm up (JAX: compile; "first − median" is reported as the compile estimate), then
-`--repeats` times; the table shows medians and ratio = reference / ours (> 1: ours is faster). The references are in
-benchmarks/torch_reference.py (and tests/references). It also measures the float32 matmul peak of this machine
-(JAX and torch), reports the matmul-bound stages as a fraction of it (analytic FLOP counts), and the peak RSS of
-building a full-size PCD bank (benchmarks/bank_memory.py in a subprocess). Thread pools and BLAS environment
-variables are left at their defaults. The scan-cleaning row (SPEC §1.2) is NumPy against Open3D, the library the
-reference preprocessing calls.
+The PyTorch versions are in `references/` (`torch_pipeline`, `torch_point_mae`, `torch_g2sf`); the full and the
+quick (`--quick`, smoke-test) workload sizes are `FULL` and `QUICK`.
 """
-import argparse
 import dataclasses
-import datetime
 import math
-import os
-import platform
 import re
 import shlex
 import statistics
@@ -25,9 +13,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,14 +23,12 @@ import torch
 from benchmarks import aupro_speed
 from benchmarks import bank_memory
 from benchmarks import timing
-from benchmarks import torch_reference
 from experiments.configs.common import get_base_config
 from g2sf_jax import backbones
+from g2sf_jax import distributed
 from g2sf_jax import features
-from g2sf_jax import io
 from g2sf_jax import memory_bank as mb
 from g2sf_jax import metrics
-from g2sf_jax import distributed
 from g2sf_jax.data import dbscan
 from g2sf_jax.data import plane
 from g2sf_jax.data import preprocessing
@@ -55,19 +40,11 @@ from g2sf_jax.models import vit
 from g2sf_jax.ops import buckets
 from g2sf_jax.ops import fps
 from g2sf_jax.ops import knn
-from tests.references import torch_point_mae
+from references import torch_pipeline
+from references import torch_point_mae
 
 REPO = Path(__file__).resolve().parents[1]
-# bank_rss runs first: a child process inherits its parent's RSS high-water mark (Linux copies it into the child's
-# mm at fork and keeps it across exec), so after the big stages the subprocess would report this process's peak.
 PIPELINE_BATCH = 8  # config.batch_size: clouds per feature-extraction call
-STAGES = ('bank_rss', 'peak', 'clean', 'group', 'vit', 'point_mae', 'extract', 'coreset', 'knn', 'aupro',
-          'lspn')
-# A stage measured while the 1-minute load average was above this (other jobs on the machine) is marked.
-LOAD_LIMIT = 1.5  # a stage starting above this 1-minute load average shared the machine with another job
-QUIET_LOAD, QUIET_WAIT_S = 1.0, 90  # before each stage, wait up to this long for the load to fall below QUIET_LOAD
-# Everything below this line of an existing --out file is kept when the file is regenerated.
-KEEP_MARKER = '<!-- Hand-written notes below this line are kept when the file is regenerated. -->'
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -236,7 +213,7 @@ def bench_group(sizes: Sizes, repeats: int) -> list[Row]:
   rows = []
   for g, k in sizes.groups:
     compile_first, ours = timing.timed(_jax_call(knn.group, points, valid, g, k), repeats)
-    _, ref = timing.timed(_no_grad(torch_reference.knn_group, tcloud, g, k), repeats)
+    _, ref = timing.timed(_no_grad(torch_pipeline.knn_group, tcloud, g, k), repeats)
     _, fps_ours = timing.timed(_jax_call(fps.farthest_point_sample, points, valid, g), repeats)
     _, fps_ref = timing.timed(_no_grad(torch_point_mae.fps, tcloud, g), repeats)
     rows.append(Row('group', f'FPS + kNN grouping, {len(cloud):,} valid points (padded to {points.shape[1]:,}), '
@@ -262,7 +239,7 @@ def bench_vit(sizes: Sizes, repeats: int) -> list[Row]:
   params = random_params(model.init, images)
   apply = jax.jit(lambda p, x: model.apply(p, x)[0])
   first, ours = timing.timed(_jax_call(apply, params, images), repeats)
-  ref_model = torch_reference.dino_vit(size, model.patch_size, model.dim, model.depth, model.num_heads)
+  ref_model = torch_pipeline.dino_vit(size, model.patch_size, model.dim, model.depth, model.num_heads)
   timages = torch.from_numpy(np.asarray(images).transpose(0, 3, 1, 2).copy())
   _, ref = timing.timed(_no_grad(lambda x: ref_model(pixel_values=x).last_hidden_state, timages), repeats)
   name = 'ViT-B/8' if not sizes.vit else f'ViT dim {model.dim} depth {model.depth}'
@@ -287,7 +264,7 @@ def bench_point_mae(sizes: Sizes, repeats: int) -> list[Row]:
   tn, tc = torch.from_numpy(np.array(neighborhood[0])), torch.from_numpy(np.array(centers[0]))
   _, ref = timing.timed(_no_grad(ref_model, tn, tc), repeats)
   return [Row('point_mae', f'PointMAE encoder forward, {g}×{k} groups, batch 1, random weights', ours, ref,
-              first - ours, 'tests/references PyTorch PointMAE encoder (train-mode BN)',
+              first - ours, 'references/ PyTorch PointMAE encoder (train-mode BN)',
               gflop=point_mae_flops(g, k, model.dim, model.depth) / 1e9,
               note='Grouping excluded (see the FPS + kNN rows). BatchNorm uses per-cloud batch statistics, '
                    'DropPath off, on both sides.')]
@@ -307,7 +284,7 @@ def bench_extract(sizes: Sizes, repeats: int) -> list[Row]:
                                      num_group=g, group_size=k, model=mae_model)
   first, ours = timing.timed(lambda: features.extract(rgb, point, samples, PIPELINE_BATCH), repeats)
 
-  ref_vit = torch_reference.dino_vit(size, vit_model.patch_size, vit_model.dim, vit_model.depth, vit_model.num_heads)
+  ref_vit = torch_pipeline.dino_vit(size, vit_model.patch_size, vit_model.dim, vit_model.depth, vit_model.num_heads)
   ref_mae = torch_point_mae.PointMAEEncoder(mae_model.dim, mae_model.depth, mae_model.num_heads,
                                             tuple(mae_model.out_blocks)).train()  # batch-stat BN (SPEC §2.3)
   scan, inside = scans[0]
@@ -316,9 +293,9 @@ def bench_extract(sizes: Sizes, repeats: int) -> list[Row]:
 
   def reference():
     ref_vit(pixel_values=image)
-    neighborhood, centers = torch_reference.knn_group(cloud, g, k)
+    neighborhood, centers = torch_pipeline.knn_group(cloud, g, k)
     feats = ref_mae(neighborhood, centers)
-    return torch_reference.point_features_to_grid(cloud, centers, feats, pixels, sizes.cloud_side)
+    return torch_pipeline.point_features_to_grid(cloud, centers, feats, pixels, sizes.cloud_side)
 
   _, ref = timing.timed(_no_grad(reference), repeats)
   return [Row('extract', f'feature extraction per sample in a batch of {PIPELINE_BATCH}: ViT forward + PointMAE '
@@ -327,7 +304,7 @@ def bench_extract(sizes: Sizes, repeats: int) -> list[Row]:
               'reference\'s loaders use batch 1)',
               note=f'Ours: `features.extract` on {PIPELINE_BATCH} samples, ÷ {PIPELINE_BATCH}; on CPU each sample '
                    'runs alone through the backbones (`distributed.batch_parallel`). Reference: HF ViTModel, the '
-                   'FPS loop + `cdist`/`topk` grouping, the tests/references PointMAE encoder, `cdist`/`topk(3)` '
+                   'FPS loop + `cdist`/`topk` grouping, the references/ PointMAE encoder, `cdist`/`topk(3)` '
                    'IDW and `avg_pool2d` + `adaptive_avg_pool2d`. Random weights on both sides.')]
 
 
@@ -350,7 +327,7 @@ def bench_coreset(sizes: Sizes, repeats: int) -> list[Row]:
     ours_it = statistics.median(bank_memory.greedy_seconds_per_iteration(zj, dj, sizes.coreset_iters_jax, fp16,
                                                                          mesh)[0] for _ in range(repeats))
     zt, dt0 = torch.from_numpy(z).to(torch.float16 if fp16 else torch.float32), torch.from_numpy(dist0)
-    _, ref = timing.timed(_no_grad(torch_reference.greedy_coreset, zt, dt0, sizes.coreset_iters_torch, fp16), repeats)
+    _, ref = timing.timed(_no_grad(torch_pipeline.greedy_coreset, zt, dt0, sizes.coreset_iters_torch, fp16), repeats)
     # ours: a one-iteration call (placing the bank on the devices) plus the steady per-iteration cost
     ref_it = ref / sizes.coreset_iters_torch
     precision = 'fp16' if fp16 else 'fp32'
@@ -377,7 +354,7 @@ def bench_knn(sizes: Sizes, repeats: int) -> list[Row]:
     place_s = time.perf_counter() - start
     first, ours = timing.timed(lambda: mb.knn_search(queries, placed, sizes.knn_k), repeats)
     tb, tq = torch.from_numpy(bank), torch.from_numpy(queries)
-    _, ref = timing.timed(_no_grad(torch_reference.nearest_neighbours, tq, tb, sizes.knn_k), repeats)
+    _, ref = timing.timed(_no_grad(torch_pipeline.nearest_neighbours, tq, tb, sizes.knn_k), repeats)
     rows.append(Row('knn', f'{sizes.knn_k}-NN of {sizes.knn_queries:,} queries in a {m:,}×{d} bank ({what})', ours,
                     ref, first - ours, '`torch.cdist` + `topk(largest=False)`',
                     gflop=2 * sizes.knn_queries * m * d / 1e9,
@@ -388,7 +365,7 @@ def bench_knn(sizes: Sizes, repeats: int) -> list[Row]:
 
 def bench_clean(sizes: Sizes, repeats: int) -> list[Row]:
   """The two Open3D calls of SPEC §1.2 (RANSAC plane on the border points, DBSCAN on what is left) on one scan."""
-  from tests.references import open3d_preprocessing  # imports open3d: only this stage needs it
+  from references import open3d_preprocessing  # imports open3d: only this stage needs it
   _, xyz, _ = synthetic.render_sample('cube', 'good', sizes.clean_size, 0, fov=0.16)
   edges = preprocessing.border_points(xyz)
   settings = (preprocessing.PLANE_RANSAC_THRESHOLD, preprocessing.PLANE_RANSAC_N,
@@ -461,12 +438,12 @@ def bench_lspn(sizes: Sizes, repeats: int) -> list[Row]:
     state[:] = [p, o]
 
   first, ours = timing.timed(ours_step, repeats)
-  trainer = torch_reference.LspnTrainer(tuple(torch.from_numpy(x) for x in coresets), torch.from_numpy(mu),
+  trainer = torch_pipeline.LspnTrainer(tuple(torch.from_numpy(x) for x in coresets), torch.from_numpy(mu),
                                         margin, c.hidden, c.emb_dim, c.anchor)
   targs = (torch.from_numpy(feature), torch.from_numpy(anchor_idx.astype(np.int64)), torch.from_numpy(normal))
   _, ref = timing.timed(lambda: trainer.step(*targs), repeats)
   return [Row('lspn', f'LSPN training step, batch {b:,} (12 LSPN forwards + 6 losses + backward + Adam)', ours, ref,
-              first - ours, 'torch step from tests/references GateNet + losses, two `torch.optim.Adam`',
+              first - ours, 'torch step from references/ GateNet + losses, two `torch.optim.Adam`',
               gflop=lspn_step_flops(b, dr + dp, c.hidden, c.emb_dim) / 1e9,
               note=f'Coresets {kr:,}×{dr} and {kp:,}×{dp} (random); batch already on the device. L_cns in the '
                    f'reference B×B form on both sides ({c.anchor} tensors of {b:,}²). FLOPs ≈ 3× the forward '
@@ -521,158 +498,3 @@ def bench_bank_rss(sizes: Sizes, repeats: int) -> list[Limit]:
 BENCHES = {'peak': bench_peak, 'clean': bench_clean, 'group': bench_group, 'vit': bench_vit,
            'point_mae': bench_point_mae, 'extract': bench_extract, 'coreset': bench_coreset, 'knn': bench_knn,
            'aupro': bench_aupro, 'lspn': bench_lspn, 'bank_rss': bench_bank_rss}
-
-
-def run(only: Sequence[str] = STAGES, quick: bool = False, repeats: int = 3,
-        log: Callable[[str], None] = print) -> tuple[list[Row], list[Limit]]:
-  """Runs the chosen stages in STAGES order → (stage rows, machine-limit rows)."""
-  unknown = set(only) - set(STAGES)
-  if unknown:
-    raise ValueError(f'--only: unknown stage(s) {sorted(unknown)}; choose from {", ".join(STAGES)}')
-  sizes = QUICK if quick else FULL
-  rows, limits = [], []
-  for stage in STAGES:
-    if stage not in only:
-      continue
-    if not quick:
-      _wait_for_quiet()
-    start, before = time.perf_counter(), os.getloadavg()[0]
-    out = [dataclasses.replace(x, load=(before, os.getloadavg()[0])) for x in BENCHES[stage](sizes, repeats)]
-    (limits if stage in ('peak', 'bank_rss') else rows).extend(out)
-    log(f'[{stage}] done in {time.perf_counter() - start:.1f} s, load {before:.2f} → {out[-1].load[1]:.2f}')
-  return rows, limits
-
-
-def _wait_for_quiet() -> None:
-  """The previous stage's own threads keep the 1-minute load average up for a minute: let it decay, so the load
-  a stage starts at shows other jobs, not ours."""
-  deadline = time.monotonic() + QUIET_WAIT_S
-  while os.getloadavg()[0] > QUIET_LOAD and time.monotonic() < deadline:
-    time.sleep(2)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Report
-
-
-def machine_info() -> dict[str, str]:
-  cpu = 'unknown'
-  with open('/proc/cpuinfo') as f:
-    for line in f:
-      if line.startswith('model name'):
-        cpu = line.split(':', 1)[1].strip()
-        break
-  ram = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2 ** 30
-  return {'nproc': str(os.cpu_count()), 'cpu': cpu, 'ram': f'{ram:.1f} GiB', 'python': platform.python_version(),
-          'jax': jax.__version__, 'flax': flax.__version__, 'torch': torch.__version__, 'numpy': np.__version__,
-          'torch_threads': str(torch.get_num_threads()), 'jax_devices': ', '.join(map(str, jax.devices())),
-          'niceness': str(os.nice(0))}
-
-
-def _fmt(x: float, digits: int = 3) -> str:
-  if not math.isfinite(x):
-    return '–'
-  if x >= 100:
-    return f'{x:,.0f}'
-  return f'{x:.{digits}g}'
-
-
-def _percent(gflop: float, seconds: float, peak: float | None) -> str:
-  if not peak or not math.isfinite(gflop):
-    return '–'
-  return f'{100 * gflop / seconds / peak:.0f}%'
-
-
-def _load(load: tuple[float, float]) -> str:
-  """`before → after` 1-minute load average, flagged when the stage started above LOAD_LIMIT (another job was
-  running: the numbers are suspect). The after value includes the stage's own threads."""
-  if not all(map(math.isfinite, load)):
-    return '–'
-  cell = f'{load[0]:.1f} → {load[1]:.1f}'
-  return f'**{cell} ⚠**' if load[0] > LOAD_LIMIT else cell
-
-
-def table(rows: Sequence[Row], limits: Sequence[Limit]) -> str:
-  """The markdown tables (stage times, then machine limits) with numbered notes."""
-  peak = {l.stage: l for l in limits}.get('peak')
-  lines = ['| # | stage | ours (s) | ours compile ≈ (s) | reference (s) | ratio ref/ours | ours % of peak | '
-           'ref % of peak | load | reference |', '|---|---|---:|---:|---:|---:|---:|---:|---|---|']
-  for i, r in enumerate(rows, 1):
-    verdict = '' if r.ratio >= 1 else ' (ours slower)'
-    lines.append(f'| {i} | {r.what} | {_fmt(r.ours_s)} | {_fmt(r.compile_s, 2)} | {_fmt(r.ref_s)} | '
-                 f'**{r.ratio:.2f}×**{verdict} | {_percent(r.gflop, r.ours_s, peak and peak.jax_value)} | '
-                 f'{_percent(r.gflop, r.ref_s, peak and peak.torch_value)} | {_load(r.load)} | {r.reference} |')
-  lines += ['', 'Notes:', '']
-  lines += [f'{i}. {r.note}' + (f' Analytic work: {r.gflop:,.1f} GFLOP.' if math.isfinite(r.gflop) else '')
-            for i, r in enumerate(rows, 1) if r.note or math.isfinite(r.gflop)]
-  if limits:
-    lines += ['', '| measurement | JAX | torch | unit | load | note |', '|---|---:|---:|---|---|---|']
-    lines += [f'| {l.what} | {_fmt(l.jax_value)} | {_fmt(l.torch_value)} | {l.unit} | {_load(l.load)} | {l.note} |'
-              for l in limits]
-  return '\n'.join(lines)
-
-
-def markdown(rows: Sequence[Row], limits: Sequence[Limit], info: dict[str, str], command: str,
-             load: tuple[tuple[float, ...], tuple[float, ...]], repeats: int, quick: bool) -> str:
-  # Outside --quick every stage waits for a quiet machine first: only a stage that started loaded says another job ran.
-  loaded = any(r.load[0] > LOAD_LIMIT for r in (*rows, *limits))
-  header = [
-      '# Benchmarks: g2sf-jax against PyTorch CPU references', '',
-      f'Generated by `{command}` on {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}'
-      + (' (**--quick sizes, not representative**)' if quick else '') + '.', '',
-      f'* Machine: {info["nproc"]} CPUs ({info["cpu"]}), {info["ram"]} RAM; JAX devices: {info["jax_devices"]}; '
-      f'torch intra-op threads: {info["torch_threads"]}; niceness {info["niceness"]}.',
-      f'* Versions: Python {info["python"]}, jax {info["jax"]}, flax {info["flax"]}, torch {info["torch"]}, '
-      f'numpy {info["numpy"]}. Thread pools and BLAS variables at their defaults.',
-      f'* Load average (1/5/15 min) at start {"/".join(f"{x:.2f}" for x in load[0])}, at end '
-      f'{"/".join(f"{x:.2f}" for x in load[1])}'
-      + ('. **The machine was shared with other running jobs, so absolute times are noisy and both columns are '
-         'slowed.**' if loaded else '.'),
-      f'* Each stage: one warm-up call (JAX compiles there; "compile ≈" = first call − median), then the median of '
-      f'{repeats} calls. Ratio = reference / ours, so > 1 means ours (JAX) is faster. "% of peak" = analytic '
-      'FLOPs / time / the float32 matmul peak measured below for the same framework. "load" = the 1-minute load '
-      f'average before → after the stage (each stage waits up to {QUIET_WAIT_S} s for it to fall below '
-      f'{QUIET_LOAD}; the after value includes the stage\'s own threads); ⚠ marks a stage that started above '
-      f'{LOAD_LIMIT} (another job was running: rerun it with `--only`).', '']
-  return '\n'.join(header) + '\n' + table(rows, limits) + '\n'
-
-
-def write_markdown(path: Path, text: str) -> None:
-  """Writes `text` atomically, keeping whatever follows KEEP_MARKER in an existing file."""
-  kept = ''
-  if path.exists():
-    old = path.read_text()
-    if KEEP_MARKER in old:
-      kept = old[old.index(KEEP_MARKER) + len(KEEP_MARKER):]
-  with io.atomic_write(path, 'w') as f:
-    f.write(text + '\n' + KEEP_MARKER + (kept or '\n'))
-
-
-def main(argv: Sequence[str] | None = None) -> tuple[list[Row], list[Limit]]:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--quick', action='store_true', help='tiny sizes and 1 repetition (smoke run)')
-  parser.add_argument('--only', default=','.join(STAGES), help=f'comma-separated subset of {",".join(STAGES)}')
-  parser.add_argument('--repeats', type=int, default=None, help='timed calls per stage after the warm-up '
-                      '(default 3; 1 with --quick)')
-  parser.add_argument('--out', type=Path, default=None, help='also write the markdown report here')
-  args = parser.parse_args(argv)
-  repeats = args.repeats or (1 if args.quick else 3)
-  if repeats < 1:
-    parser.error('--repeats must be >= 1')
-  only = [s.strip() for s in args.only.split(',') if s.strip()]
-  info = machine_info()
-  load_start = os.getloadavg()
-  rows, limits = run(only, args.quick, repeats, log=lambda s: print(s, file=sys.stderr, flush=True))
-  load = (load_start, os.getloadavg())
-  argv_used = sys.argv[1:] if argv is None else list(argv)
-  nice = f'nice -n {info["niceness"]} ' if info['niceness'] != '0' else ''
-  command = f'{nice}python -m experiments.benchmark {shlex.join(argv_used)}'.strip()
-  text = markdown(rows, limits, info, command, load, repeats, args.quick)
-  print(text)
-  if args.out:
-    write_markdown(args.out, text)
-  return rows, limits
-
-
-if __name__ == '__main__':
-  main()

@@ -3,8 +3,8 @@ import jax
 import numpy as np
 import torch
 
-from g2sf_jax.models import cfm_mlp
-from tests.references import torch_cfm
+from g2sf_jax.methods.cfm import mlp as cfm_mlp
+from references import torch_cfm
 
 
 def test_forward_matches_torch_and_hidden_width():

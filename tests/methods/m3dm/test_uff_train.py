@@ -10,8 +10,8 @@ from experiments.configs.common import get_base_config
 from g2sf_jax import distributed
 from g2sf_jax.errors import DataError
 from g2sf_jax.methods.m3dm import uff
-from g2sf_jax.models import uff as uff_model
-from tests.references import torch_m3dm
+from g2sf_jax.methods.m3dm import uff_net as uff_model
+from references import torch_m3dm
 
 MESH = distributed.make_mesh()
 

@@ -1,6 +1,6 @@
-"""PyTorch CPU versions of the reference computations, for timing only (`experiments/benchmark.py`).
+"""PyTorch CPU versions of the reference computations, for timing only (`benchmarks/speed_stages.py`).
 
-Each follows what the reference code runs (SPEC sections cited); where tests/references already has the PyTorch
+Each follows what the reference code runs (SPEC sections cited); where references/ already has the PyTorch
 version (PointMAE encoder, its FPS loop, the LSPN and the G²SF losses) it is imported, not repeated. Correctness of
 our JAX code against those references is the parity tests' job; here only the cost matters.
 
@@ -11,8 +11,8 @@ DINO configuration: the same architecture and FLOPs (SPEC §2.1).
 import torch
 from transformers import ViTConfig, ViTModel
 
-from tests.references import torch_g2sf
-from tests.references import torch_point_mae
+from references import torch_g2sf
+from references import torch_point_mae
 
 
 def knn_group(points: torch.Tensor, num_group: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:

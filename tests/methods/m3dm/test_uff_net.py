@@ -2,8 +2,8 @@
 import numpy as np
 import torch
 
-from g2sf_jax.models import uff
-from tests.references import torch_m3dm
+from g2sf_jax.methods.m3dm import uff_net as uff
+from references import torch_m3dm
 
 
 def test_forward_matches_torch():
