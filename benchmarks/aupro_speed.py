@@ -84,10 +84,10 @@ def main() -> None:
     for limit in limits:
       assert abs(vec[limit] - loop[limit]) < 1e-9, (num, limit, vec[limit], loop[limit])
     print(f'{num} thresholds: vectorised {t_vec:.3f} s, plain loop {t_loop:.3f} s, ratio {t_loop / t_vec:.1f}x; '
-          + ', '.join(f'AUPRO@{l:g}={vec[l]:.4f}' for l in limits))
+          + ', '.join(f'AUPRO@{lim:g}={vec[lim]:.4f}' for lim in limits))
   num_distinct = np.unique(maps[~masks]).size
   print(f'exact ({num_distinct} thresholds, {exact.fpr.size} curve points kept): vectorised {t_exact:.3f} s; '
-        + ', '.join(f'AUPRO@{l:g}={exact[l]:.4f}' for l in limits))
+        + ', '.join(f'AUPRO@{lim:g}={exact[lim]:.4f}' for lim in limits))
   t_pix, pix = median_time(lambda: metrics.pixel_auroc(masks, maps), args.repeats)
   print(f'pixel AUROC {pix:.4f}: {t_pix:.3f} s')
 

@@ -107,13 +107,13 @@ def overrides(args: argparse.Namespace, checkpoints: dict[str, Path]) -> dict:
 
 def stage_names_and_markers(fields: dict) -> list[tuple[str, Path]]:
   """(stage name, its completion marker) in graph order, for the class, from the same config the runs use."""
-  from experiments import pipeline
+  from experiments import stages
   from experiments.configs import mvtec
   from g2sf_jax import methods
   from g2sf_jax.workdir import Workdir
   config = mvtec.get_config()
   config.update_from_flattened_dict(fields)
-  graph = pipeline.stage_graph(methods.get(config.method), config)
+  graph = stages.stage_graph(methods.get(config.method), config)
   wd = Workdir(config.workdir)
   scope = lambda stage: config.synthetic.classes if stage.scope == 'class' else ''
   return [(s.name, wd.marker(s.folder(config), scope(s))) for s in graph]

@@ -46,7 +46,7 @@ def measure(workdir: str, class_name: str, method: str, repeats: int) -> dict:
   """One method, in this process: state bytes, scoring seconds per sample (median of `repeats`), peak RSS."""
   import numpy as np
   from benchmarks import timing
-  from experiments import pipeline
+  from experiments import stages
   from g2sf_jax import detector, features
   from g2sf_jax.data import prepared
   from g2sf_jax.methods import base
@@ -56,7 +56,7 @@ def measure(workdir: str, class_name: str, method: str, repeats: int) -> dict:
   det = detector.Detector.load(workdir, class_name, method)  # CFM's scorer runs the point backbone itself
   wd = Workdir(workdir)
   state = state_bytes(det.scorer)
-  feats = features.load_cached(wd.stage_dir(pipeline.stage_folder(config, 'extract'), class_name) / 'test')
+  feats = features.load_cached(wd.stage_dir(stages.stage_folder(config, 'extract'), class_name) / 'test')
   wanted = base.scorer_inputs(det.scorer)
   inputs = None
   if wanted:
@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f'| {r["method"]} | {", ".join(r["rows"])} | {r["state_bytes"] / 2**20:.2f} MiB | '
           f'{r["state_bytes"] / ref["state_bytes"]:.3f}× | {r["per_sample_s"] * 1e3:.1f} ms | '
           f'{ref["per_sample_s"] / r["per_sample_s"]:.2f}× | {r["first_s"]:.1f} s | {r["peak_rss_gib"]:.2f} GiB |')
-  print(f'\nState at MVTec size ({args.full_train} training samples, the paper configs):\n\n| method | state |\n|---|---|')
+  print(f'\nState at MVTec size ({args.full_train} training samples, the paper configs):\n\n'
+        '| method | state |\n|---|---|')
   for name, state in full_size_state(args.full_train):
     print(f'| {name} | {state} |')
 

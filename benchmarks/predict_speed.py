@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument('--workdir', default='runs/synthetic')
   p.add_argument('--class_name', default='cube')
   p.add_argument('--scans', type=int, default=24, help='scans in the batch-mode call')
-  p.add_argument('--method', default='g2sf', help='the method whose detector to load (a work directory may hold several)')
+  p.add_argument('--method', default='g2sf',
+                 help='the method whose detector to load (a work directory may hold several)')
   args = p.parse_args(argv)
   workdir = Path(args.workdir).absolute()
   raw = workdir / 'raw' / args.class_name / 'test'

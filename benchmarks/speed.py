@@ -112,7 +112,7 @@ def _load(load: tuple[float, float]) -> str:
 
 def table(rows: Sequence[Row], limits: Sequence[Limit]) -> str:
   """The markdown tables (stage times, then machine limits) with numbered notes."""
-  peak = {l.stage: l for l in limits}.get('peak')
+  peak = {m.stage: m for m in limits}.get('peak')
   lines = ['| # | stage | ours (s) | ours compile ≈ (s) | reference (s) | ratio ref/ours | ours % of peak | '
            'ref % of peak | load | reference |', '|---|---|---:|---:|---:|---:|---:|---:|---|---|']
   for i, r in enumerate(rows, 1):
@@ -125,8 +125,8 @@ def table(rows: Sequence[Row], limits: Sequence[Limit]) -> str:
             for i, r in enumerate(rows, 1) if r.note or math.isfinite(r.gflop)]
   if limits:
     lines += ['', '| measurement | JAX | torch | unit | load | note |', '|---|---:|---:|---|---|---|']
-    lines += [f'| {l.what} | {_fmt(l.jax_value)} | {_fmt(l.torch_value)} | {l.unit} | {_load(l.load)} | {l.note} |'
-              for l in limits]
+    lines += [f'| {m.what} | {_fmt(m.jax_value)} | {_fmt(m.torch_value)} | {m.unit} | {_load(m.load)} | {m.note} |'
+              for m in limits]
   return '\n'.join(lines)
 
 

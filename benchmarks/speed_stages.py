@@ -79,7 +79,8 @@ FULL = Sizes(
     cloud_side=224, cloud_radius=89.0, groups=((512, 128), (1024, 128)), vit={}, point_mae={},
     point_mae_group=(512, 128), coreset_rows=200_704, coreset_iters_jax=100, coreset_iters_torch=20,
     knn_queries=3136, knn_banks=(('RGB coreset', 19_129, 768), ('PCD coreset', 76_518, 1152),
-                                 ('FPFH coreset', 76_518, 33), ('whole RGB bank', 191_296, 768)), knn_k=20, aupro_images=150, aupro_size=224, lspn_batch=8192,
+                                 ('FPFH coreset', 76_518, 33), ('whole RGB bank', 191_296, 768)), knn_k=20,
+    aupro_images=150, aupro_size=224, lspn_batch=8192,
     lspn_dims=(768, 1152), lspn_coreset_rows=(19_129, 76_518), lspn_hidden=512, lspn_emb=128, matmul_n=4096,
     bank_args=('--iterations', '50'), clean_size=800, clean_ref_repeats=1)
 QUICK = Sizes(
@@ -87,7 +88,8 @@ QUICK = Sizes(
     vit=dict(img_size=32, dim=64, depth=2, num_heads=2), point_mae=dict(dim=64, depth=2, num_heads=2,
                                                                          out_blocks=(0, 1)),
     point_mae_group=(32, 16), coreset_rows=4096, coreset_iters_jax=5, coreset_iters_torch=5, knn_queries=64,
-    knn_banks=(('small', 1000, 32), ('wide', 200, 96)), knn_k=20, aupro_images=6, aupro_size=64, lspn_batch=64, lspn_dims=(8, 12),
+    knn_banks=(('small', 1000, 32), ('wide', 200, 96)), knn_k=20, aupro_images=6, aupro_size=64, lspn_batch=64,
+    lspn_dims=(8, 12),
     lspn_coreset_rows=(64, 64), lspn_hidden=32, lspn_emb=8, matmul_n=256,
     bank_args=('--rows', '4000', '--dim', '64', '--iterations', '3'), clean_size=160, clean_ref_repeats=1)
 

@@ -1,7 +1,8 @@
 """Checks a whole run config before the first stage: a typo must fail in a second, not after an hour of training.
 
 `validate(config)` raises `ConfigError` naming the first bad field, its value and what it accepts (a missing raw
-folder or converted checkpoint is named too); the chosen method then checks its own sections (`Method.check`). `unknown_override(...)` explains a `--config.x=…` that names
+folder or converted checkpoint is named too); the chosen method then checks its own sections (`Method.check`).
+`unknown_override(...)` explains a `--config.x=…` that names
 no field, with the closest ones.
 """
 import dataclasses

@@ -41,6 +41,7 @@ from g2sf_jax import data, detector, distributed, home, io
 from g2sf_jax.data import preprocessing
 from g2sf_jax.errors import OutputExistsError, UserError
 from g2sf_jax.workdir import Workdir
+from ports import efficientnet_lite0
 
 # The tEXt chunk of every PNG predict writes, and the key of its scores.json: what it may replace on a later call.
 MARK = {'Software': 'g2sf-jax predict'}
@@ -198,6 +199,7 @@ def _predict(args: argparse.Namespace) -> dict:
   _check_outputs(args, entries, many)
   if many:
     _check_names([e.name for e in entries], entries)
+  efficientnet_lite0.ensure_for(config)
   det = detector.Detector.load(workdir, name, config.method)
   evaluation = Workdir(workdir).stage_dir(f'{config.method}/evaluate', name) / 'evaluation.npz'
   stored = [det.kind.load_entry(e, False) for e in entries]  # the preprocessing of `prepare`, read once

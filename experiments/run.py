@@ -5,7 +5,8 @@
   python -m experiments.run --config synthetic --config.stages=evaluate
 
 `--config NAME` picks `experiments/configs/NAME.py` (a path to any config file works too; without it, `synthetic`,
-which needs no download); `--config.a.b=value` overrides a field. Stages cache their outputs in `config.workdir` and are skipped when their inputs did not change,
+which needs no download); `--config.a.b=value` overrides a field. Stages cache their outputs in `config.workdir`
+and are skipped when their inputs did not change,
 so an interrupted run resumes where it stopped.
 
 Several processes (hosts) run one experiment together when each is started with the same command plus
@@ -81,7 +82,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # orbax and jax log every checkpoint and backend probe at INFO
-  from experiments import config_check, pipeline
+  from experiments import config_check, runner
   from g2sf_jax import distributed, home
   from g2sf_jax.errors import UserError
   config = _CONFIG.value
@@ -90,7 +91,7 @@ def main(argv):
   try:
     config_check.validate(config)  # before joining other processes: a typo fails here, in a second
     multi = distributed.initialize(**config.distributed)
-    pipeline.run(config)
+    runner.run(config)
   except UserError as e:  # the user's to fix: one line, also in run.log; anything else keeps its traceback
     log = std_logging.getLogger('g2sf')
     if log.handlers:  # the run got as far as opening its run.log: the line goes there and to the terminal

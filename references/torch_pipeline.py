@@ -116,8 +116,8 @@ class LspnTrainer:
 
     def forward(f, m):
       w = self.model(f, m)
-      l, s = torch_g2sf.unified(f, m, w, sig, self.mu, rgb)
-      return w, l, s
+      unified, s = torch_g2sf.unified(f, m, w, sig, self.mu, rgb)
+      return w, unified, s
 
     w0, l0, s0 = forward(f, m0)
     h = b // 2

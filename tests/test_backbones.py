@@ -108,11 +108,14 @@ def test_point_mae_pixel_features_match_references(config):
     assert err <= 1e-4, err
 
 
-def test_efficientnet_lite0_converts_once_and_rejects_stale(tmp_path):
+def test_efficientnet_lite0_is_converted_by_the_port_and_rejects_stale(tmp_path):
   converted = port_common.convert(enl_port.load_state(enl_port.packaged_path()), enl_port.table())
-  config = ml_collections.ConfigDict({'rgb_backbone': 'efficientnet_lite0',
+  config = ml_collections.ConfigDict({'rgb_backbone': 'efficientnet_lite0', 'modalities': 'rgb',
                                       'checkpoints': {'efficientnet_lite0': str(tmp_path / 'ck')}})
-  backbone = backbones.make_rgb_backbone(config)  # no checkpoint yet: converted from the packaged file
+  with pytest.raises(FileNotFoundError, match=f'python -m ports.efficientnet_lite0 {tmp_path / "ck"}'):
+    backbones.make_rgb_backbone(config)  # the library never converts: the port (or the runner calling it) does
+  enl_port.ensure_for(config)
+  backbone = backbones.make_rgb_backbone(config)
   assert checkpoints.exists(tmp_path / 'ck')
   assert backbone.meta['weights_sha256'] == enl_port.PACKAGED_SHA256 and backbone.dim == 152
   np.testing.assert_array_equal(np.asarray(backbone.variables['params']['block9']['dw_conv']['kernel']),

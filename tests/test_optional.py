@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _WITHOUT_OPEN3D = textwrap.dedent('''
   import numpy as np
   import pytest
-  from experiments import config_check, pipeline, predict, run  # noqa: F401 (importable without open3d)
+  from experiments import config_check, predict, run, runner  # noqa: F401 (importable without open3d)
   from experiments.configs import synthetic
   from g2sf_jax import backbones, fpfh  # noqa: F401
   from g2sf_jax.data import preprocessing, synthetic as generated

@@ -100,7 +100,8 @@ def knn_search(queries: np.ndarray, bank: np.ndarray | ShardedBank, k: int, mesh
 
   The bank is split along its rows over `mesh`; each shard ranks its rows by `2q·b−‖b‖²` (one HIGHEST-precision
   matmul, see `ShardedBank`), keeps `k+8` candidates, recomputes their exact float32 distance `‖q−b‖` and the
-  shards' candidates are merged by (distance, global index). The result does not depend on the number of devices. Note torch.cdist
+  shards' candidates are merged by (distance, global index). The result does not depend on the number of devices.
+  Note torch.cdist
   (the reference) uses the fast formula for large inputs, which is ~1e-3 relatively off for near-identical vectors.
   """
   bank = place_bank(bank, mesh)

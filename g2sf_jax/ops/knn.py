@@ -100,7 +100,8 @@ def _boxed_cloud(planes, valid, queries, k: int, chunk: int) -> tuple[jax.Array,
     return jnp.take_along_axis(cand, best, axis=0), kth < next_bound
 
   pad = -s % chunk
-  idx, exact = jax.lax.map(search, jnp.pad(queries, ((0, pad), (0, 0))).reshape(-1, chunk, 3))  # [chunks, k, C], [chunks, C]
+  # [chunks, k, C], [chunks, C]
+  idx, exact = jax.lax.map(search, jnp.pad(queries, ((0, pad), (0, 0))).reshape(-1, chunk, 3))
   return idx.swapaxes(1, 2).reshape(-1, k)[:s], exact.reshape(-1)[:s]
 
 

@@ -18,11 +18,12 @@ def test_quick_run_has_every_row_and_writes_markdown(tmp_path):
     for value in (r.ours_s, r.ref_s, r.ratio):
       assert math.isfinite(value) and value > 0, (r.what, value)
     assert math.isnan(r.compile_s) or math.isfinite(r.compile_s), r.what
-  assert counts == {'clean': 1, 'group': 4, 'vit': 1, 'point_mae': 1, 'extract': 1, 'coreset': 2, 'knn': len(speed_stages.QUICK.knn_banks),
+  assert counts == {'clean': 1, 'group': 4, 'vit': 1, 'point_mae': 1, 'extract': 1, 'coreset': 2,
+                    'knn': len(speed_stages.QUICK.knn_banks),
                     'aupro': 1, 'lspn': 1}
   assert all(math.isfinite(r.gflop) and r.gflop > 0 for r in rows if r.stage in ('vit', 'point_mae', 'knn', 'lspn'))
 
-  assert [l.stage for l in limits] == ['bank_rss', 'bank_rss', 'peak']
+  assert [m.stage for m in limits] == ['bank_rss', 'bank_rss', 'peak']
   rss, floor, peak = limits
   assert peak.jax_value > 0 and peak.torch_value > 0
   assert rss.unit == 'GiB' and math.isfinite(rss.jax_value) and rss.jax_value > 0

@@ -357,7 +357,8 @@ def test_eyecandies_prepare_and_load(tmp_path):
     sid = s['name'][-2:]
     raw_rgb = io.read_rgb_png(cls / 'test_public' / 'data' / f'{sid}_image_4.png')
     assert np.array_equal(s['rgb'], raw_rgb)  # stored as is
-    np.testing.assert_array_equal(m['rgb'], transforms.resize_rgb(np.where(valid[..., None], raw_rgb, 0).astype(np.uint8)))
+    np.testing.assert_array_equal(
+        m['rgb'], transforms.resize_rgb(np.where(valid[..., None], raw_rgb, 0).astype(np.uint8)))
     assert m['mask'].any() == (s['label'] == 1)
     # What predict does with the same raw files (the kind's entry for the path prefix): the stored arrays exactly.
     scan = data.get('eyecandies').load_entry(eyecandies.scan_entry(sample=cls / 'test_public' / 'data' / sid), False)

@@ -34,13 +34,13 @@ def test_unknown_config_lists_known_ones():
                                   'cfm_synthetic'])
 def test_configs_load_with_docstrings(name):
   import importlib
-  from experiments import pipeline
+  from experiments import stages
   from g2sf_jax import methods
   module = importlib.import_module(f'experiments.configs.{name}')
   config = module.get_config()
   assert module.__doc__ and 'Run:' in module.__doc__
   assert config.stages == 'all' and config.method in methods.REGISTRY
-  assert pipeline.stage_graph(methods.get(config.method), config)[-1].name == 'evaluate'
+  assert stages.stage_graph(methods.get(config.method), config)[-1].name == 'evaluate'
   assert config.synthesis.num_sources == (24 if name == 'eyecandies' else 8)  # SPEC §4.2
   if name in ('m3dm', 'cfm'):
     assert config.point_mae.num_group == 1024  # M3DM's and CFM's grouping

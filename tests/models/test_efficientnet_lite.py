@@ -1,4 +1,5 @@
-"""Flax EfficientNet-Lite0 and its patch-feature backbone against the PyTorch reference with the real shipped weights."""
+"""Flax EfficientNet-Lite0 and its patch-feature backbone against the PyTorch reference, with the real shipped
+weights."""
 import jax
 import numpy as np
 import pytest

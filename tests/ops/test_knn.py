@@ -186,7 +186,8 @@ def test_sharded_batch_is_grouped_where_it_lies():
 def test_one_neighbour_and_a_nan_query():
   # k = 1 on both paths (the box search needs N > 4,096); a NaN query is at infinity from every point, so it gets
   # the lowest valid indices, as a stable sort of its distances does.
-  for cloud, bucket in ((_scan(100, 5), 8192), (np.random.default_rng(6).normal(size=(500, 3)).astype(np.float32), 512)):
+  noise = np.random.default_rng(6).normal(size=(500, 3)).astype(np.float32)
+  for cloud, bucket in ((_scan(100, 5), 8192), (noise, 512)):
     points, valid = buckets.pad_batch([cloud], buckets=(bucket,))
     queries = np.concatenate([cloud[[3, 400, 77]], np.full((1, 3), np.nan, np.float32)])[None]
     got = np.asarray(knn.knn_indices(points, valid, queries, 1))[0]

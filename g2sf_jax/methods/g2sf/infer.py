@@ -28,9 +28,10 @@ def _patch_scores(model: lspn.LSPN, mode: str, params: Any, theta: jax.Array, mu
     w = jnp.where(background[:, None], 1.0, w)  # SPEC §4.6.3: background patches keep w = (1, 1)
     return w, lspn.unified_score(lspn.modality_distances(f, m, rgb_dim), w, sigma, mu)
 
-  w, l = jax.vmap(one, in_axes=1, out_axes=1)(protos)
-  agg = {'min': lambda: l.min(1), 'max': lambda: l.max(1), 'average': lambda: l.mean(1), 'zero': lambda: l[:, 0]}
-  return {'score': agg[mode](), 'unified': l, 'weights': w[:, 0]}
+  w, unified = jax.vmap(one, in_axes=1, out_axes=1)(protos)
+  agg = {'min': lambda: unified.min(1), 'max': lambda: unified.max(1), 'average': lambda: unified.mean(1),
+         'zero': lambda: unified[:, 0]}
+  return {'score': agg[mode](), 'unified': unified, 'weights': w[:, 0]}
 
 
 def patch_scores(state: 'FusionState', g2sf_config, img: np.ndarray, pcd: np.ndarray, protos_img: np.ndarray,

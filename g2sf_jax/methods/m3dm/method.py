@@ -13,7 +13,8 @@ Reference behaviour kept, each a switch in `config.m3dm` (the official code nome
   coreset_sizes 'reference': the RGB and fused coresets get `coreset_fraction` × the *point coreset's* size (≈1%
     of their banks), the point coreset drops rows with an exact zero and gains an all-zero row | 'per_bank'.
   uff_pairing 'reference' (scrambled training pairs, `uff.py`) | 'aligned'; uff_keep 'reference' (patches whose
-  point feature has no exact zero) | 'foreground' (not all zero: FPFH histograms have empty bins). lambdas: the DLF input weights
+  point feature has no exact zero) | 'foreground' (not all zero: FPFH histograms have empty bins). lambdas: the DLF
+  input weights
   (1, 0.1, 1 for point, RGB, fused). Re-weighting without the ε of the single-bank code; maps bilinear to 224 then
   the reference blur (`scoring.blur`).
 """

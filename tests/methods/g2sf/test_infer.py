@@ -33,8 +33,8 @@ def _torch_scores(tm, state, f, protos, background):
       ft, mt = torch.from_numpy(f), torch.from_numpy(protos[:, j])
       w = tm(ft, mt)
       w[torch.from_numpy(background)] = 1.0
-      l, _ = torch_g2sf.unified(ft, mt, w, sig, mu, RGB)
-      ls.append(l[:, 0].numpy())
+      unified, _ = torch_g2sf.unified(ft, mt, w, sig, mu, RGB)
+      ls.append(unified[:, 0].numpy())
       ws.append(w.numpy())
   return np.stack(ls, 1), ws[0]
 
@@ -49,10 +49,10 @@ def test_patch_scores_match_torch(mode):
   protos = (f[:, None] + 0.5 * rng.normal(size=(n, j, RGB + PCD))).astype(np.float32)
   background = rng.random(n) < 0.3
   out = infer.patch_scores(state, cfg.g2sf, f[:, :RGB], f[:, RGB:], protos[..., :RGB], protos[..., RGB:], background)
-  l, w0 = _torch_scores(tm, state, f, protos, background)
-  agg = {'min': l.min(1), 'max': l.max(1), 'average': l.mean(1), 'zero': l[:, 0]}[mode]
+  unified, w0 = _torch_scores(tm, state, f, protos, background)
+  agg = {'min': unified.min(1), 'max': unified.max(1), 'average': unified.mean(1), 'zero': unified[:, 0]}[mode]
   np.testing.assert_allclose(np.asarray(out['score']), agg, rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(out['unified']), l, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(out['unified']), unified, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(out['weights']), w0, rtol=1e-5)
   assert np.all(np.asarray(out['weights'])[background] == 1.0)
   assert not np.any(np.isclose(np.asarray(out['weights'])[~background], 1.0))
@@ -84,12 +84,12 @@ def test_score_one_sample(img_grid):
   ir = np.argsort(((img56[:, None] - cs[0][None]) ** 2).sum(-1), 1)[:, :6]
   ip = np.argsort(((pcd.reshape(-1, PCD)[:, None] - cs[1][None]) ** 2).sum(-1), 1)[:, :6]
   protos = np.concatenate([cs[0][ir], cs[1][ip]], -1)
-  l, w0 = _torch_scores(tm, state, f, protos, pcd.reshape(-1, PCD).sum(-1) == 0)
-  np.testing.assert_allclose(out['map56'].reshape(-1), l.min(1), rtol=1e-5)
-  assert out['image_score'] == pytest.approx(l.min(1).max(), rel=1e-5)
+  unified, w0 = _torch_scores(tm, state, f, protos, pcd.reshape(-1, PCD).sum(-1) == 0)
+  np.testing.assert_allclose(out['map56'].reshape(-1), unified.min(1), rtol=1e-5)
+  assert out['image_score'] == pytest.approx(unified.min(1).max(), rel=1e-5)
   np.testing.assert_allclose(out['weights'].reshape(-1, 2), w0, rtol=1e-5)
   assert np.all(out['weights'][:10] == 1.0)
   assert out['map224'].shape == (224, 224)
   with pytest.raises(ValueError, match='memory_bank.num_anchors'):
     infer.score(state, cfg, img56, pcd.reshape(-1, PCD), placed, tuple(a[:, :5] for a in anchors))
-  np.testing.assert_allclose(out['map224'], memory_bank.score_map(l.min(1).astype(np.float32)), rtol=1e-5)
+  np.testing.assert_allclose(out['map224'], memory_bank.score_map(unified.min(1).astype(np.float32)), rtol=1e-5)

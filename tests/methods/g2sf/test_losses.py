@@ -30,7 +30,7 @@ def test_separation_and_margin_values_and_grads(weighted):
   rep = torch.from_numpy(l0[:, None]).requires_grad_(True)
   ref = torch_g2sf.separation(rep, _y(normal), ms, weighted=weighted) + 10 * torch_g2sf.margin(rep, _y(normal))
   ref.backward()
-  fn = lambda l: (losses.separation(l ** 2, normal, ms, 2.0, weighted) + 10 * losses.margin(l ** 2, normal))
+  fn = lambda u: (losses.separation(u ** 2, normal, ms, 2.0, weighted) + 10 * losses.margin(u ** 2, normal))
   val, grad = jax.value_and_grad(fn)(jnp.asarray(l0))
   np.testing.assert_allclose(float(val), ref.item(), rtol=1e-5)
   np.testing.assert_allclose(np.asarray(grad), rep.grad[:, 0].numpy(), rtol=1e-5, atol=1e-7)
@@ -52,7 +52,7 @@ def test_consistency(mode):
   ls = [(l0 * rng.uniform(0.7, 1.6, B)).astype(np.float32) for _ in range(2 * anchor)]
   ss = [(s0 * rng.uniform(0.8, 1.5, (B, 1))).astype(np.float32) for _ in range(2 * anchor)]
   tt = lambda a: torch.from_numpy(a)
-  ref = torch_g2sf.consistency(tt(l0[:, None]), tt(s0), [tt(l[:, None]) for l in ls], [tt(s) for s in ss], anchor,
+  ref = torch_g2sf.consistency(tt(l0[:, None]), tt(s0), [tt(u[:, None]) for u in ls], [tt(s) for s in ss], anchor,
                                per_row=mode == 'per_row')
   got = losses.consistency(l0, s0.mean(1), np.stack(ls[:anchor]), np.stack([s.mean(1) for s in ss[:anchor]]),
                            np.stack(ls[anchor:]), 1.2, mode)

@@ -36,8 +36,8 @@ def test_forward_matches_torch():
   np.testing.assert_allclose(np.asarray(dist / mu.numpy()), s_t.numpy(), rtol=1e-5)
   sig_j = lspn.global_scale(jnp.asarray(theta.numpy()))
   np.testing.assert_allclose(np.asarray(sig_j), sig.numpy(), rtol=1e-6)
-  l = lspn.unified_score(dist, w, sig_j, jnp.asarray(mu.numpy()))
-  np.testing.assert_allclose(np.asarray(l), l_t[:, 0].numpy(), rtol=1e-5)
+  unified = lspn.unified_score(dist, w, sig_j, jnp.asarray(mu.numpy()))
+  np.testing.assert_allclose(np.asarray(unified), l_t[:, 0].numpy(), rtol=1e-5)
 
 
 def test_init_statistics_and_sigma_start():

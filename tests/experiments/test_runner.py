@@ -16,9 +16,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments import pipeline, predict, report
+from experiments import predict, report, runner, stages
 from experiments.configs import synthetic
-from g2sf_jax import detector, io
+from g2sf_jax import detector, io, methods
 from g2sf_jax.data import synthetic as synthetic_data
 from g2sf_jax.errors import ConfigError, DataError
 from g2sf_jax.workdir import Workdir
@@ -47,12 +47,12 @@ def tiny_config(workdir):
 def finished(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('run')
   config = tiny_config(workdir)
-  return config, pipeline.run(config)
+  return config, runner.run(config)
 
 
-def _markers(workdir, stages=STAGE_FILES, config=None):
+def _markers(workdir, stage_ids=STAGE_FILES, config=None):
   config = config or tiny_config(workdir)
-  return {s: os.stat(Workdir(workdir).marker(pipeline.stage_folder(config, s), 'cube')).st_mtime_ns for s in stages}
+  return {s: os.stat(Workdir(workdir).marker(stages.stage_folder(config, s), 'cube')).st_mtime_ns for s in stage_ids}
 
 
 @ONE_RUN
@@ -76,7 +76,7 @@ def test_every_stage_ran_and_reported(finished):
 def test_rerun_skips_finished_stages(finished):
   config, table = finished
   before = _markers(Path(config.workdir))
-  again = pipeline.run(config)
+  again = runner.run(config)
   assert _markers(Path(config.workdir)) == before
   assert again['classes'] == table['classes']
 
@@ -89,32 +89,32 @@ def test_changed_scoring_field_reruns_only_evaluation(finished):
   changed = tiny_config(workdir)
   changed.g2sf.scoring_mode = 'max'
   changed.stages = 'evaluate'
-  pipeline.run(changed)
+  runner.run(changed)
   after = _markers(workdir)
   assert after['g2sf/evaluate'] != before['g2sf/evaluate']
   assert {s: after[s] for s in STAGE_FILES[:-1]} == {s: before[s] for s in STAGE_FILES[:-1]}
-  pipeline.run(tiny_config(workdir))  # back to the module's configuration for the other tests
+  runner.run(tiny_config(workdir))  # back to the module's configuration for the other tests
 
 
 def test_stage_keys_follow_backbone_parameters_and_code_versions(tmp_path, monkeypatch):
-  keys = {s: pipeline.Runner(tiny_config(tmp_path)).key(s, 'cube') for s in STAGE_FILES}
+  keys = {s: runner.Runner(tiny_config(tmp_path)).key(s, 'cube') for s in STAGE_FILES}
   changed = tiny_config(tmp_path)
   changed.fpfh = ml_collections.ConfigDict({'feature_max_nn': 90})  # only the point backbone's meta differs
-  other = pipeline.Runner(changed)
+  other = runner.Runner(changed)
   assert other.key('prepare', 'cube') == keys['prepare']
   assert all(other.key(s, 'cube') != keys[s] for s in STAGE_FILES[1:])
-  monkeypatch.setattr(pipeline, 'EXTRACT', dataclasses.replace(pipeline.EXTRACT, version=pipeline.EXTRACT.version + 1))
-  bumped = pipeline.Runner(tiny_config(tmp_path))
+  monkeypatch.setattr(stages, 'EXTRACT', dataclasses.replace(stages.EXTRACT, version=stages.EXTRACT.version + 1))
+  bumped = runner.Runner(tiny_config(tmp_path))
   assert bumped.key('prepare', 'cube') == keys['prepare']
   assert all(bumped.key(s, 'cube') != keys[s] for s in STAGE_FILES[1:])
 
 
 def test_stage_keys_hash_only_the_fields_a_stage_declares(tmp_path):
-  keys = {s: pipeline.Runner(tiny_config(tmp_path)).key(s, 'cube') for s in STAGE_FILES}
+  keys = {s: runner.Runner(tiny_config(tmp_path)).key(s, 'cube') for s in STAGE_FILES}
 
   def changed_stages(config):
-    runner = pipeline.Runner(config)
-    return {s for s in STAGE_FILES if runner.key(s, 'cube') != keys[s]}
+    run = runner.Runner(config)
+    return {s for s in STAGE_FILES if run.key(s, 'cube') != keys[s]}
 
   scoring = tiny_config(tmp_path)
   scoring.g2sf.scoring_mode = 'max'  # read by G²SF's scorer only
@@ -134,7 +134,7 @@ def test_stage_keys_hash_only_the_fields_a_stage_declares(tmp_path):
   assert changed_stages(pinned) == set()
   pooled = tiny_config(tmp_path)
   pooled.synthesis.source_classes = 'cube,torus'  # the two-class run's pool, in a cube-only run
-  assert pipeline.Runner(pooled).key('g2sf/fusion_data', 'cube') == pipeline.Runner(more).key('g2sf/fusion_data',
+  assert runner.Runner(pooled).key('g2sf/fusion_data', 'cube') == runner.Runner(more).key('g2sf/fusion_data',
                                                                                                'cube')
 
 
@@ -145,7 +145,7 @@ def test_m3dm_uff_classes_keeps_a_full_runs_uff(tmp_path):
   def uff_key(classes, uff_classes=''):
     c = m3dm_synthetic.get_config()
     c.workdir, c.synthetic.classes, c.m3dm.uff_classes = str(tmp_path), classes, uff_classes
-    return pipeline.Runner(c).key('m3dm/uff', '')
+    return runner.Runner(c).key('m3dm/uff', '')
   full = uff_key('cube,cylinder,torus')
   assert uff_key('cube') != full and uff_key('cube', 'cube,cylinder,torus') == full
 
@@ -154,7 +154,7 @@ def test_missing_upstream_names_the_command(tmp_path):
   config = tiny_config(tmp_path)
   config.stages = 'extract'
   with pytest.raises(FileNotFoundError, match='--config.stages=prepare'):
-    pipeline.run(config)
+    runner.run(config)
 
 
 def check_raw_predict(workdir: Path, modalities: str, tmp_path: Path, cli_single: bool = False) -> None:
@@ -311,7 +311,7 @@ def test_rgb_only_run_on_data_with_clouds_preprocesses_scans_as_it_trained(finis
   shutil.copytree(config.workdir, workdir)
   rgb_only = tiny_config(workdir)
   rgb_only.modalities = 'rgb'
-  assert pipeline.run(rgb_only)['rows'] == ['IMG']
+  assert runner.run(rgb_only)['rows'] == ['IMG']
   check_raw_predict(workdir, 'rgb+xyz', tmp_path / 'predict')
   scan = workdir / 'raw' / 'cube' / 'test' / 'good'
   with pytest.raises(SystemExit, match=r"needs an organised point cloud \(xyz\) \(it scores 'rgb', but its class "
@@ -327,7 +327,7 @@ def test_baseline_and_single_modality_runs(tmp_path, method, modalities, rows):
   config.synthetic.n_train = 4
   config.method = method
   config.modalities = config.synthetic.modalities = modalities
-  table = pipeline.run(config)
+  table = runner.run(config)
   assert table['rows'] == rows
   assert all(0 <= v <= 1 for v in table['classes']['cube'][rows[0]].values())
   assert not (tmp_path / 'cube' / 'g2sf' / 'fusion_data').exists()  # no fusion without both modalities / for BTF
@@ -340,15 +340,15 @@ def test_the_report_keeps_classes_evaluated_earlier_with_the_same_settings(tmp_p
   config = tiny_config(tmp_path)
   config.method, config.synthetic.n_train, config.synthetic.classes = 'btf', 4, 'cube,cylinder'
   config.classes = 'cube'
-  cube = pipeline.run(config)['classes']['cube']
+  cube = runner.run(config)['classes']['cube']
   config.classes = 'cylinder'
-  both = pipeline.run(config)
+  both = runner.run(config)
   assert list(both['classes']) == ['cube', 'cylinder'] and both['classes']['cube'] == cube
   reported = lambda: sorted(json.loads((tmp_path / 'btf' / 'report' / 'results.json').read_text())['classes'])
   assert reported() == ['cube', 'cylinder']
   assert 'report: also cube, evaluated earlier with these settings' in (tmp_path / 'run.log').read_text()
   config.scoring.blur = 'float'  # cube's result was made with the other blur: not this run's
-  assert list(pipeline.run(config)['classes']) == ['cylinder'] and reported() == ['cylinder']
+  assert list(runner.run(config)['classes']) == ['cylinder'] and reported() == ['cylinder']
 
 
 def test_a_changed_synthetic_field_regenerates_the_runners_own_data(tmp_path):
@@ -358,10 +358,10 @@ def test_a_changed_synthetic_field_regenerates_the_runners_own_data(tmp_path):
   config.synthetic.n_train, config.synthetic.n_test, config.stages = 1, 2, 'prepare'
   interrupted = Workdir(tmp_path).data_dir / 'synthetic' / 'cube' / 'incomplete.X1Y2Z3_1.0.0'
   interrupted.mkdir(parents=True)  # what TFDS leaves when a build is killed
-  pipeline.run(config)
+  runner.run(config)
   assert not interrupted.exists()
   config.seed = 1
-  pipeline.run(config)
+  runner.run(config)
   assert json.loads((tmp_path / 'raw' / 'cube' / 'synthetic.json').read_text())['seed'] == 1
 
 
@@ -372,7 +372,7 @@ def test_a_test_split_without_anomalies_fails_before_training(tmp_path, monkeypa
   monkeypatch.setattr(synthetic_data, 'DEFECTS', ())  # every test sample is `good`
   monkeypatch.setattr(synthetic_data, '_test_counts', lambda n: {'good': n})
   with pytest.raises(DataError, match=r"class 'cube': its test split has 2 good and 0 anomalous samples"):
-    pipeline.run(config)
+    runner.run(config)
   assert not (tmp_path / 'cube' / 'patchcore').exists()
 
 
@@ -381,7 +381,7 @@ def test_modalities_missing_from_the_data_are_named(tmp_path):
   config = tiny_config(tmp_path / 'w')
   config.synthetic.modalities = 'rgb'
   with pytest.raises(ConfigError, match="config.modalities = 'rgb\\+xyz' needs files that config.synthetic"):
-    pipeline.run(config)
+    runner.run(config)
   assert not (tmp_path / 'w').exists()
 
 
@@ -394,12 +394,12 @@ def test_methods_share_a_workdir(finished, tmp_path):
   before = _markers(shared)
   btf = tiny_config(shared)
   btf.method = 'btf'
-  btf_table = pipeline.run(btf)
+  btf_table = runner.run(btf)
   assert btf_table['rows'] == ['BTF']
   assert _markers(shared) == before  # prepare and extract reused, G²SF untouched
   btf_markers = _markers(shared, ('btf/banks', 'btf/evaluate'), btf)
-  assert pipeline.run(tiny_config(shared))['classes'] == table['classes']
-  assert pipeline.run(btf)['classes'] == btf_table['classes']
+  assert runner.run(tiny_config(shared))['classes'] == table['classes']
+  assert runner.run(btf)['classes'] == btf_table['classes']
   assert _markers(shared) == before and _markers(shared, ('btf/banks', 'btf/evaluate'), btf) == btf_markers
   assert (shared / 'btf' / 'report' / 'results.json').is_file() and (shared / 'g2sf' / 'report').is_dir()
   assert Workdir(shared).methods() == ['btf', 'g2sf']
@@ -438,7 +438,7 @@ def test_a_bad_config_fails_before_any_stage(tmp_path, field, value, message):
   section, _, name = field.rpartition('.')
   (config[section] if section else config)[name] = value
   with pytest.raises(ConfigError, match=message):
-    pipeline.run(config)
+    runner.run(config)
   assert not (tmp_path / 'w').exists()  # nothing was written
 
 
@@ -448,7 +448,7 @@ def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
   with wd.lock('the first run'):
     with pytest.raises(WorkdirBusyError, match=rf'another run is using this work directory \(pid {os.getpid()} '
                                               r'on .* the first run\)'):
-      pipeline.run(tiny_config(tmp_path))
+      runner.run(tiny_config(tmp_path))
   assert not (tmp_path / 'cube').exists()
   with wd.lock('free again'):  # released when the holder's block ends
     pass
@@ -464,7 +464,7 @@ def test_a_failed_run_keeps_the_config_of_the_finished_one(finished, tmp_path):
   changed.g2sf.epochs = 3
   changed.stages = 'evaluate'  # the retrained fuser does not exist: this run fails
   with pytest.raises(FileNotFoundError, match="'g2sf/train' stage has no up-to-date output"):
-    pipeline.run(changed)
+    runner.run(changed)
   assert (shared / 'g2sf' / 'config.json').read_text() == before
   assert predict.trained_classes(shared, 'g2sf') == ['cube']
 
@@ -478,12 +478,12 @@ def test_changed_raw_files_are_prepared_again_and_problems_are_reported(finished
   c = tiny_config(tmp_path / 'w')
   c.raw_dir = str(raw)
   c.method = 'patchcore'
-  pipeline.run(c)
+  runner.run(c)
   before = _markers(tmp_path / 'w', ('prepare', 'extract'), c)
-  pipeline.run(c)
+  runner.run(c)
   assert _markers(tmp_path / 'w', ('prepare', 'extract'), c) == before
   io.write_xyz_tiff(raw / 'cube' / 'test' / 'crack' / 'xyz' / '000.tiff', np.zeros((200, 200, 3), np.float32))
-  table = pipeline.run(c)
+  table = runner.run(c)
   after = _markers(tmp_path / 'w', ('prepare', 'extract'), c)
   assert all(after[s] != before[s] for s in after)
   assert table['problems'] == {'cube': ['test/crack/000: empty_cloud: the point cloud has no valid point']}
@@ -519,7 +519,7 @@ def test_m3dm_and_cfm_run_on_the_shared_features(finished, tmp_path):
     c.m3dm.uff.update(steps=4, warmup_steps=1, batch_size=2, accum=1)
     c.m3dm.uff_keep = 'foreground'
     c.cfm.epochs = 2
-    table = pipeline.run(c)
+    table = runner.run(c)
     assert table['rows'] == rows
     assert all(0 <= v <= 1 for row in rows for v in table['classes']['cube'][row].values())
     html = (shared / method / 'report' / 'report.html').read_text()
@@ -542,12 +542,12 @@ def test_single_modality_baselines(tmp_path):
   config.method = 'cfm'
   config.modalities = 'rgb'
   with pytest.raises(ConfigError, match="'cfm' maps each modality onto the other"):
-    pipeline.run(config)
+    runner.run(config)
   m3dm = tiny_config(tmp_path)
   m3dm.method = 'm3dm'
   m3dm.modalities = 'xyz'
-  assert pipeline.stage_graph(pipeline.methods.get('m3dm'), m3dm)[2].id == 'patchcore/banks'
-  assert pipeline.methods.get('m3dm').rows(m3dm) == ('PCD',)
+  assert stages.stage_graph(methods.get('m3dm'), m3dm)[2].id == 'patchcore/banks'
+  assert methods.get('m3dm').rows(m3dm) == ('PCD',)
 
 
 _CLI_FIELDS = ('workdir', 'checkpoints.efficientnet_lite0', 'synthetic.classes', 'synthetic.size', 'synthetic.n_train',
@@ -590,7 +590,7 @@ def test_two_processes_give_the_one_process_results(tmp_path):
   one.g2sf.batch_size = 24  # below min(0.7·754 // 20) = 26, a multiple of 4: the LSPN steps are split over the hosts
   one.memory_bank.coreset_fraction = 0.03
   one.g2sf.epochs = 1
-  table = pipeline.run(one)
+  table = runner.run(one)
   two = ml_collections.ConfigDict(one.to_dict())
   two.workdir = str(tmp_path / 'two')
   procs = _processes(_cli_flags(two), 2, tmp_path, 2)

@@ -1,0 +1,187 @@
+"""The stages every method shares, and the graph a run walks: prepare, extract, the method's own stages, evaluate.
+
+  prepare    raw files (or the generated synthetic set) → TFDS array_record data            (algorithms.md §1)
+  extract    train and test patch features, shared by every method of the work directory  (algorithms.md §2)
+  …          the method's own stages (PatchCore banks, G²SF fusion data and training, …)
+  evaluate   the method's scorer on the test features → evaluation.npz                    (§3.3, §4.6, §5)
+"""
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from g2sf_jax import features, io, methods, parallel
+from g2sf_jax.data import prepared, synthetic
+from g2sf_jax.errors import ConfigError, DataError, OutputExistsError
+from g2sf_jax.methods import base
+from g2sf_jax.workdir import files_fingerprint, stage_key
+
+log = logging.getLogger('g2sf')
+
+
+def _prepare_extra(ctx: base.StageContext) -> Any:
+  """The raw inputs of one class: the user's files (names, sizes, modification times), or the synthetic set's
+  generation parameters when g2sf-jax generates it."""
+  c = ctx.config
+  if c.raw_dir:
+    class_dir = Path(c.raw_dir).absolute() / ctx.class_name
+    return str(class_dir), files_fingerprint(class_dir) if class_dir.is_dir() else None, prepared.VERSION
+  params = {k: v for k, v in c.synthetic.to_dict().items() if k != 'classes'}
+  if params.get('fov') == synthetic.FOV:  # the field is newer than some work directories: keep their keys
+    del params['fov']
+  return params, c.seed, prepared.VERSION
+
+
+def _raw_dir(ctx: base.StageContext) -> Path:
+  """The user's download (read only), or for the synthetic set without one the folder it is generated into."""
+  return Path(ctx.config.raw_dir) if ctx.config.raw_dir else ctx.workdir.root / 'raw'
+
+
+def _prepare(ctx: base.StageContext) -> dict:
+  c = ctx.config
+  raw_dir = _raw_dir(ctx)
+  if c.dataset == 'synthetic' and not c.raw_dir:
+    ctx.log('prepare: generating synthetic class %s in %s', ctx.class_name, raw_dir)
+    synthetic.generate(raw_dir, classes=[ctx.class_name], n_train=c.synthetic.n_train, n_test=c.synthetic.n_test,
+                       size=c.synthetic.size, seed=c.seed, modalities=c.synthetic.modalities,
+                       fov=c.synthetic.fov, replace=True,  # <workdir>/raw is the runner's own
+                       workers=parallel.resolve(c.workers))
+  target = prepared.prepared_dir(c.dataset, ctx.workdir.data_dir, ctx.class_name)
+  if target.exists():  # prepared from other raw inputs (this stage's key changed): ours to rebuild
+    if not (target / 'dataset_info.json').is_file():
+      raise OutputExistsError(f'{target}: exists but is not prepared TFDS data; move it away or choose another '
+                            '--config.workdir')
+    shutil.rmtree(target.parent)
+  for stale in target.parent.glob(f'incomplete.*_{prepared.VERSION}'):  # TFDS's folder of an interrupted build
+    shutil.rmtree(stale)
+  import tensorflow_datasets as tfds  # Heavy: only this stage needs it directly.
+  tfds.disable_progress_bar()
+  result = prepared.prepare(c.dataset, raw_dir, ctx.workdir.data_dir, [ctx.class_name],
+                            workers=parallel.resolve(c.workers))[ctx.class_name]
+  for problem in result['problems']:
+    log.warning('prepare %s: %s', ctx.class_name, problem)
+  _check_modalities(ctx)
+  return result
+
+
+def _check_modalities(ctx: base.StageContext) -> None:
+  """The config's modalities must be in the prepared data (an RGB-only set cannot run rgb+xyz)."""
+  have = prepared.available_modalities(ctx.config.dataset, ctx.workdir.data_dir, ctx.class_name)
+  missing = [m for m in base.modalities(ctx.config) if m not in have]
+  if missing:
+    raise ConfigError(f'config.modalities={ctx.config.modalities!r}, but class {ctx.class_name!r} has no '
+                     f'{missing[0]} files in {ctx.workdir.data_dir}; run with --config.modalities={"+".join(have)}')
+
+
+def _checkpoint_meta(config: ml_collections.ConfigDict) -> dict:
+  """What the converted backbone checkpoints were made from, so new weights invalidate the features."""
+  out = {}
+  mods = base.modalities(config)
+  for field, mod in (('rgb_backbone', 'rgb'), ('point_backbone', 'xyz')):
+    name = config[field]
+    meta = Path(config.checkpoints.get(name, '') or '/nonexistent') / 'g2sf_meta.json'
+    if mod in mods and meta.is_file():
+      out[name] = json.loads(meta.read_text())
+  return out
+
+
+def _extract_extra(ctx: base.StageContext) -> Any:
+  rgb, point = ctx.backbones()  # first: it may convert shipped weights whose checkpoint meta is keyed below
+  return features.describe_backbone(rgb), features.describe_backbone(point), _checkpoint_meta(ctx.config)
+
+
+def _check_test_labels(ctx: base.StageContext) -> None:
+  """Image and pixel AUROC need good and anomalous test images: a class without both fails before any training."""
+  labels = prepared.labels(ctx.config.dataset, ctx.workdir.data_dir, ctx.class_name, 'test')
+  bad = int(labels.sum())
+  if bad == 0 or bad == len(labels):
+    raise DataError(f'class {ctx.class_name!r}: its test split has {len(labels) - bad} good and {bad} anomalous '
+                    'samples; the evaluation (I-AUROC, P-AUROC, AUPRO) needs both')
+
+
+def _extract(ctx: base.StageContext) -> dict:
+  c = ctx.config
+  _check_modalities(ctx)
+  _check_test_labels(ctx)
+  rgb, point = ctx.backbones()
+  extra = {'checkpoints': _checkpoint_meta(c), 'point_mae': c.point_mae.to_dict()}
+  counts = {}
+  for split in ('train', 'test'):
+    samples = ctx.samples(split)
+    bar = ctx.progress(len(samples), f'{ctx.class_name} {split} features')
+    features.extract_to_cache(ctx.out_dir / split, rgb, point, samples, c.batch_size, extra_key=extra,
+                              log=log.debug, progress=bar.update)
+    bar.close()
+    counts[split] = len(samples)
+  return counts
+
+
+def _extract_variant(config: ml_collections.ConfigDict) -> str:
+  """The features' folder: the backbones and a hash of their settings (e.g. `efficientnet_lite0+fpfh-1a2b3c4d`), so
+  methods with other backbones or PointMAE groupings (M3DM and CFM use 1024 groups, G²SF 512) keep their own."""
+  mods = base.modalities(config)
+  names = [config.rgb_backbone if 'rgb' in mods else '', config.point_backbone if 'xyz' in mods else '']
+  settings = [config.get(config.point_backbone).to_dict() if 'xyz' in mods and config.point_backbone in config
+              else None, config.modalities]
+  return f'{"+".join(n for n in names if n)}-{stage_key(names, settings)[:8]}'
+
+
+PREPARE = base.Stage('prepare', _prepare, extra=_prepare_extra, keys=('dataset',), all_processes=False,
+                     complete=lambda ctx: prepared.is_prepared(ctx.config.dataset, ctx.workdir.data_dir,
+                                                               ctx.class_name))
+EXTRACT = base.Stage('extract', _extract, deps=('prepare',), keys=('modalities', 'point_mae', 'seed'),
+                     extra=_extract_extra, version=2, variant=_extract_variant)
+
+
+def _evaluate(ctx: base.StageContext) -> dict:
+  """The method's scorer on every test sample → `evaluation.npz` (labels, masks, names; per row score_/map_ and, where
+  the method computes AUPRO on other maps, pro_map_)."""
+  c = ctx.config
+  scorer = ctx.method.scorer(ctx)
+  test = ctx.samples('test')
+  feats = ctx.features('test')
+  inputs = base.scorer_inputs(scorer)
+  batches = []
+  for start in tqdm(range(0, len(test), c.batch_size), desc=f'{ctx.class_name} scoring', unit='batch'):
+    batch = {k: v[start:start + c.batch_size] for k, v in feats.items()}
+    if inputs:
+      samples = test[start:start + c.batch_size]
+      batch.update({name: np.stack([s[name] for s in samples]) for name in inputs})
+    batches.append(scorer(batch))
+  scores = base.stack_rows(batches)
+  arrays = {'labels': np.array([s['label'] for s in test]), 'masks': np.stack([s['mask'] for s in test]),
+            'names': np.array([s['name'] for s in test])}
+  for row, r in scores.items():
+    arrays[f'score_{row}'] = r.image
+    arrays[f'map_{row}'] = r.maps
+    if r.pro_maps is not None:
+      arrays[f'pro_map_{row}'] = r.pro_maps
+  io.save_npz_atomic(ctx.out_dir / 'evaluation.npz', **arrays)
+  return {'rows': list(scores)}
+
+
+def stage_graph(method: base.Method, config: ml_collections.ConfigDict) -> tuple[base.Stage, ...]:
+  """prepare, extract, the method's stages, evaluate; checked for unknown or out-of-order dependencies."""
+  own = method.stages(config)
+  evaluate = base.Stage('evaluate', _evaluate, owner=method.name, deps=('extract',) + tuple(s.id for s in own),
+                        keys=('scoring',) + method.scoring_keys)
+  graph = (PREPARE, EXTRACT) + tuple(own) + (evaluate,)
+  seen = set()
+  for stage in graph:
+    missing = [d for d in stage.deps if d not in seen]
+    if missing:
+      raise ValueError(f'method {method.name!r}: stage {stage.id} depends on {missing}, which no earlier stage is')
+    if stage.id in seen:
+      raise ValueError(f'method {method.name!r}: two stages named {stage.id}')
+    seen.add(stage.id)
+  return graph
+
+
+def stage_folder(config: ml_collections.ConfigDict, stage_id: str) -> str:
+  """Where stage `stage_id` of `config`'s method keeps its outputs, below the class (e.g. 'extract/…-1a2b3c4d')."""
+  return {s.id: s for s in stage_graph(methods.get(config.method), config)}[stage_id].folder(config)
