@@ -1,4 +1,4 @@
-"""Times `metrics.aupro` against a plain per-threshold loop on one MVTec-size class (SPEC §5).
+"""Times `metrics.aupro` against a plain per-threshold loop on one MVTec-size class (algorithms.md §5).
 
 Run from the repository root: `python -m benchmarks.aupro_speed [--repeats 3]`.
 The synthetic class has 150 images of 224x224 with a few hundred random blob components; both versions must give

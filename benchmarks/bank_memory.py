@@ -1,9 +1,9 @@
 """Full-size memory-bank benchmark: normalisation + projection + greedy coreset on one MVTec-sized PCD bank.
 
-Builds a random `[rows, dim]` float32 bank in place (default 765,184 × 1152 = 3.5 GB, bagel's PCD bank, SPEC §3.2),
-then times each phase of `memory_bank.build` and prints the peak RSS. The greedy loop at full size is hours on a
-small CPU, so `--iterations N` runs N of the k−1 iterations over the full bank and extrapolates linearly (each
-iteration costs the same: one pass over the projected bank).
+Builds a random `[rows, dim]` float32 bank in place (default 765,184 × 1152 = 3.5 GB, bagel's PCD bank, algorithms.md
+§3.2), then times each phase of `memory_bank.build` and prints the peak RSS. The greedy loop at full size is hours on a
+small CPU, so `--iterations N` runs N of the k−1 iterations over the full bank and extrapolates linearly (each iteration
+costs the same: one pass over the projected bank).
 
   python -m benchmarks.bank_memory                                 # everything, full size
   python -m benchmarks.bank_memory --iterations 200                # full n, 200 greedy iterations, extrapolated

@@ -5,19 +5,19 @@ architecture (DINO ViT-B/8 and PointMAE 512×128, random weights in the official
   python -m benchmarks.full_scale                      # 200 train, 100 test, 800 anomalies: every stage measured
   python -m benchmarks.full_scale --fraction 0.1       # a tenth of the samples and anomalies; full size extrapolated
 
-The class is MVTec-sized: `--train` good training samples (plus the synthetic layout's `train // 4` validation
-samples), `--test` test samples, `--size`² rgb/xyz, framed with `--fov` so that ~25k points survive the SPEC §1.2
+The class is MVTec-sized: `--train` good training samples (plus the synthetic layout's `train // 4` validation samples),
+`--test` test samples, `--size`² rgb/xyz, framed with `--fov` so that ~25k points survive the algorithms.md §1.2
 cleaning at 224² as on MVTec. Every stage runs as its own `python -m experiments.run --config mvtec
---config.stages=<stage>` process in `--workdir`, so its wall time (start-up and compilation included) and peak RSS
-are its own; the stage's own time is read from its completion marker. Re-running the command resumes: stages
-that are up to date are reported from their markers (no RSS then).
+--config.stages=<stage>` process in `--workdir`, so its wall time (start-up and compilation included) and peak RSS are
+its own; the stage's own time is read from its completion marker. Re-running the command resumes: stages that are up to
+date are reported from their markers (no RSS then).
 
 Below fraction 1 the samples and anomalies are scaled by f (and with `--epoch_fraction e` the LSPN runs e of its
 80 epochs); every other size is the paper's. Each stage's time is extrapolated to full size by its cost law in f,
 printed in the table: linear (prepare, extract, LSPN training, also × 1/e), quadratic (the greedy coreset: k ∝ n
 iterations over n rows), or between the two where a linear part (synthesising and extracting the anomalies, the
 test features) meets a quadratic one (their searches in coresets that grow with n): those get a range. Peak RSS
-is the one measured at the fraction run. The LSPN batch is min(0.7·M/20, 8,192) for M fusion rows (SPEC §4.5a):
+is the one measured at the fraction run. The LSPN batch is min(0.7·M/20, 8,192) for M fusion rows (algorithms.md §4.5a):
 a fraction with fewer than ~234k rows trains with smaller batches than the full class, and its B×B consistency
 term grows faster than linearly with B, so the linear law then underestimates training (the command says so;
 `python -m benchmarks.speed --only lspn` times one full-size step). On a GPU machine the same command runs

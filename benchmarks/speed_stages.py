@@ -71,7 +71,7 @@ class Sizes:
   lspn_emb: int
   matmul_n: int
   bank_args: tuple[str, ...]               # benchmarks/bank_memory.py flags
-  clean_size: int                          # synthetic scan side for the SPEC §1.2 cleaning (fov 0.16, as MVTec)
+  clean_size: int                          # scan side for the §1.2 cleaning (synthetic, fov 0.16, as MVTec)
   clean_ref_repeats: int                   # Open3D calls timed after its warm-up (~50 s each at 800²)
 
 
@@ -262,7 +262,7 @@ def bench_point_mae(sizes: Sizes, repeats: int) -> list[Row]:
   apply = jax.jit(lambda v, n, c: model.apply(v, n, c)[0])
   first, ours = timing.timed(_jax_call(apply, variables, neighborhood, centers), repeats)
   ref_model = torch_point_mae.PointMAEEncoder(model.dim, model.depth, model.num_heads,
-                                              tuple(model.out_blocks)).train()  # batch-stat BN (SPEC §2.3)
+                                              tuple(model.out_blocks)).train()  # batch-stat BN (algorithms.md §2.3)
   tn, tc = torch.from_numpy(np.array(neighborhood[0])), torch.from_numpy(np.array(centers[0]))
   _, ref = timing.timed(_no_grad(ref_model, tn, tc), repeats)
   return [Row('point_mae', f'PointMAE encoder forward, {g}×{k} groups, batch 1, random weights', ours, ref,
@@ -274,7 +274,7 @@ def bench_point_mae(sizes: Sizes, repeats: int) -> list[Row]:
 
 def bench_extract(sizes: Sizes, repeats: int) -> list[Row]:
   """`features.extract` of the pipeline's batch (ViT + PointMAE backbones, IDW, pixel plane, pooling) per sample,
-  against the reference's one sample at a time (SPEC §1.1: batch size 1) in torch."""
+  against the reference's one sample at a time (algorithms.md §1.1: batch size 1) in torch."""
   g, k = sizes.point_mae_group
   rng = np.random.default_rng(0)
   scans = [organised_scan(sizes.cloud_side, sizes.cloud_radius, seed=i) for i in range(PIPELINE_BATCH)]
@@ -288,7 +288,7 @@ def bench_extract(sizes: Sizes, repeats: int) -> list[Row]:
 
   ref_vit = torch_pipeline.dino_vit(size, vit_model.patch_size, vit_model.dim, vit_model.depth, vit_model.num_heads)
   ref_mae = torch_point_mae.PointMAEEncoder(mae_model.dim, mae_model.depth, mae_model.num_heads,
-                                            tuple(mae_model.out_blocks)).train()  # batch-stat BN (SPEC §2.3)
+                                            tuple(mae_model.out_blocks)).train()  # batch-stat BN (algorithms.md §2.3)
   scan, inside = scans[0]
   image = torch.from_numpy(samples[0]['rgb'].transpose(2, 0, 1)[None].copy())
   cloud, pixels = torch.from_numpy(scan[inside]), torch.from_numpy(np.flatnonzero(inside))
@@ -366,7 +366,8 @@ def bench_knn(sizes: Sizes, repeats: int) -> list[Row]:
 
 
 def bench_clean(sizes: Sizes, repeats: int) -> list[Row]:
-  """The two Open3D calls of SPEC §1.2 (RANSAC plane on the border points, DBSCAN on what is left) on one scan."""
+  """The two Open3D calls of algorithms.md §1.2 (RANSAC plane on the border points, DBSCAN on what is left) on one scan.
+  """
   from references import open3d_preprocessing  # imports open3d: only this stage needs it
   _, xyz, _ = synthetic.render_sample('cube', 'good', sizes.clean_size, 0, fov=0.16)
   edges = preprocessing.border_points(xyz)

@@ -4,9 +4,9 @@
   python -m experiments.predict --workdir runs/synthetic --class_name cube --scans new/ --out results/
   python -m experiments.predict --workdir runs/eyecandies --class_name GummyBear --sample data/07 --out map.png
 
-Each scan goes through the preprocessing `prepare` applied to the run's data (the dataset kind's `load_entry`:
-MVTec 3D-AD and the synthetic set: plane removal, square padding and largest-cluster cleaning, SPEC §1.2;
-Eyecandies: depth + pose → cloud with the table removed, SPEC §1.3), then the SPEC §1.4 load transforms, so a scan
+Each scan goes through the preprocessing `prepare` applied to the run's data (the dataset kind's `load_entry`: MVTec
+3D-AD and the synthetic set: plane removal, square padding and largest-cluster cleaning, algorithms.md §1.2; Eyecandies:
+depth + pose → cloud with the table removed, algorithms.md §1.3), then the algorithms.md §1.4 load transforms, so a scan
 gets the numbers the evaluation gives it.
 
 One scan: prints the image score of every row as JSON and writes the anomaly map of the method's main row (FUS for
@@ -283,7 +283,7 @@ def _safe(name: str) -> str:
 
 
 def map_range(evaluation: Path, row: str, anomaly_map: np.ndarray) -> tuple[float, float]:
-  """The class's test-set min and max of `row` (SPEC §3.3's global normalisation), else these maps' own."""
+  """The class's test-set min and max of `row` (algorithms.md §3.3's global normalisation), else these maps' own."""
   if evaluation.is_file():
     with np.load(evaluation) as z:
       if f'map_{row}' in z.files:

@@ -14,7 +14,7 @@ is not a report is never replaced):
   out_dir/<class>/overlays/<image name>.png   the anomaly map over the RGB with the ground-truth contour
 
 Values are rounded to 4 decimals per class and the mean is the unweighted mean of the rounded per-class values
-over the classes that have the row (SPEC §5).
+over the classes that have the row (algorithms.md §5).
 """
 import dataclasses
 import html
@@ -34,7 +34,7 @@ from sklearn import metrics as sk_metrics
 from g2sf_jax import io
 from g2sf_jax import metrics
 
-TABLE_LIMITS = (0.3, 0.01)  # SPEC §5: the reported AUPRO limits
+TABLE_LIMITS = (0.3, 0.01)  # algorithms.md §5: the reported AUPRO limits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +55,7 @@ class RowResult:
               limits: Sequence[float] = metrics.DEFAULT_LIMITS,
               num_thresholds: int | str = metrics.DEFAULT_NUM_THRESHOLDS,
               pro_maps: np.ndarray | None = None) -> 'RowResult':
-    """All metrics of one row (SPEC §5) from labels [N], image scores [N], masks [N,H,W] and maps [N,H,W];
+    """All metrics of one row (algorithms.md §5) from labels [N], image scores [N], masks [N,H,W] and maps [N,H,W];
     `pro_maps` (default `maps`) for AUPRO where the method's reference normalises them differently."""
     labels, image_scores = np.asarray(labels), np.asarray(image_scores)
     return cls(image_auroc=metrics.image_auroc(labels, image_scores),
@@ -89,7 +89,7 @@ class ClassResult:
     one pass when `map_range` is given, two passes otherwise.
   map_row: the row whose maps `images` carry (caption only).
   map_range: (min, max) of the colour scale; default: min and max over all maps of the class, the global
-    normalisation of SPEC §3.3, so colours compare across the class's images.
+    normalisation of algorithms.md §3.3, so colours compare across the class's images.
   problems: (test sample name, what preparation worked around) for the samples scored despite a problem (e.g. an
     empty cloud), listed with the results so no such score passes unnoticed.
   """

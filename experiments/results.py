@@ -34,8 +34,8 @@ def class_result(config: ml_collections.ConfigDict, method: base.Method, evaluat
 
 
 def _picture224(sample: dict) -> np.ndarray:
-  """uint8 [224, 224, 3] to draw the overlays on: the RGB (PIL bicubic, SPEC §1.4), or for 3D-only data the depth
-  (z of the valid points, nearer = brighter)."""
+  """uint8 [224, 224, 3] to draw the overlays on: the RGB (PIL bicubic, algorithms.md §1.4), or for 3D-only data the
+  depth (z of the valid points, nearer = brighter)."""
   if 'rgb' in sample:
     return np.asarray(Image.fromarray(sample['rgb']).resize((224, 224), Image.BICUBIC))
   xyz = transforms.resize_xyz(sample['xyz'])

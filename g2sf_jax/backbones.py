@@ -1,4 +1,4 @@
-"""The one backbone registry: config name → factory (docs/interfaces.md "Backbones", SPEC §2).
+"""The one backbone registry: config name → factory (docs/interfaces.md "Backbones", algorithms.md §2).
 
 `make_rgb_backbone(config)` / `make_point_backbone(config)` look up `config.rgb_backbone` / `config.point_backbone`
 in `RGB_BACKBONES` / `POINT_BACKBONES`; adding a backbone is one entry there. Converted weights come from
@@ -44,7 +44,7 @@ class PointBackbone(Protocol):
 
 
 class DinoVitB8:
-  """DINO ViT-B/8: final-norm patch tokens on the 28×28 grid (SPEC §2.1)."""
+  """DINO ViT-B/8: final-norm patch tokens on the 28×28 grid (algorithms.md §2.1)."""
   name = 'dino_vit_b8'
   dim = 768
 
@@ -61,13 +61,13 @@ class DinoVitB8:
 
 
 class PointMaeBackbone:
-  """PointMAE group features interpolated back to the valid pixels (SPEC §2.2–§2.4 steps 1–2).
+  """PointMAE group features interpolated back to the valid pixels (algorithms.md §2.2–§2.4 steps 1–2).
 
-  Per call: the valid pixels (all three coordinates non-zero, SPEC §1.4) of each cloud in raster order → padded to
-  a shared bucket size → FPS/kNN groups → encoder → IDW onto the valid points → gathered into the pixel plane.
-  One compiled program per (batch size, bucket). With `drop_path='stochastic'` pass `key`, or the backbone draws
-  keys from its own stream seeded by `seed` (one fold-in per call, so a run is reproducible call by call); sample
-  i of a call draws with `fold_in(key, i)`, on any device.
+  Per call: the valid pixels (all three coordinates non-zero, algorithms.md §1.4) of each cloud in raster order → padded
+  to a shared bucket size → FPS/kNN groups → encoder → IDW onto the valid points → gathered into the pixel plane. One
+  compiled program per (batch size, bucket). With `drop_path='stochastic'` pass `key`, or the backbone draws keys from
+  its own stream seeded by `seed` (one fold-in per call, so a run is reproducible call by call); sample i of a call
+  draws with `fold_in(key, i)`, on any device.
   """
   name = 'point_mae'
   dim = 1152
@@ -105,7 +105,7 @@ class PointMaeBackbone:
       raise ValueError(f'expected xyz [B, H, W, 3], got shape {xyz.shape}')
     b, h, w, _ = xyz.shape
     flat = xyz.reshape(b, h * w, 3)
-    valid_pixels = transforms.valid_mask(flat)  # SPEC §1.4
+    valid_pixels = transforms.valid_mask(flat)  # algorithms.md §1.4
     points, valid = buckets.pad_batch([flat[i][valid_pixels[i]] for i in range(b)], self.bucket_sizes)
     source = np.full((b, h * w), points.shape[1], np.int32)  # each pixel's point; the extra zero row off the cloud
     for i in range(b):

@@ -2,8 +2,8 @@
 
 The evaluation stage and `experiments.predict` both score through a method's `Scorer` (`g2sf_jax.methods`), and
 `Detector` wraps it with the run's backbones, so a scan scored from the command line gets the numbers the
-evaluation would give it. Rows, as the reference reports them: IMG and PCD (unimodal PatchCore, SPEC §3.3), FUS
-(G²SF, SPEC §4.6), BTF (PatchCore on concatenated RGB + point features), and those of any registered method.
+evaluation would give it. Rows, as the reference reports them: IMG and PCD (unimodal PatchCore, algorithms.md §3.3), FUS
+(G²SF, algorithms.md §4.6), BTF (PatchCore on concatenated RGB + point features), and those of any registered method.
 """
 import dataclasses
 import json
@@ -188,7 +188,7 @@ class Detector:
 
   def score_entries(self, entries: Sequence) -> list[SampleScores]:
     """Raw scans (the dataset kind's entries, e.g. from `kind.scan_entry` / `scan_folder`) → scores: each scan's
-    files are read and preprocessed exactly as `prepare` does (SPEC §1.2/§1.3), then scored in one pass."""
+    files are read and preprocessed exactly as `prepare` does (algorithms.md §1.2/§1.3), then scored in one pass."""
     stored = [self.kind.load_entry(e, False) for e in entries]
     return self.score_stored(stored, [e.name for e in entries])
 
@@ -201,8 +201,8 @@ class Detector:
 
   def score(self, rgb: np.ndarray | None = None, xyz: np.ndarray | None = None) -> SampleScores:
     """One new scan as arrays read from its raw files: `rgb` uint8 [H, W, 3] and/or organised `xyz` float32
-    [H, W, 3] (zeros = missing points). Applies the dataset kind's preprocessing (MVTec: SPEC §1.2; Eyecandies:
-    `xyz` is the converted cloud, SPEC §1.3) and the §1.4 load transforms; maps are 224×224.
+    [H, W, 3] (zeros = missing points). Applies the dataset kind's preprocessing (MVTec: algorithms.md §1.2; Eyecandies:
+    `xyz` is the converted cloud, algorithms.md §1.3) and the §1.4 load transforms; maps are 224×224.
 
     Raises DataError for malformed arrays and UnscorableError for a scan that cannot be scored honestly.
     """

@@ -1,4 +1,5 @@
-"""Per-sample patch features of both modalities on the patch grids, with a resumable on-disk cache (SPEC §2.4–2.5).
+"""Per-sample patch features of both modalities on the patch grids, with a resumable on-disk cache (algorithms.md
+§2.4–2.5).
 
 RGB: the backbone's own grid (`[h, w, Cr]`, 28×28 for DINO). Points: per-pixel features → `pool_to_grid` →
 `[56, 56, Cp]`. Either backbone may be None (RGB-only / 3D-only runs); that modality is then absent.
@@ -15,18 +16,19 @@ import numpy as np
 from g2sf_jax import io
 from g2sf_jax.ops import pooling
 
-GRID = 56  # the patch grid every bank, map and fusion row is on (SPEC §2.4–2.5)
+GRID = 56  # the patch grid every bank, map and fusion row is on (algorithms.md §2.4–2.5)
 Backbone = Callable[[Any], Any]  # `.name`, `.dim`, `__call__(x [B,224,224,3])` (see g2sf_jax.backbones)
 _INDEX = 'index.json'
 
 
 def upsample_nearest2x(img: np.ndarray) -> np.ndarray:
-  """`[..., h, w, C]` → `[..., 2h, 2w, C]`: cell (i, j) takes (⌊i/2⌋, ⌊j/2⌋) (IMG 28→56, SPEC §2.5)."""
+  """`[..., h, w, C]` → `[..., 2h, 2w, C]`: cell (i, j) takes (⌊i/2⌋, ⌊j/2⌋) (IMG 28→56, algorithms.md §2.5)."""
   return np.repeat(np.repeat(img, 2, axis=-3), 2, axis=-2)
 
 
 def to_grid(img: np.ndarray) -> np.ndarray:
-  """`[N, h, w, C]` RGB features with h = w = 28 or 56 → `[N, 56, 56, C]` (28 is nearest-upsampled, SPEC §2.5)."""
+  """`[N, h, w, C]` RGB features with h = w = 28 or 56 → `[N, 56, 56, C]` (28 is nearest-upsampled, algorithms.md §2.5).
+  """
   if img.shape[1:3] == (GRID, GRID):
     return img
   if img.shape[1:3] != (GRID // 2, GRID // 2):
@@ -35,7 +37,8 @@ def to_grid(img: np.ndarray) -> np.ndarray:
 
 
 def joint_features(img56: np.ndarray, pcd56: np.ndarray) -> np.ndarray:
-  """`[..., 56, 56, Cr]`, `[..., 56, 56, Cp]` → `[..., 3136, Cr+Cp]`, RGB first, row-major cells (SPEC §2.5)."""
+  """`[..., 56, 56, Cr]`, `[..., 56, 56, Cp]` → `[..., 3136, Cr+Cp]`, RGB first, row-major cells (algorithms.md §2.5).
+  """
   if img56.shape[:-1] != pcd56.shape[:-1]:
     raise ValueError(f'joint_features: grids differ, img {img56.shape} vs pcd {pcd56.shape}')
   joint = np.concatenate([img56, pcd56], axis=-1)
@@ -43,7 +46,7 @@ def joint_features(img56: np.ndarray, pcd56: np.ndarray) -> np.ndarray:
 
 
 def background_mask(pcd: np.ndarray) -> np.ndarray:
-  """`[..., Cp]` pooled point features → `[...]` bool: the reference's `PCD.sum(1) == 0` (SPEC §2.4 step 5)."""
+  """`[..., Cp]` pooled point features → `[...]` bool: the reference's `PCD.sum(1) == 0` (algorithms.md §2.4 step 5)."""
   return np.sum(pcd, axis=-1) == 0
 
 

@@ -16,13 +16,13 @@ which makes the histograms independent of the eigen-solver's sign choice and so 
 camera; BTF leaves them unoriented.
 
 Degenerate clouds: a cloud with fewer than two valid points, or whose spacing is 0 (most points coincide), gives
-all-zero features, i.e. background (SPEC §2.4 step 5); so does, from Open3D, a point without any neighbour inside
-the FPFH radius.
+all-zero features, i.e. background (algorithms.md §2.4 step 5); so does, from Open3D, a point without any neighbour
+inside the FPFH radius.
 
 Scale: Open3D normalises each of the three 11-bin sub-histograms to a sum of 200, so its entries are in [0, 200]
 with rows of norm ~200. The output is multiplied by `FpfhParams.scale` = 11/200, which makes the mean bin 1 (each
 sub-histogram sums to 11, a row to 33), the magnitude of a deep point embedding. PatchCore distances and their
-rankings only scale, but G²SF's LSPN takes the raw prototype as input (SPEC §4.4). At Open3D's scale its tanh
+rankings only scale, but G²SF's LSPN takes the raw prototype as input (algorithms.md §4.4). At Open3D's scale its tanh
 saturates: on the synthetic default the trained LSPN gave w ≈ (e, 1/e) on most test patches and L_cma stayed at 1.07;
 rescaled, L_cma falls to 0.002 within 8 epochs.
 """

@@ -33,7 +33,7 @@ def _open_image(path: Path, expected: str) -> Image.Image:
 
 
 def read_xyz_tiff(path: str | os.PathLike) -> np.ndarray:
-  """Reads an organised point cloud: float32 [H, W, 3], (0, 0, 0) at missing pixels (SPEC §1.1)."""
+  """Reads an organised point cloud: float32 [H, W, 3], (0, 0, 0) at missing pixels (algorithms.md §1.1)."""
   path = Path(path)
   expected = 'an organised point cloud TIFF, float32 [H, W, 3]'
   if not path.is_file():
@@ -55,7 +55,8 @@ _DEEP_MODES = ('I', 'F', 'I;16', 'I;16B', 'I;16L', 'I;16N')
 
 
 def read_rgb_png(path: str | os.PathLike) -> np.ndarray:
-  """Reads an 8-bit image as uint8 [H, W, 3] with PIL `.convert('RGB')` (SPEC §1.4); grey and RGBA are converted."""
+  """Reads an 8-bit image as uint8 [H, W, 3] with PIL `.convert('RGB')` (algorithms.md §1.4); grey and RGBA are
+  converted."""
   path = Path(path)
   image = _open_image(path, 'an 8-bit RGB image')
   if image.mode in _DEEP_MODES:
@@ -64,14 +65,14 @@ def read_rgb_png(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_mask_png(path: str | os.PathLike) -> np.ndarray:
-  """Reads a ground-truth mask as uint8 [H, W] with PIL `.convert('L')` (SPEC §1.4)."""
+  """Reads a ground-truth mask as uint8 [H, W] with PIL `.convert('L')` (algorithms.md §1.4)."""
   path = Path(path)
   image = _open_image(path, 'a single-channel mask image')
   return np.asarray(image.convert('L'), dtype=np.uint8)
 
 
 def read_depth_png16(path: str | os.PathLike) -> np.ndarray:
-  """Reads a 16-bit depth PNG (Eyecandies, SPEC §1.3) as uint16 [H, W]."""
+  """Reads a 16-bit depth PNG (Eyecandies, algorithms.md §1.3) as uint16 [H, W]."""
   path = Path(path)
   image = _open_image(path, 'a 16-bit single-channel depth PNG')
   if image.mode not in ('I;16', 'I;16B', 'I'):

@@ -1,8 +1,9 @@
-"""Evaluation metrics of one class: I-AUROC, P-AUROC and AUPRO exactly as the reference computes them (SPEC §5).
+"""Evaluation metrics of one class: I-AUROC, P-AUROC and AUPRO exactly as the reference computes them (algorithms.md
+§5).
 
 Everything runs in NumPy on the host (curves and areas in float64); these are evaluated once per class and row.
 Every metric depends on the scores only through their order, so the global min-max normalisation of the maps
-(SPEC §3.3, last paragraph) does not change them.
+(algorithms.md §3.3, last paragraph) does not change them.
 """
 import dataclasses
 from collections.abc import Mapping, Sequence
@@ -37,7 +38,7 @@ class AuproResult:
 
 
 def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-  """ROC AUC of the image scores [N] against the image labels [N] (1 = anomalous). SPEC §5."""
+  """ROC AUC of the image scores [N] against the image labels [N] (1 = anomalous). algorithms.md §5."""
   labels, scores = np.asarray(labels), np.asarray(scores)
   if labels.shape != scores.shape or labels.ndim != 1:
     raise ValueError(f'image_auroc expects labels [N] and scores [N], got {labels.shape} and {scores.shape}')
@@ -50,7 +51,7 @@ def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
-  """ROC AUC over all pixels of all images, background included. SPEC §5.
+  """ROC AUC over all pixels of all images, background included. algorithms.md §5.
 
   Equals `sklearn.roc_auc_score(masks.ravel(), maps.ravel())`, but by counting: for each anomalous pixel, the
   normal pixels scored below it plus half of those tied with it. The sum is an exact integer, so the result is
@@ -76,7 +77,7 @@ def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
 
 def aupro(masks: np.ndarray, maps: np.ndarray, limits: Sequence[float] = DEFAULT_LIMITS,
           num_thresholds: int | Literal['exact'] = DEFAULT_NUM_THRESHOLDS) -> AuproResult:
-  """Area under the per-region-overlap curve up to each FPR limit, divided by the limit. SPEC §5.
+  """Area under the per-region-overlap curve up to each FPR limit, divided by the limit. algorithms.md §5.
 
   `num_thresholds=100` replicates the official MVTec 3D-AD evaluation (thresholds at 100 evenly spaced positions
   of the sorted OK scores); any other int changes that count. `'exact'` puts a threshold at every distinct OK
@@ -101,7 +102,7 @@ def aupro(masks: np.ndarray, maps: np.ndarray, limits: Sequence[float] = DEFAULT
   limits = tuple(float(limit) for limit in limits)
   if not limits or not all(0.0 < limit <= 1.0 for limit in limits):
     raise ValueError(f'aupro limits must be in (0, 1], got {limits}')
-  # SPEC §5 step 1: 8-connected components of each image; no connectivity across the image axis, so the
+  # algorithms.md §5 step 1: 8-connected components of each image; no connectivity across the image axis, so the
   # component ids are already pooled over images.
   structure = np.zeros((3, 3, 3), dtype=bool)
   structure[1] = True
@@ -112,16 +113,16 @@ def aupro(masks: np.ndarray, maps: np.ndarray, limits: Sequence[float] = DEFAULT
   # Sorting and comparing in the maps' own float type (float32 or wider) gives the same order, thresholds and
   # counts as float64, at half the sort time.
   scores = maps.ravel().astype(np.result_type(maps.dtype, np.float32), copy=False)
-  # SPEC §5 step 2.
+  # algorithms.md §5 step 2.
   ok_sorted = np.sort(scores[components == 0])
   num_ok = ok_sorted.size
   if num_ok == 0:
     raise ValueError('AUPRO is undefined: the masks contain no OK (label 0) pixel')
   positions = _threshold_positions(ok_sorted, num_thresholds)
-  # SPEC §5 steps 3-4.
+  # algorithms.md §5 steps 3-4.
   thresholds = ok_sorted[positions]
   fpr = 1.0 - (positions + 1) / num_ok
-  # SPEC §5 step 5: PRO(t) = (1/C) sum_c #{x in c: x > t} / |c|, summed from the highest score down so that
+  # algorithms.md §5 step 5: PRO(t) = (1/C) sum_c #{x in c: x > t} / |c|, summed from the highest score down so that
   # PRO is exactly 0 above every component pixel; exactly 1 below all of them.
   in_component = components > 0
   component_ids = components[in_component]
@@ -131,7 +132,7 @@ def aupro(masks: np.ndarray, maps: np.ndarray, limits: Sequence[float] = DEFAULT
   above_weight = np.concatenate([[0.0], np.cumsum(weights)])
   num_above = np.searchsorted(-component_scores[order], -thresholds, side='left')
   pro = np.where(num_above == order.size, 1.0, above_weight[num_above] / num_components)
-  # SPEC §5 step 6: prepend (1, 1), then ascending FPR.
+  # algorithms.md §5 step 6: prepend (1, 1), then ascending FPR.
   fpr = np.concatenate([[1.0], fpr])[::-1]
   pro = np.concatenate([[1.0], pro])[::-1]
   values = {limit: _trapezoid(fpr, pro, limit) / limit for limit in limits}
@@ -146,12 +147,13 @@ def aupro(masks: np.ndarray, maps: np.ndarray, limits: Sequence[float] = DEFAULT
 
 
 def round4(value: float) -> float:
-  """Per-class values are reported rounded to 4 decimals (SPEC §5)."""
+  """Per-class values are reported rounded to 4 decimals (algorithms.md §5)."""
   return round(float(value), 4)
 
 
 def dataset_mean(values: Sequence[float] | Mapping[str, float]) -> float:
-  """Unweighted mean over classes of the (already rounded) per-class values; NaN skipped as pandas does. SPEC §5."""
+  """Unweighted mean over classes of the (already rounded) per-class values; NaN skipped as pandas does. algorithms.md
+  §5."""
   if isinstance(values, Mapping):
     values = list(values.values())
   values = np.asarray(values, dtype=np.float64)
@@ -160,7 +162,7 @@ def dataset_mean(values: Sequence[float] | Mapping[str, float]) -> float:
 
 
 def _threshold_positions(ok_sorted: np.ndarray, num_thresholds: int | str) -> np.ndarray:
-  """Indices into the sorted OK scores at which the thresholds are taken (SPEC §5 step 3)."""
+  """Indices into the sorted OK scores at which the thresholds are taken (algorithms.md §5 step 3)."""
   num_ok = ok_sorted.size
   if num_thresholds == 'exact':
     last_of_value = np.flatnonzero(ok_sorted[1:] != ok_sorted[:-1])
@@ -172,9 +174,9 @@ def _threshold_positions(ok_sorted: np.ndarray, num_thresholds: int | str) -> np
 
 
 def _trapezoid(x: np.ndarray, y: np.ndarray, limit: float) -> float:
-  """Trapezoid area of y(x) over [x[0], limit], interpolating linearly at the limit (SPEC §5 step 7).
+  """Trapezoid area of y(x) over [x[0], limit], interpolating linearly at the limit (algorithms.md §5 step 7).
 
-  `x` is ascending and spans [0, 1]. SPEC §5 drops non-finite points; with NaN-free maps and at least one
+  `x` is ascending and spans [0, 1]. algorithms.md §5 drops non-finite points; with NaN-free maps and at least one
   component and one OK pixel (checked by the caller) every point is finite, so there is nothing to drop.
   """
   end = int(np.searchsorted(x, limit, side='right'))

@@ -1,8 +1,8 @@
 """Ordered maps over worker processes, for the CPU-bound data work around the accelerator.
 
-Rendering the synthetic set, the SPEC §1.2 cleaning in `prepare` and the anomaly synthesis of G²SF's `fusion_data`
-are plain NumPy/OpenCV work on one sample at a time, mostly in Python loops that hold the GIL: on a GPU machine
-they, not the backbones, set the pace of a class. Every item is a pure function of its arguments (each sample is
+Rendering the synthetic set, the algorithms.md §1.2 cleaning in `prepare` and the anomaly synthesis of G²SF's
+`fusion_data` are plain NumPy/OpenCV work on one sample at a time, mostly in Python loops that hold the GIL: on a GPU
+machine they, not the backbones, set the pace of a class. Every item is a pure function of its arguments (each sample is
 seeded by itself), so the results are the same for any number of workers, and a config's `workers` keys no stage.
 
 Workers are spawned (not forked: the parent has started JAX's threads) and each limits its BLAS/OpenMP pools to one

@@ -43,17 +43,17 @@ def keep(w: np.ndarray) -> np.ndarray:
 
 
 def linear(w: np.ndarray) -> np.ndarray:
-  """Linear [out, in] → Dense kernel [in, out] (SPEC §2.6)."""
+  """Linear [out, in] → Dense kernel [in, out] (algorithms.md §2.6)."""
   return w.T
 
 
 def conv1x1(w: np.ndarray) -> np.ndarray:
-  """Conv1d k=1 [out, in, 1] → Dense kernel [in, out] (SPEC §2.6)."""
+  """Conv1d k=1 [out, in, 1] → Dense kernel [in, out] (algorithms.md §2.6)."""
   return w[:, :, 0].T
 
 
 def conv2d(w: np.ndarray) -> np.ndarray:
-  """Conv2d OIHW → HWIO (SPEC §2.6)."""
+  """Conv2d OIHW → HWIO (algorithms.md §2.6)."""
   return w.transpose(2, 3, 1, 0)
 
 

@@ -1,4 +1,4 @@
-"""Converts the FB DINO ViT-B/8 backbone weights to the Flax `VisionTransformer` (SPEC §2.1, §2.6).
+"""Converts the FB DINO ViT-B/8 backbone weights to the Flax `VisionTransformer` (algorithms.md §2.1, §2.6).
 
   python -m ports.dino_vit dino_vitbase8_pretrain.pth [OUT_DIR]   (default: $G2SF_HOME/checkpoints/dino_vit_b8)
 
@@ -36,7 +36,7 @@ VIT_B8 = VitArch()
 
 
 def table(arch: VitArch = VIT_B8) -> dict[str, common.Entry]:
-  """PyTorch key → (shape, Flax path, re-layout) for every tensor the model needs (SPEC §2.6)."""
+  """PyTorch key → (shape, Flax path, re-layout) for every tensor the model needs (algorithms.md §2.6)."""
   d, hidden = arch.dim, int(arch.dim * arch.mlp_ratio)
   tokens = 1 + (arch.img_size // arch.patch_size) ** 2
   p = ('params',)

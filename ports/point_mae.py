@@ -1,11 +1,11 @@
-"""Converts the Point-MAE ShapeNet pretrain weights to the Flax `PointMAE` encoder (SPEC §2.2, §2.6).
+"""Converts the Point-MAE ShapeNet pretrain weights to the Flax `PointMAE` encoder (algorithms.md §2.2, §2.6).
 
   python -m ports.point_mae pretrain.pth [OUT_DIR]   (default: $G2SF_HOME/checkpoints/point_mae)
 
 Loading follows `PointTransformer.load_model_from_ckpt`: take `ckpt['base_model']` (or a flat state dict), strip
 `module.`, `MAE_encoder.` and `base_model.`, and ignore the decoder, `decoder_pos_embed`, `mask_token` and
 `increase_dim` entries. BatchNorm running statistics go to the `batch_stats` collection (used only with
-`point_mae.batchnorm='running_stats'`, SPEC §2.3). Nothing is written unless every key and shape checks out.
+`point_mae.batchnorm='running_stats'`, algorithms.md §2.3). Nothing is written unless every key and shape checks out.
 """
 from collections.abc import Mapping
 from typing import Any
@@ -20,7 +20,7 @@ _IGNORED_PREFIXES = ('MAE_decoder.', 'decoder_pos_embed.', 'mask_token', 'increa
 
 
 def table(dim: int = 384, depth: int = 12, mlp_hidden: int = 1536) -> dict[str, common.Entry]:
-  """PyTorch key (after stripping) → (shape, Flax path, re-layout), SPEC §2.6."""
+  """PyTorch key (after stripping) → (shape, Flax path, re-layout), algorithms.md §2.6."""
   p, s = ('params',), ('batch_stats',)
   t = {}
   for seq, convs in (('first_conv', ((0, 128, 3), (3, 256, 128))), ('second_conv', ((0, 512, 512), (3, dim, 512)))):

@@ -1,5 +1,5 @@
-"""Open3D's DBSCAN and RANSAC plane fit, called as the reference preprocessing calls them (SPEC §1.2): the oracle
-for the NumPy versions in `g2sf_jax.data.dbscan` and `g2sf_jax.data.plane`."""
+"""Open3D's DBSCAN and RANSAC plane fit, called as the reference preprocessing calls them (algorithms.md §1.2): the
+oracle for the NumPy versions in `g2sf_jax.data.dbscan` and `g2sf_jax.data.plane`."""
 import numpy as np
 import open3d as o3d
 

@@ -1,4 +1,4 @@
-"""PyTorch reference for the G²SF LSPN and losses, written from SPEC §4.4–§4.5 (test-only).
+"""PyTorch reference for the G²SF LSPN and losses, written from algorithms.md §4.4–§4.5 (test-only).
 
 It follows the reference code's tensor shapes on purpose: boolean indexing instead of masks, `[B,1]` scores, and the
 `[B,1] − [B]` broadcast in the consistency term.
@@ -32,7 +32,7 @@ class _Mlp(nn.Module):
 
 
 class GateNet(nn.Module):
-  """Same state-dict keys as `MultiModalGateNet` (SPEC §4.4)."""
+  """Same state-dict keys as `MultiModalGateNet` (algorithms.md §4.4)."""
 
   def __init__(self, dim, hidden=512, emb=128, p=0.5):
     super().__init__()

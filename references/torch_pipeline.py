@@ -1,12 +1,12 @@
 """PyTorch CPU versions of the reference computations, for timing only (`benchmarks/speed_stages.py`).
 
-Each follows what the reference code runs (SPEC sections cited); where references/ already has the PyTorch
+Each follows what the reference code runs (algorithms.md sections cited); where references/ already has the PyTorch
 version (PointMAE encoder, its FPS loop, the LSPN and the G²SF losses) it is imported, not repeated. Correctness of
 our JAX code against those references is the parity tests' job; here only the cost matters.
 
 The reference's DINO ViT is built with timm, which cannot be imported here (it imports torchvision, which cannot
 load beside the CPU-only torch wheel), so the ViT-B/8 stand-in is Hugging Face `transformers.ViTModel` with the
-DINO configuration: the same architecture and FLOPs (SPEC §2.1).
+DINO configuration: the same architecture and FLOPs (algorithms.md §2.1).
 """
 import torch
 from transformers import ViTConfig, ViTModel
@@ -16,7 +16,7 @@ from references import torch_point_mae
 
 
 def knn_group(points: torch.Tensor, num_group: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-  """PointMAE `Group` on one cloud `points [N, 3]` → (neighborhood [G, K, 3], centers [G, 3]) (SPEC §2.2).
+  """PointMAE `Group` on one cloud `points [N, 3]` → (neighborhood [G, K, 3], centers [G, 3]) (algorithms.md §2.2).
 
   FPS is the pointnet2 loop in torch ops (tests/references); kNN is brute force `cdist` + `topk(largest=False)`.
   """
@@ -30,7 +30,7 @@ def point_features_to_grid(points: torch.Tensor, centers: torch.Tensor, feats: t
                            side: int, grid: int = 56) -> torch.Tensor:
   """Group features `feats [G, C]` at `centers [G, 3]` → IDW onto the valid `points [N, 3]` (3 nearest, weights
   1/(d²+1e-8)) → scattered to their `pixels [N]` of a side² plane → avg_pool2d(3, 1) + adaptive_avg_pool2d(grid)
-  (SPEC §2.4 steps 1–3) → [C, grid, grid]."""
+  (algorithms.md §2.4 steps 1–3) → [C, grid, grid]."""
   d2, idx = (torch.cdist(points, centers) ** 2).topk(3, dim=1, largest=False)
   w = 1.0 / (d2 + 1e-8)
   w = w / w.sum(1, keepdim=True)
@@ -43,7 +43,7 @@ def point_features_to_grid(points: torch.Tensor, centers: torch.Tensor, feats: t
 
 def dino_vit(img_size: int = 224, patch_size: int = 8, dim: int = 768, depth: int = 12, heads: int = 12
              ) -> ViTModel:
-  """A randomly initialised ViT with the DINO ViT-B/8 configuration (SPEC §2.1), eval mode, no pooler."""
+  """A randomly initialised ViT with the DINO ViT-B/8 configuration (algorithms.md §2.1), eval mode, no pooler."""
   config = ViTConfig(image_size=img_size, patch_size=patch_size, hidden_size=dim, num_hidden_layers=depth,
                      num_attention_heads=heads, intermediate_size=4 * dim, layer_norm_eps=1e-6, qkv_bias=True,
                      hidden_act='gelu', hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -51,7 +51,8 @@ def dino_vit(img_size: int = 224, patch_size: int = 8, dim: int = 768, depth: in
 
 
 def greedy_coreset(z: torch.Tensor, dist0: torch.Tensor, num_iterations: int, fp16: bool) -> torch.Tensor:
-  """The reference greedy k-centre loop (SPEC §3.2) for `num_iterations` steps on the projected bank `z [n, c]`.
+  """The reference greedy k-centre loop (algorithms.md §3.2) for `num_iterations` steps on the projected bank `z [n,
+  c]`.
 
   As in the reference: bank and running minimum cast to float16 (when `fp16`), `torch.linalg.norm` of the full
   difference each step, first argmax, the picked row's minimum zeroed. Returns the picked indices [1+iterations].
@@ -71,12 +72,13 @@ def greedy_coreset(z: torch.Tensor, dist0: torch.Tensor, num_iterations: int, fp
 
 
 def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-  """`cdist` + `topk(k, largest=False)` as the reference scores a sample (SPEC §3.3 step 1): (dist, idx) [q, k]."""
+  """`cdist` + `topk(k, largest=False)` as the reference scores a sample (algorithms.md §3.3 step 1): (dist, idx) [q,
+  k]."""
   return torch.cdist(queries, bank).topk(k, dim=1, largest=False)
 
 
 class LspnTrainer:
-  """One G²SF training step in PyTorch (SPEC §4.5c): LSPN forward ×12, the six losses, backward, two Adams.
+  """One G²SF training step in PyTorch (algorithms.md §4.5c): LSPN forward ×12, the six losses, backward, two Adams.
 
   Built from tests/references/torch_g2sf (GateNet and the loss functions, reference shapes included: the [B,1] − [B]
   broadcast of L_cns). The coresets `[K_R, D_R]`, `[K_P, D_P]` are fixed; each step takes `feature [B, D_R+D_P]`,
@@ -96,7 +98,7 @@ class LspnTrainer:
     self.mu, self.margin, self.anchor = mu, margin, anchor
 
   def _noise(self, x: torch.Tensor) -> torch.Tensor:
-    """`x += u/‖u‖·r` per modality, u ~ U[0,1)^D, r ~ U[0, 0.1·μ^m) per row (SPEC §4.5c.2)."""
+    """`x += u/‖u‖·r` per modality, u ~ U[0,1)^D, r ~ U[0, 0.1·μ^m) per row (algorithms.md §4.5c.2)."""
     parts = []
     for i, xm in enumerate((x[:, :self.rgb_dim], x[:, self.rgb_dim:])):
       u = torch.rand_like(xm)
@@ -108,7 +110,7 @@ class LspnTrainer:
     """One optimisation step; returns the total loss."""
     ranks, cols = 2 * self.anchor + 1, self.num_columns
     protos = torch.cat([self.coresets[0][anchor_idx[:, :ranks]],
-                        self.coresets[1][anchor_idx[:, cols:cols + ranks]]], -1)  # [B, ranks, D] (SPEC §4.5c.1)
+                        self.coresets[1][anchor_idx[:, cols:cols + ranks]]], -1)  # [B, ranks, D], §4.5c.1
     y = torch.where(normal, 1, -1)
     rgb, b = self.rgb_dim, feature.shape[0]
     f, m0 = self._noise(feature), self._noise(protos[:, 0])

@@ -1,4 +1,5 @@
-"""PyTorch reference of the Point-MAE encoder as M3DM/G²SF run it (SPEC §2.2, §2.3), written for the parity tests.
+"""PyTorch reference of the Point-MAE encoder as M3DM/G²SF run it (algorithms.md §2.2, §2.3), written for the parity
+tests.
 
 Module names follow Point-MAE's, so `state_dict()` has the official keys (`encoder.first_conv.0.weight`,
 `blocks.blocks.3.attn.qkv.weight`, …). `forward` takes one cloud at a time, as the reference does (batch size 1), so

@@ -1,7 +1,7 @@
 """The backbone registry (docs/interfaces.md "Backbones"): loading, errors, and PointMAE pixel features end to end.
 
-The PointMAE backbone is checked against a composition of independent references: the PyTorch encoder and grouping
-in tests/references, a float64 NumPy IDW (as G²SF computes it, SPEC §2.4), and a NumPy scatter to the pixel plane.
+The PointMAE backbone is checked against a composition of independent references: the PyTorch encoder and grouping in
+tests/references, a float64 NumPy IDW (as G²SF computes it, algorithms.md §2.4), and a NumPy scatter to the pixel plane.
 """
 import os
 import subprocess
@@ -87,7 +87,7 @@ def test_converted_tree_that_does_not_fit_is_rejected(config):
 
 
 def test_point_mae_pixel_features_match_references(config):
-  model = ref.randomize(ref.PointMAEEncoder(), seed=0).train()  # batch-stat BN (SPEC §2.3)
+  model = ref.randomize(ref.PointMAEEncoder(), seed=0).train()  # batch-stat BN (algorithms.md §2.3)
   checkpoints.save(config.checkpoints.point_mae,
                    port.convert_state({k: v.numpy() for k, v in model.state_dict().items()}, 'x'))
   backbone = backbones.make_point_backbone(config)

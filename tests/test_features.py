@@ -1,4 +1,5 @@
-"""SPEC §2.4–2.5: grids, background cells, joint features, and the resumable feature cache (stand-in backbones)."""
+"""algorithms.md §2.4–2.5: grids, background cells, joint features, and the resumable feature cache (stand-in
+backbones)."""
 import json
 
 import jax.numpy as jnp

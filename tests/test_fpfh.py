@@ -22,7 +22,7 @@ def _scene(seed: int = 0, size: int = 224) -> np.ndarray:
   window[70:150, 60:140] = True
   window &= rng.random((size, size)) > 0.02
   xyz[~window] = 0
-  xyz[100, 100, 0] = 0  # x = 0 only: still invalid (SPEC §1.4)
+  xyz[100, 100, 0] = 0  # x = 0 only: still invalid (algorithms.md §1.4)
   return xyz
 
 

@@ -1,4 +1,4 @@
-"""Metrics against hand-computed cases, sklearn, and a plain per-threshold loop written here (SPEC §5)."""
+"""Metrics against hand-computed cases, sklearn, and a plain per-threshold loop written here (algorithms.md §5)."""
 import bisect
 
 import numpy as np
@@ -12,7 +12,7 @@ LIMITS = (0.3, 0.1, 0.05, 0.01)
 
 
 def reference_aupro(masks, maps, limits, num_thresholds):
-  """A deliberately plain transliteration of SPEC §5: a loop over thresholds, then over components."""
+  """A deliberately plain transliteration of algorithms.md §5: a loop over thresholds, then over components."""
   components, ok_scores = [], []
   for mask, score in zip(masks, maps):
     labelled, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
@@ -175,7 +175,7 @@ def test_threshold_variants():
   assert r100[0.3] != r99[0.3] and r100[0.05] != r99[0.05] and exact[0.01] != r100[0.01]
   # All three sample the same curve: close at 30 %.
   assert abs(r100[0.3] - exact[0.3]) < 0.01 and abs(r99[0.3] - exact[0.3]) < 0.01
-  # SPEC §5 ⚠: with 100 thresholds AUPRO@1% only sees the points at FPR 0 and the next one (≈ 1/99 > 0.01).
+  # algorithms.md §5 ⚠: with 100 thresholds AUPRO@1% only sees the points at FPR 0 and the next one (≈ 1/99 > 0.01).
   assert r100.fpr[0] == 0 and 0.01 < r100.fpr[1] < 1 / 99 + 2 / num_ok
   pro_at = r100.pro[0] + (r100.pro[1] - r100.pro[0]) * 0.01 / r100.fpr[1]
   assert r100[0.01] == pytest.approx(0.5 * (r100.pro[0] + pro_at) * 0.01 / 0.01, abs=1e-12)

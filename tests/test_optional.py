@@ -25,8 +25,8 @@ _WITHOUT_OPEN3D = textwrap.dedent('''
 
 
 def test_only_fpfh_needs_open3d(tmp_path):
-  """With `import open3d` failing, the runner, predict and the backbone registry import, a config validates and a
-  raw scan is cleaned (plane and DBSCAN, SPEC §1.2); FPFH raises an ImportError that names it and how to install
+  """With `import open3d` failing, the runner, predict and the backbone registry import, a config validates and a raw
+  scan is cleaned (plane and DBSCAN, algorithms.md §1.2); FPFH raises an ImportError that names it and how to install
   open3d."""
   (tmp_path / 'open3d').mkdir()
   (tmp_path / 'open3d' / '__init__.py').write_text("raise ImportError('open3d blocked for the test')\n")

@@ -1,7 +1,7 @@
-"""MVTec 3D-AD as TFDS array_record, one builder config per class, reference preprocessing applied (SPEC §1.2).
+"""MVTec 3D-AD as TFDS array_record, one builder config per class, reference preprocessing applied (algorithms.md §1.2).
 
 Reads the user's extracted download from the manual directory, read only; the listing and preprocessing are
-`g2sf_jax.data.mvtec3d`. Splits: `train` (with `xyz_orig` for anomaly synthesis) and `test` (SPEC §1.1 order).
+`g2sf_jax.data.mvtec3d`. Splits: `train` (with `xyz_orig` for anomaly synthesis) and `test` (algorithms.md §1.1 order).
 Load through `g2sf_jax.data.prepared` (this folder is not an importable package).
 """
 from g2sf_jax.data import builder, mvtec3d

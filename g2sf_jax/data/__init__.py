@@ -1,9 +1,9 @@
 """Datasets: the kinds (raw layout + preprocessing, NumPy only), the §1.4 transforms, and the prepared TFDS data.
 
   kind.py          what a dataset kind provides (`DatasetKind`, `Stored`, `Listing`)
-  mvtec3d.py · eyecandies.py · synthetic.py   the kinds (SPEC §1.1–§1.3); `synthetic` also generates its data
-  preprocessing.py the reference's one-off preprocessing as array functions (SPEC §1.2, §1.3)
-  transforms.py    the per-sample load transforms (SPEC §1.4), shared by evaluation, synthesis and predict
+  mvtec3d.py · eyecandies.py · synthetic.py   the kinds (algorithms.md §1.1–§1.3); `synthetic` also generates its data
+  preprocessing.py the reference's one-off preprocessing as array functions (algorithms.md §1.2, §1.3)
+  transforms.py    the per-sample load transforms (algorithms.md §1.4), shared by evaluation, synthesis and predict
   prepared.py      `prepare` (TFDS array_record via `datasets/`) and `load_split` / `load_split_full`
   builder.py       the TFDS builder the thin `datasets/<name>/` files subclass (imports tensorflow_datasets)
 

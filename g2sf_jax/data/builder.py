@@ -24,7 +24,7 @@ class KindBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   KIND: kind.DatasetKind
   workers = 1
   VERSION = tfds.core.Version(prepared.VERSION)
-  RELEASE_NOTES = {prepared.VERSION: 'Reference preprocessing (SPEC §1.2/§1.3) through g2sf_jax.data.'}
+  RELEASE_NOTES = {prepared.VERSION: 'Reference preprocessing (algorithms.md §1.2/§1.3) through g2sf_jax.data.'}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(builder=self, description=self.__doc__, features=prepared.tfds_features(),

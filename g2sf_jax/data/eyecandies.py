@@ -1,8 +1,9 @@
-"""Eyecandies as a dataset kind: list the raw layout, read a sample's 17 files, convert it to a cloud (SPEC §1.3).
+"""Eyecandies as a dataset kind: list the raw layout, read a sample's 17 files, convert it to a cloud (algorithms.md
+§1.3).
 
 Raw layout: `<Class>/train/data/` and `<Class>/test_public/data/`, files `<id>_<suffix>` (depth.png, image_4.png,
 info_depth.yaml, pose.txt, mask.png, ...). All 10 classes are processed (the reference skipped four). Test samples
-are `bad` iff their mask has a non-zero pixel, and `bad` comes before `good` (SPEC §1.1 order). Only read.
+are `bad` iff their mask has a non-zero pixel, and `bad` comes before `good` (algorithms.md §1.1 order). Only read.
 """
 import dataclasses
 from pathlib import Path
@@ -47,8 +48,8 @@ def scan_folder(folder: Path) -> list[Entry]:
 
 
 def preprocess_arrays(rgb: np.ndarray | None, xyz: np.ndarray | None) -> kind.Stored:
-  """Arrays of an already converted scan (SPEC §1.3 makes the cloud from depth and pose; use `scan_entry` for the
-  raw files): stored as they are, the RGB masking happens in the load transforms."""
+  """Arrays of an already converted scan (algorithms.md §1.3 makes the cloud from depth and pose; use `scan_entry` for
+  the raw files): stored as they are, the RGB masking happens in the load transforms."""
   size = (xyz if xyz is not None else rgb).shape[:2]
   return kind.Stored(rgb, xyz, None, np.zeros(size, np.uint8), raw_rgb=rgb)
 
@@ -75,7 +76,7 @@ def _list_split(class_dir: Path, split: str) -> list[Entry]:
 
 
 def list_class(class_dir: Path) -> kind.Listing:
-  """Both splits in SPEC §1.1 order; a test sample without a mask is left out and listed as a problem."""
+  """Both splits in algorithms.md §1.1 order; a test sample without a mask is left out and listed as a problem."""
   problems = []
   test = []
   for entry in _list_split(class_dir, 'test'):
@@ -112,12 +113,13 @@ def read_pose(path: Path) -> np.ndarray:
   if pose.shape != (4, 4):
     raise DataError(f'{path}: pose of shape {pose.shape}, expected 4x4')
   if not np.isfinite(pose).all() or abs(np.linalg.det(pose)) < 1e-12:
-    raise DataError(f'{path}: the camera pose is not an invertible 4x4 matrix (SPEC §1.3 inverts it)')
+    raise DataError(f'{path}: the camera pose is not an invertible 4x4 matrix (algorithms.md §1.3 inverts it)')
   return pose
 
 
 def load_entry(entry: Entry, keep_orig: bool = False) -> kind.Stored:
-  """Reads one raw sample and converts it (SPEC §1.3). Eyecandies keeps no `xyz_orig` (its full cloud is `xyz`)."""
+  """Reads one raw sample and converts it (algorithms.md §1.3). Eyecandies keeps no `xyz_orig` (its full cloud is
+  `xyz`)."""
   depth = io.read_depth_png16(entry.path('depth.png'))
   rgb = io.read_rgb_png(entry.path('image_4.png'))
   if rgb.shape[:2] != depth.shape:

@@ -2,7 +2,7 @@
 
 A kind (`g2sf_jax/data/{mvtec3d,eyecandies,synthetic}.py`) is plain NumPy code: the TFDS builders in `datasets/`
 wrap it to write array_record files, and `predict` calls the same `load_entry` on a user's raw scan, so both see
-exactly the same preprocessing (SPEC §1.2/§1.3).
+exactly the same preprocessing (algorithms.md §1.2/§1.3).
 """
 import dataclasses
 from pathlib import Path
@@ -28,9 +28,9 @@ def parse_modalities(value: str | Sequence[str]) -> tuple[str, ...]:
 class Stored:
   """One preprocessed sample at stored resolution S: what `prepare` writes and `predict` scores.
 
-  rgb uint8 [S,S,3] or None (no images), xyz float32 [S,S,3] or None (no point clouds), xyz_orig float32 [S,S,3]
-  or None (the input cloud with only the square padding, kept for anomaly synthesis, SPEC §4.2), mask uint8 [S,S]
-  (0 = good), problems: what preparation worked around, as 'kind: detail'.
+  rgb uint8 [S,S,3] or None (no images), xyz float32 [S,S,3] or None (no point clouds), xyz_orig float32 [S,S,3] or None
+  (the input cloud with only the square padding, kept for anomaly synthesis, algorithms.md §4.2), mask uint8 [S,S] (0 =
+  good), problems: what preparation worked around, as 'kind: detail'.
   """
   rgb: np.ndarray | None
   xyz: np.ndarray | None
@@ -59,7 +59,7 @@ class Stored:
 
 @dataclasses.dataclass(frozen=True)
 class Listing:
-  """A raw class: its modalities, its entries per split in SPEC §1.1 order, and problems found while listing.
+  """A raw class: its modalities, its entries per split in algorithms.md §1.1 order, and problems found while listing.
 
   Each entry has `.name` ('<split>/<defect>/<id>') and `.defect`; what else it holds is the kind's business.
   """
@@ -72,12 +72,12 @@ class Listing:
 class DatasetKind:
   """One dataset kind.
 
-  list_class(class_dir) → Listing; load_entry(entry, keep_orig) → Stored (reads the raw files and applies the
-  kind's preprocessing; `keep_orig` keeps `xyz_orig`). For new scans: scan_entry(**files) → an entry from the
-  user's raw files (`scan_files` names the keywords, e.g. ('rgb', 'xyz') or ('sample',)); scan_folder(folder) →
-  the entries of a folder of raw scans; preprocess_arrays(rgb, xyz) → Stored, the same preprocessing on arrays
-  already read. mask_rgb_by_xyz: SPEC §1.4's Eyecandies RGB masking; synthesis: which anomaly-synthesis rules apply
-  (SPEC §4.2: 'mvtec', or 'eyecandies' for the rules marked E).
+  list_class(class_dir) → Listing; load_entry(entry, keep_orig) → Stored (reads the raw files and applies the kind's
+  preprocessing; `keep_orig` keeps `xyz_orig`). For new scans: scan_entry(**files) → an entry from the user's raw files
+  (`scan_files` names the keywords, e.g. ('rgb', 'xyz') or ('sample',)); scan_folder(folder) → the entries of a folder
+  of raw scans; preprocess_arrays(rgb, xyz) → Stored, the same preprocessing on arrays already read. mask_rgb_by_xyz:
+  algorithms.md §1.4's Eyecandies RGB masking; synthesis: which anomaly-synthesis rules apply (algorithms.md §4.2:
+  'mvtec', or 'eyecandies' for the rules marked E).
   """
   name: str
   classes: tuple[str, ...]

@@ -1,8 +1,9 @@
-"""MVTec 3D-AD as a dataset kind: list the raw layout (SPEC §1.1), read a sample's files, preprocess it (SPEC §1.2).
+"""MVTec 3D-AD as a dataset kind: list the raw layout (algorithms.md §1.1), read a sample's files, preprocess it
+(algorithms.md §1.2).
 
-A class may also hold one modality only: no `xyz/` folders (an RGB inspection set: images stored padded, nothing
-else to preprocess) or no `rgb/` folders (3D scans: SPEC §1.2 on the clouds). The generated synthetic dataset uses
-the same layout (`g2sf_jax/data/synthetic.py`). The user's files are only read.
+A class may also hold one modality only: no `xyz/` folders (an RGB inspection set: images stored padded, nothing else to
+preprocess) or no `rgb/` folders (3D scans: algorithms.md §1.2 on the clouds). The generated synthetic dataset uses the
+same layout (`g2sf_jax/data/synthetic.py`). The user's files are only read.
 """
 import dataclasses
 from pathlib import Path
@@ -25,7 +26,7 @@ class Entry:
   defect: str
   rgb: Path | None    # None in a class without images
   xyz: Path | None    # None in a class without point clouds
-  gt: Path | None     # None for good samples (and new scans): their mask is all zero (SPEC §1.1)
+  gt: Path | None     # None for good samples (and new scans): their mask is all zero (algorithms.md §1.1)
 
 
 def _files(folder: Path, suffix: str) -> dict[str, Path]:
@@ -64,7 +65,7 @@ def _list_folder(folder: Path, split: str, with_gt: bool = True) -> tuple[tuple[
 
 
 def list_class(class_dir: Path) -> kind.Listing:
-  """The class's modalities and its entries per split in SPEC §1.1 order.
+  """The class's modalities and its entries per split in algorithms.md §1.1 order.
 
   A class holds images and point clouds, only images (no `xyz/` anywhere) or only point clouds (no `rgb/`); every
   defect folder must hold the same ones, else the first folder that differs is named.
@@ -114,8 +115,8 @@ def read_entry(entry: Entry) -> tuple[np.ndarray | None, np.ndarray | None, np.n
 
 
 def preprocess(xyz: np.ndarray | None, rgb: np.ndarray | None, mask: np.ndarray, keep_orig: bool) -> kind.Stored:
-  """SPEC §1.2 on one sample's arrays (`xyz_orig` only if `keep_orig`). Image only: just the square padding, since
-  the plane and the clusters are found in the point cloud."""
+  """algorithms.md §1.2 on one sample's arrays (`xyz_orig` only if `keep_orig`). Image only: just the square padding,
+  since the plane and the clusters are found in the point cloud."""
   size = tuple(mask.shape[:2])
   if xyz is None:
     return kind.Stored(preprocessing.pad_square(rgb), None, None, preprocessing.pad_square(mask), raw_size=size,
@@ -149,7 +150,7 @@ def scan_folder(folder: Path) -> list[Entry]:
 
 
 def preprocess_arrays(rgb: np.ndarray | None, xyz: np.ndarray | None) -> kind.Stored:
-  """SPEC §1.2 on arrays read from a scan's raw files (as `load_entry` applies it to the files)."""
+  """algorithms.md §1.2 on arrays read from a scan's raw files (as `load_entry` applies it to the files)."""
   size = (xyz if xyz is not None else rgb).shape[:2]
   return preprocess(xyz, rgb, np.zeros(size, np.uint8), keep_orig=False)
 

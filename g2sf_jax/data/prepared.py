@@ -1,9 +1,9 @@
 """Prepared data: `prepare` runs the TFDS builders of `datasets/` once per class, `load_split` reads them back.
 
 The builders write array_record files (no TensorFlow needed) with the kind's preprocessing applied once
-(`g2sf_jax/data/builder.py`); `load_split` / `load_split_full` read them with random access and apply the SPEC §1.4
-transforms (`transforms.model_input`). The builders are loaded by file path because `datasets/` is deliberately
-not an importable package (it would shadow Hugging Face's `datasets`).
+(`g2sf_jax/data/builder.py`); `load_split` / `load_split_full` read them with random access and apply the algorithms.md
+§1.4 transforms (`transforms.model_input`). The builders are loaded by file path because `datasets/` is deliberately not
+an importable package (it would shadow Hugging Face's `datasets`).
 """
 import functools
 import importlib.util
@@ -185,7 +185,8 @@ def _text(value) -> str:
 def _full(example: dict, dataset_kind: kind.DatasetKind, modalities: tuple[str, ...]) -> dict:
   sample = {m: example[m] for m in modalities}
   if 'xyz' in modalities:
-    xyz_orig = example['xyz'] if dataset_kind.synthesis == 'eyecandies' else example['xyz_orig']  # SPEC §4.2.1 E
+    # algorithms.md §4.2.1, rule E: Eyecandies synthesises from the cleaned cloud
+    xyz_orig = example['xyz'] if dataset_kind.synthesis == 'eyecandies' else example['xyz_orig']
     sample['xyz_orig'] = xyz_orig if xyz_orig.size else None
   return dict(sample, mask=example['mask'], label=int(example['label']), defect=_text(example['defect']),
               name=_text(example['name']), problems=tuple(_text(p) for p in example['problems']))
@@ -210,7 +211,7 @@ def labels(dataset: str, data_dir: str | Path, class_name: str, split: str) -> n
 
 
 def load_split(dataset: str, data_dir: str | Path, class_name: str, split: str) -> Sequence[dict]:
-  """Model-ready samples in SPEC §1.1 order (test: defect folders sorted, then files sorted).
+  """Model-ready samples in algorithms.md §1.1 order (test: defect folders sorted, then files sorted).
 
   Each sample: `rgb` float32 [224,224,3] (ImageNet-normalised), `xyz` float32 [224,224,3], `mask` bool [224,224],
   `label` int, `defect` str, `name` str (e.g. 'test/crack/003'). A class without images has no `rgb` key, one
@@ -220,7 +221,7 @@ def load_split(dataset: str, data_dir: str | Path, class_name: str, split: str) 
 
 
 def load_split_full(dataset: str, data_dir: str | Path, class_name: str, split: str) -> Sequence[dict]:
-  """The same samples at stored resolution S (anomaly synthesis, SPEC §4.2).
+  """The same samples at stored resolution S (anomaly synthesis, algorithms.md §4.2).
 
   Each sample: `rgb` uint8 [S,S,3], `xyz` float32 [S,S,3] (preprocessed), `xyz_orig` float32 [S,S,3] (input cloud,
   padded only; = `xyz` for Eyecandies; None for MVTec/synthetic test samples, which do not store it), `mask` uint8

@@ -1,4 +1,5 @@
-"""The reference's one-off dataset preprocessing (SPEC §1.2 MVTec 3D-AD, §1.3 Eyecandies) as pure array functions.
+"""The reference's one-off dataset preprocessing (algorithms.md §1.2 MVTec 3D-AD, §1.3 Eyecandies) as pure array
+functions.
 
 The reference rewrites the download in place; here every function takes arrays and returns new ones, and the TFDS
 builders store the result, so the user's raw folder is never touched. A sample the reference would crash on (an
@@ -12,7 +13,7 @@ import numpy as np
 
 from g2sf_jax.data import dbscan, plane, transforms
 
-# SPEC §1.2 constants.
+# algorithms.md §1.2 constants.
 BORDER = 10
 PLANE_RANSAC_THRESHOLD = 0.004
 PLANE_RANSAC_N = 50
@@ -21,7 +22,7 @@ PLANE_REMOVE_DISTANCE = 0.005
 DBSCAN_EPS = 0.006
 DBSCAN_MIN_POINTS = 30
 
-# SPEC §1.3 constants.
+# algorithms.md §1.3 constants.
 EYECANDIES_FOCAL = 711.11
 
 
@@ -37,11 +38,11 @@ class Problem:
 
 @dataclasses.dataclass(frozen=True)
 class MvtecSample:
-  """One preprocessed MVTec-layout sample (SPEC §1.2), all [S, S, ...] after square padding."""
+  """One preprocessed MVTec-layout sample (algorithms.md §1.2), all [S, S, ...] after square padding."""
   xyz: np.ndarray        # float32 [S, S, 3], plane removed, largest cluster only
   rgb: np.ndarray | None  # uint8 [S, S, 3], zero wherever xyz was zeroed; None for a point-cloud-only sample
   mask: np.ndarray       # uint8 [S, S], padded ground truth
-  xyz_orig: np.ndarray   # float32 [S, S, 3], the input cloud with only the padding (SPEC §4.2 step 1)
+  xyz_orig: np.ndarray   # float32 [S, S, 3], the input cloud with only the padding (algorithms.md §4.2 step 1)
   problems: tuple[Problem, ...]
 
 
@@ -55,15 +56,15 @@ def sanitize(xyz: np.ndarray) -> tuple[np.ndarray, list[Problem]]:
 
 
 def border_points(xyz: np.ndarray, width: int = BORDER) -> np.ndarray:
-  """[M, 3]: the valid points of the top, bottom, left and right strips (corners counted twice, SPEC §1.2)."""
+  """[M, 3]: the valid points of the top, bottom, left and right strips (corners counted twice, algorithms.md §1.2)."""
   strips = [xyz[:width], xyz[-width:], xyz[:, :width], xyz[:, -width:]]
   points = np.concatenate([s.reshape(-1, 3) for s in strips])
   return points[transforms.valid_mask(points)]
 
 
 def fit_plane(points: np.ndarray, seed: int) -> np.ndarray | None:
-  """The RANSAC plane (a, b, c, d) of Open3D's `segment_plane` with SPEC §1.2's settings, unit normal, seeded so
-  preparation is reproducible; None when the points span no plane."""
+  """The RANSAC plane (a, b, c, d) of Open3D's `segment_plane` with algorithms.md §1.2's settings, unit normal, seeded
+  so preparation is reproducible; None when the points span no plane."""
   return plane.segment_plane(points, PLANE_RANSAC_THRESHOLD, PLANE_RANSAC_N, PLANE_RANSAC_ITERATIONS, seed)
 
 
@@ -74,7 +75,7 @@ def _zero_where(array: np.ndarray | None, drop: np.ndarray) -> np.ndarray | None
 
 def remove_plane(xyz: np.ndarray, rgb: np.ndarray | None,
                  seed: int) -> tuple[np.ndarray, np.ndarray | None, list[Problem]]:
-  """Zeroes xyz and rgb (if given) within 0.005 of the plane fitted to the border points (SPEC §1.2 step 1)."""
+  """Zeroes xyz and rgb (if given) within 0.005 of the plane fitted to the border points (algorithms.md §1.2 step 1)."""
   edges = border_points(xyz)
   if len(edges) < PLANE_RANSAC_N:
     return xyz, rgb, [Problem('few_border_points', f'{len(edges)} valid border points < ransac_n={PLANE_RANSAC_N}; '
@@ -89,7 +90,8 @@ def remove_plane(xyz: np.ndarray, rgb: np.ndarray | None,
 
 
 def pad_square(array: np.ndarray) -> np.ndarray:
-  """Zero-pads [H, W, ...] centred to [S, S, ...], S = max of H, W rounded up to a multiple of 100 (SPEC §1.2)."""
+  """Zero-pads [H, W, ...] centred to [S, S, ...], S = max of H, W rounded up to a multiple of 100 (algorithms.md §1.2).
+  """
   h, w = array.shape[:2]
   side = max(math.ceil(h / 100) * 100, math.ceil(w / 100) * 100)
   top, left = (side - h) // 2, (side - w) // 2
@@ -105,7 +107,7 @@ def unpad_square(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def largest_cluster(xyz: np.ndarray, rgb: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, list[Problem]]:
-  """Keeps only the most populous DBSCAN label among the valid points (SPEC §1.2 step 3); rgb may be None.
+  """Keeps only the most populous DBSCAN label among the valid points (algorithms.md §1.2 step 3); rgb may be None.
 
   Reference quirk, kept: the noise label -1 takes part in the vote, so if noise outnumbers every cluster, the noise
   points are what is kept.
@@ -125,7 +127,7 @@ def _pad_optional(array: np.ndarray | None) -> np.ndarray | None:
 
 
 def preprocess_mvtec(xyz: np.ndarray, rgb: np.ndarray | None, mask: np.ndarray, seed: int = 0) -> MvtecSample:
-  """SPEC §1.2 on one sample: plane removal, square padding, largest-cluster cleaning.
+  """algorithms.md §1.2 on one sample: plane removal, square padding, largest-cluster cleaning.
 
   xyz float32 [H, W, 3], rgb uint8 [H, W, 3] or None (a point-cloud-only dataset: only the RGB masking is
   skipped), mask uint8 [H, W]. `seed` seeds the RANSAC plane fit.
@@ -144,7 +146,7 @@ def preprocess_mvtec(xyz: np.ndarray, rgb: np.ndarray | None, mask: np.ndarray, 
 
 def eyecandies_depth_to_xyz(depth16: np.ndarray, depth_min: float, depth_max: float, pose: np.ndarray,
                             focal: float = EYECANDIES_FOCAL) -> np.ndarray:
-  """Back-projects a 16-bit depth PNG to float64 [H*W, 3] points in row-major pixel order (SPEC §1.3)."""
+  """Back-projects a 16-bit depth PNG to float64 [H*W, 3] points in row-major pixel order (algorithms.md §1.3)."""
   h, w = depth16.shape
   depth = depth16.astype(np.float32) / 65535.0 * (depth_max - depth_min) + depth_min
   intrinsics = np.array([[focal, 0, w / 2, 0], [0, focal, h / 2, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
@@ -156,7 +158,7 @@ def eyecandies_depth_to_xyz(depth16: np.ndarray, depth_min: float, depth_max: fl
 
 
 def remove_point_cloud_background(pc: np.ndarray) -> np.ndarray:
-  """SPEC §1.3 `remove_point_cloud_background` on [512*512, 3] points, exactly as written.
+  """algorithms.md §1.3 `remove_point_cloud_background` on [512*512, 3] points, exactly as written.
 
   Background points end with x = 0 but y, z != 0: invalid under the all-coordinates test.
   """
@@ -175,7 +177,7 @@ def remove_point_cloud_background(pc: np.ndarray) -> np.ndarray:
 
 def preprocess_eyecandies(depth16: np.ndarray, depth_min: float, depth_max: float,
                           pose: np.ndarray) -> tuple[np.ndarray, tuple[Problem, ...]]:
-  """Depth PNG + info_depth range + pose -> float32 [512, 512, 3] background-free cloud (SPEC §1.3)."""
+  """Depth PNG + info_depth range + pose -> float32 [512, 512, 3] background-free cloud (algorithms.md §1.3)."""
   h, w = depth16.shape
   pc = eyecandies_depth_to_xyz(depth16, depth_min, depth_max, pose)
   with np.errstate(invalid='ignore', divide='ignore'):

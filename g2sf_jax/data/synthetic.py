@@ -1,10 +1,10 @@
-"""A procedurally generated multimodal anomaly dataset in the exact MVTec 3D-AD folder layout (SPEC §1.1).
+"""A procedurally generated multimodal anomaly dataset in the exact MVTec 3D-AD folder layout (algorithms.md §1.1).
 
 Why: the pipeline must run end to end without the real download. Each class is one object shape lying on a tilted
-background plane, seen by a pinhole camera the way MVTec's sensor sees it (metric xyz, objects 12-18 cm, ~0.5 m
-away, 0.8 mm pixel pitch at size 400), so the reference preprocessing (SPEC §1.2: RANSAC plane 0.004/0.005, DBSCAN
-eps 0.006) behaves as on real data. The sensor adds depth noise along the ray, dropouts, holes at steep slopes and
-a few flying pixels.
+background plane, seen by a pinhole camera the way MVTec's sensor sees it (metric xyz, objects 12-18 cm, ~0.5 m away,
+0.8 mm pixel pitch at size 400), so the reference preprocessing (algorithms.md §1.2: RANSAC plane 0.004/0.005, DBSCAN
+eps 0.006) behaves as on real data. The sensor adds depth noise along the ray, dropouts, holes at steep slopes and a few
+flying pixels.
 
 Defects change exactly one modality or both, and the ground truth is exactly the changed region:
 geometry only (`bump`, `crack`, `dent`: xyz changes, rgb does not), colour only (`contamination`, `stain`), both
@@ -214,7 +214,7 @@ def render_sample(shape: str, defect: str, size: int, seed: int | Sequence[int],
   `defect` is 'good' or one of `DEFECTS`. The scene, texture and sensor draw from one stream of `seed` and the
   defect from another, so `render_sample(s, 'good', n, k)` is the defect-free twin of `render_sample(s, d, n, k)`.
   `gt` marks the changed surface (including the few pixels there that the sensor misses). Below size ~200 the pixel
-  pitch exceeds 1.5 mm and DBSCAN (eps 6 mm, 30 points, SPEC §1.2) starts labelling the object as noise.
+  pitch exceeds 1.5 mm and DBSCAN (eps 6 mm, 30 points, algorithms.md §1.2) starts labelling the object as noise.
   `fov` (metres seen across at the plane) zooms: the default frames the object like the synthetic default set;
   0.16 fills about half the frame, as MVTec 3D-AD does (~25k valid points at 224²).
   """

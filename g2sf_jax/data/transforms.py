@@ -1,4 +1,4 @@
-"""The per-sample load transforms of SPEC §1.4: stored arrays → model input, shared by every path into a model.
+"""The per-sample load transforms of algorithms.md §1.4: stored arrays → model input, shared by every path into a model.
 
 `model_input` is the one function that turns a stored sample (what `prepare` wrote, or what a dataset kind's
 `load_entry` returns for a new scan) into the 224×224 arrays the backbones see; the evaluation, anomaly synthesis
@@ -15,7 +15,8 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def valid_mask(xyz: Any) -> Any:
-  """bool [...] of xyz [..., 3]: a point is valid iff all three coordinates are non-zero (SPEC §1.4) and finite.
+  """bool [...] of xyz [..., 3]: a point is valid iff all three coordinates are non-zero (algorithms.md §1.4) and
+  finite.
 
   The one definition of a valid point; NumPy or JAX input. Prepared data has no NaNs (preparation replaces them by
   missing points), so finiteness only matters for arrays that come from elsewhere.
@@ -38,7 +39,8 @@ def nearest_indices_torch(in_size: int, out_size: int) -> np.ndarray:
 
 
 def resize_xyz(xyz: np.ndarray, size: int = SIZE) -> np.ndarray:
-  """[H, W, 3] -> float32 [size, size, 3] with the torch-legacy nearest rule (differs from PIL's, SPEC §1.4)."""
+  """[H, W, 3] -> float32 [size, size, 3] with the torch-legacy nearest rule (differs from PIL's, algorithms.md §1.4).
+  """
   xyz = np.asarray(xyz, np.float32)
   rows = nearest_indices_torch(xyz.shape[0], size)
   cols = nearest_indices_torch(xyz.shape[1], size)
@@ -46,7 +48,7 @@ def resize_xyz(xyz: np.ndarray, size: int = SIZE) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: int = SIZE) -> np.ndarray:
-  """uint8 [H, W] -> bool [size, size]: PIL nearest (pixel centres), /255, > 0.5 (SPEC §1.4).
+  """uint8 [H, W] -> bool [size, size]: PIL nearest (pixel centres), /255, > 0.5 (algorithms.md §1.4).
 
   PIL itself, not the formula floor((dst + 0.5) * in/out): PIL's fixed-point sampling is one pixel lower where that
   product is an exact integer (e.g. 25 of 224 columns for Eyecandies' 512 -> 224).
@@ -58,8 +60,8 @@ def resize_mask(mask: np.ndarray, size: int = SIZE) -> np.ndarray:
 def model_input(stored: Mapping[str, Any], mask_rgb_by_xyz: bool) -> dict[str, np.ndarray]:
   """A stored sample's model inputs: `rgb` [224,224,3] ImageNet-normalised, `xyz` [224,224,3], `mask` bool [224,224].
 
-  `stored` holds `rgb` uint8 [S,S,3] and/or `xyz` float32 [S,S,3] (a key per modality present) and optionally
-  `mask` uint8 [S,S]. `mask_rgb_by_xyz` (Eyecandies, SPEC §1.4) zeroes the RGB at invalid points before resizing.
+  `stored` holds `rgb` uint8 [S,S,3] and/or `xyz` float32 [S,S,3] (a key per modality present) and optionally `mask`
+  uint8 [S,S]. `mask_rgb_by_xyz` (Eyecandies, algorithms.md §1.4) zeroes the RGB at invalid points before resizing.
   """
   out = {}
   if 'rgb' in stored:

@@ -31,7 +31,7 @@ def build(bank: np.ndarray, normalise: bool, fraction: float, eps: float, key: j
           chunk_rows: int = 16384, progress: Callable[[int, int], None] | None = None,
           normaliser: Normaliser | None = None, size: int | None = None, *, mesh: Mesh,
           mode: str = 'reference') -> ModalityBank:
-  """Full bank `[n, d]` (raw features, any background rows included) → its normalised coreset (SPEC §3.1–3.2).
+  """Full bank `[n, d]` (raw features, any background rows included) → its normalised coreset (algorithms.md §3.1–3.2).
 
   `normalise`: True for IMG (scalar mean/std of this bank), False for PCD; a given `normaliser` replaces that choice
   (M3DM normalises all its banks with statistics of two of them). `size` fixes k instead of `fraction`. `bank` is

@@ -26,7 +26,7 @@ def projection_dim(num_rows: int, eps: float = 0.9) -> int:
 
 
 def sparse_projection_matrix(key: jax.Array, d_in: int, n_components: int) -> np.ndarray:
-  """`[d_in, n_components]` float32 sparse random projection, density `1/√d_in` (SPEC §3.2).
+  """`[d_in, n_components]` float32 sparse random projection, density `1/√d_in` (algorithms.md §3.2).
 
   Entries are `±√(1/density)/√n_components` with probability density/2 each, 0 otherwise — the distribution of
   sklearn's `SparseRandomProjection`, drawn from a JAX key so runs reproduce on any platform.
@@ -54,7 +54,7 @@ def project(bank: np.ndarray, matrix: np.ndarray, normaliser: Normaliser | None 
             dtype: np.dtype = np.float32, chunk_rows: int = 16384) -> tuple[np.ndarray, np.ndarray]:
   """Projects `normaliser(bank) [n, d]` → `(z [n, c] dtype, dist0 [n] float32)`, one row chunk at a time.
 
-  `dist0 = ‖z − z₀‖` in float32 before any cast: the reference's initial running minimum (SPEC §3.2 step 1).
+  `dist0 = ‖z − z₀‖` in float32 before any cast: the reference's initial running minimum (algorithms.md §3.2 step 1).
   """
   normaliser = normaliser or Normaliser.identity()
   n = bank.shape[0]
@@ -151,7 +151,7 @@ def _greedy_steps(z: jax.Array, carry: tuple, sq_norms: jax.Array, start: jax.Ar
 def greedy_k_center(z: np.ndarray | jax.Array, dist0: np.ndarray | jax.Array, k: int, fp16: bool, *, mesh: Mesh,
                     progress: Callable[[int, int], None] | None = None, seconds_per_call: float = 2.0,
                     mode: str = 'reference', tile: int | None = None) -> np.ndarray:
-  """Reference greedy k-centre on the projected bank `z [n, c]` → `[k]` int32 row indices (SPEC §3.2).
+  """Reference greedy k-centre on the projected bank `z [n, c]` → `[k]` int32 row indices (algorithms.md §3.2).
 
   Starts at row 0 with running minimum `dist0`; k−1 iterations, the first re-using row 0. Each picks the first
   argmax of the running minimum and zeroes it. `fp16=True` reproduces the reference's float16 arithmetic: the
@@ -203,7 +203,7 @@ def coreset(bank: np.ndarray, fraction: float, eps: float, key: jax.Array, fp16:
             normaliser: Normaliser | None = None, chunk_rows: int = 16384,
             progress: Callable[[int, int], None] | None = None, size: int | None = None, *, mesh: Mesh,
             mode: str = 'reference') -> np.ndarray:
-  """Sparse-random-projection greedy coreset of `normaliser(bank) [n, d]` → `[k]` int32 indices (SPEC §3.2).
+  """Sparse-random-projection greedy coreset of `normaliser(bank) [n, d]` → `[k]` int32 indices (algorithms.md §3.2).
 
   k = `size`, or `coreset_size(n, fraction)` when it is None.
 

@@ -23,12 +23,12 @@ class Normaliser:
 
   @classmethod
   def identity(cls) -> 'Normaliser':
-    """PCD banks are not normalised ("following M3DM", SPEC §3.1)."""
+    """PCD banks are not normalised ("following M3DM", algorithms.md §3.1)."""
     return cls(0.0, 1.0)
 
   @classmethod
   def fit(cls, bank: np.ndarray, chunk_rows: int = 8192) -> 'Normaliser':
-    """Scalar mean and unbiased std over all elements of `bank [n, d]` (IMG, SPEC §3.1).
+    """Scalar mean and unbiased std over all elements of `bank [n, d]` (IMG, algorithms.md §3.1).
 
     Two streaming passes with float64 accumulators; only one float64 chunk exists at a time.
     """

@@ -13,7 +13,8 @@ from jax.sharding import Mesh
 from g2sf_jax.memory_bank.search import QUERY_CHUNK, ShardedBank, bank_rows, knn_search, place_bank
 from g2sf_jax.ops import blur as blur_ops
 
-BLUR_MODES = ('pil_uint8', 'float', 'none')  # SPEC §3.3: the reference's quantised Pillow blur, a float Gaussian
+# algorithms.md §3.3: the reference's quantised Pillow blur, a float Gaussian, none
+BLUR_MODES = ('pil_uint8', 'float', 'none')
 
 
 class UnimodalResult(NamedTuple):
@@ -44,7 +45,7 @@ def upsample_bilinear(grid_map: jax.Array, size: int) -> jax.Array:
 
 
 def score_map(min_dist: np.ndarray, blur: str = 'pil_uint8', size: int = 224) -> np.ndarray:
-  """`[P]` patch distances → `[size, size]` pixel map: bilinear ×(size/grid), then the blur (SPEC §3.3 step 3).
+  """`[P]` patch distances → `[size, size]` pixel map: bilinear ×(size/grid), then the blur (algorithms.md §3.3 step 3).
 
   `blur`: 'pil_uint8' (the reference's quantised Pillow blur), 'float' (Gaussian σ=4) or 'none'.
   """
@@ -63,7 +64,8 @@ def score_map(min_dist: np.ndarray, blur: str = 'pil_uint8', size: int = 224) ->
 
 def _reweighted_score(feats: np.ndarray, bank: ShardedBank, min_dist: np.ndarray, min_idx: np.ndarray,
                       eps: float) -> np.float32:
-  """PatchCore re-weighting of the max patch distance with the 2nd and 3rd neighbours of m* (SPEC §3.3 step 2)."""
+  """PatchCore re-weighting of the max patch distance with the 2nd and 3rd neighbours of m* (algorithms.md §3.3 step 2).
+  """
   p = int(np.argmax(min_dist))
   s_star = min_dist[p]
   m_star = bank_rows(bank, np.array([min_idx[p]]))
@@ -78,7 +80,7 @@ def _reweighted_score(feats: np.ndarray, bank: ShardedBank, min_dist: np.ndarray
 def unimodal_scores_batch(feats: np.ndarray, coreset_rows: np.ndarray | ShardedBank, mesh: Mesh | None = None,
                           blur: str = 'pil_uint8', num_anchors: int = 20, map_size: int = 224,
                           query_chunk: int = QUERY_CHUNK, reweight_eps: float = 1e-5) -> list[UnimodalResult]:
-  """`feats [B, P, D]` (normalised) against a coreset → one `UnimodalResult` per sample (SPEC §3.3).
+  """`feats [B, P, D]` (normalised) against a coreset → one `UnimodalResult` per sample (algorithms.md §3.3).
 
   All B·P patches go through one sharded search; place the coreset once per class with `place_bank`.
   `reweight_eps` is the ε in the re-weighting's denominator (G²SF 1e-5; M3DM's three-bank scoring has none).
@@ -102,6 +104,6 @@ def unimodal_scores_batch(feats: np.ndarray, coreset_rows: np.ndarray | ShardedB
 def unimodal_scores(feats: np.ndarray, coreset_rows: np.ndarray | ShardedBank, mesh: Mesh | None = None,
                     blur: str = 'pil_uint8', num_anchors: int = 20, map_size: int = 224,
                     query_chunk: int = QUERY_CHUNK) -> UnimodalResult:
-  """`feats [P, D]` (normalised, P = 3136) against `coreset_rows [m, D]` → `UnimodalResult` (SPEC §3.3)."""
+  """`feats [P, D]` (normalised, P = 3136) against `coreset_rows [m, D]` → `UnimodalResult` (algorithms.md §3.3)."""
   return unimodal_scores_batch(np.asarray(feats)[None], coreset_rows, mesh, blur, num_anchors, map_size,
                                query_chunk)[0]

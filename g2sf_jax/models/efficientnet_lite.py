@@ -172,9 +172,9 @@ def stage_channels(name: str) -> int:
 class EfficientNetLite0Backbone:
   """RgbBackbone (docs/interfaces.md): ImageNet-normalised [B,224,224,3] -> [B,28,28,152] patch features.
 
-  28x28 is the DINO ViT-B/8 grid, so the rest of the pipeline (nearest 28->56 upsampling, SPEC §2.5) is unchanged;
-  a 56x56 grid would need the stride-4 stage (24 channels of edge-level features). `meta` (stages, grid, weights'
-  hash) goes into the feature cache key.
+  28x28 is the DINO ViT-B/8 grid, so the rest of the pipeline (nearest 28->56 upsampling, algorithms.md §2.5) is
+  unchanged; a 56x56 grid would need the stride-4 stage (24 channels of edge-level features). `meta` (stages, grid,
+  weights' hash) goes into the feature cache key.
   """
   name = 'efficientnet_lite0'
 

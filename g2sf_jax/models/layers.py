@@ -1,8 +1,8 @@
 """Layers shared by the small trained heads (LSPN, UFF, CFM): PyTorch's `nn.Linear` and `nn.LayerNorm` in Flax.
 
 The reference models are PyTorch modules with PyTorch's default initialisation; reproducing it (weights and biases
-`U(±1/√fan_in)`, SPEC §9.4) keeps training comparable, and the [in, out] kernel layout converts from a torch state
-dict with one transpose. Matmuls use HIGHEST precision (SPEC fidelity policy).
+`U(±1/√fan_in)`, algorithms.md §9.4) keeps training comparable, and the [in, out] kernel layout converts from a torch
+state dict with one transpose. Matmuls use HIGHEST precision (algorithms.md, "Fidelity policy").
 """
 import flax.linen as nn
 import jax

@@ -1,10 +1,10 @@
-"""PointMAE encoder as M3DM/G²SF use it for point features (SPEC §2.2, §2.3).
+"""PointMAE encoder as M3DM/G²SF use it for point features (algorithms.md §2.2, §2.3).
 
 Input is the grouped cloud from `ops.knn.group`; output is one 1152-d feature per group: the outputs of blocks
 3, 7, 11 through the shared final LayerNorm, concatenated. Parameter names mirror the PyTorch modules
 (`encoder/first_conv_0` = `encoder.first_conv.0`, …) so `ports/point_mae.py` is a plain renaming.
 
-Two reference quirks are switches (SPEC "Fidelity policy"):
+Two reference quirks are switches (algorithms.md "Fidelity policy"):
 * `batchnorm='batch_stats'` (reference: the model is never put in eval mode) normalises with per-cloud statistics,
   mean and biased variance over all G×K positions of each cloud separately (B>1 does not mix clouds);
   `'running_stats'` uses the checkpoint's running mean/var.
@@ -25,7 +25,8 @@ DROP_PATH_MODES = ('off', 'stochastic')
 
 
 class CloudBatchNorm(nn.Module):
-  """BatchNorm1d over [B, G, K, C] with statistics per cloud (SPEC §2.3) or from the checkpoint's running stats."""
+  """BatchNorm1d over [B, G, K, C] with statistics per cloud (algorithms.md §2.3) or from the checkpoint's running
+  stats."""
   mode: str = 'batch_stats'
   eps: float = 1e-5
 
@@ -55,7 +56,7 @@ class MiniPointNet(nn.Module):
     a = nn.relu(CloudBatchNorm(self.batchnorm, name='first_conv_1')(a))
     a = vit.dense(256, 'first_conv_3')(a)
     g = jnp.broadcast_to(jnp.max(a, axis=2, keepdims=True), a.shape)
-    x = jnp.concatenate([g, a], axis=-1)  # global first (SPEC §2.2 step 3)
+    x = jnp.concatenate([g, a], axis=-1)  # global first (algorithms.md §2.2 step 3)
     x = vit.dense(512, 'second_conv_0')(x)
     x = nn.relu(CloudBatchNorm(self.batchnorm, name='second_conv_1')(x))
     x = vit.dense(self.out_dim, 'second_conv_3')(x)
@@ -92,7 +93,7 @@ class PointMAE(nn.Module):
     for i in range(self.depth):
       x = vit.Block(self.num_heads, int(self.dim * self.mlp_ratio), qkv_bias=False, eps=self.eps,
                     drop_path_rate=float(rates[i]), deterministic=self.drop_path == 'off',
-                    name=f'blocks_{i}')(x + pos)  # pos re-added before every block (SPEC §2.2)
+                    name=f'blocks_{i}')(x + pos)  # pos re-added before every block (algorithms.md §2.2)
       intermediates[f'block_{i}'] = x
       if i in self.out_blocks:
         outputs.append(norm(x))

@@ -1,4 +1,5 @@
-"""DINO ViT (timm `VisionTransformer` layout) and the pre-norm transformer block shared with PointMAE (SPEC §2.1).
+"""DINO ViT (timm `VisionTransformer` layout) and the pre-norm transformer block shared with PointMAE (algorithms.md
+§2.1).
 
 Parameter names follow the PyTorch ones (`blocks_{i}/attn/qkv`, `mlp/fc1`, …) so that `ports/dino_vit.py` is a plain
 renaming. All matmuls use full float32 precision: these features feed distances and scores.
@@ -75,7 +76,7 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-  """DINO ViT; defaults are ViT-B/8 at 224 (SPEC §2.1). Tests build tiny ones through the same fields."""
+  """DINO ViT; defaults are ViT-B/8 at 224 (algorithms.md §2.1). Tests build tiny ones through the same fields."""
   img_size: int = 224
   patch_size: int = 8
   dim: int = 768

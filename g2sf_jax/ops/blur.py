@@ -2,7 +2,7 @@
 
 The reference (`KNNGaussianBlur(4)`) quantises the map to uint8, runs Pillow's `GaussianBlur(4)` (three box-blur
 passes along x, then three along y, with 24-bit fixed-point weights and rounding to uint8 after every pass) and
-scales back (SPEC §3.3, App. A). Pillow accumulates in uint32; 255·2²⁴ + 2²³ still fits, so we do the same.
+scales back (algorithms.md §3.3, App. A). Pillow accumulates in uint32; 255·2²⁴ + 2²³ still fits, so we do the same.
 """
 import functools
 import math
@@ -60,7 +60,7 @@ def _div_by_scalar(x: jax.Array, scalar: jax.Array) -> jax.Array:
 
 @jax.jit
 def pil_gaussian_blur(score_map: jax.Array) -> jax.Array:
-  """`[H, W]` non-negative float map → `[H, W]` float32, as the reference's `KNNGaussianBlur(4)` (SPEC §3.3).
+  """`[H, W]` non-negative float map → `[H, W]` float32, as the reference's `KNNGaussianBlur(4)` (algorithms.md §3.3).
 
   `u8 = trunc(255·map/max)`, Pillow blur, then `u8/255·max`: the result has only 256 levels. An all-zero map
   stays zero (the reference would divide by zero).

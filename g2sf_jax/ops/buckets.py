@@ -2,7 +2,7 @@
 
 Each cloud keeps its points first, in order, then zero padding with `valid == False`; the point ops never select
 padded points (FPS, kNN) and their outputs at padded slots are ignored. Index 0 stays the first valid point, which
-is where FPS starts (SPEC §2.2).
+is where FPS starts (algorithms.md §2.2).
 """
 from collections.abc import Sequence
 

@@ -1,4 +1,4 @@
-"""Farthest point sampling with the semantics of the pointnet2_ops CUDA kernel (SPEC §2.2).
+"""Farthest point sampling with the semantics of the pointnet2_ops CUDA kernel (algorithms.md §2.2).
 
 The kernel's choices are kept because they decide which centres PointMAE sees:
 * the first centre is the first point (index 0 of the valid-point list in raster order);
@@ -19,8 +19,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-_SKIP_MAGNITUDE = 1e-3  # SPEC §2.2: the kernel ignores points with |p|² <= 1e-3.
-_INIT_DISTANCE = 1e10   # SPEC §2.2: running min squared distance starts here.
+_SKIP_MAGNITUDE = 1e-3  # algorithms.md §2.2: the kernel ignores points with |p|² <= 1e-3.
+_INIT_DISTANCE = 1e10   # algorithms.md §2.2: running min squared distance starts here.
 _BLOCK = 128            # FPS argmax: block maxima, then one block searched (fastest of 64-4,096 on XLA:CPU)
 
 

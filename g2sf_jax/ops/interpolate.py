@@ -1,4 +1,4 @@
-"""Inverse-distance interpolation of group features back to points (SPEC §2.4 step 1).
+"""Inverse-distance interpolation of group features back to points (algorithms.md §2.4 step 1).
 
 For each point: the 3 centres with the smallest *squared* distance d², weights 1/(d²+1e-8) normalised to sum 1.
 G2SF does this in float64 (M3DM in float32). Here it runs in the promoted dtype of the inputs: float32 by default,
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from g2sf_jax.ops import fps
 
-_EPS = 1e-8  # SPEC §2.4: w = 1 / (d² + 1e-8).
+_EPS = 1e-8  # algorithms.md §2.4: w = 1 / (d² + 1e-8).
 _CHUNK = 512  # points per step: [G, 512] distances, [k, 512, C] gathered features
 
 

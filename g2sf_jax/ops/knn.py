@@ -1,4 +1,4 @@
-"""Brute-force k nearest neighbours and PointMAE grouping (SPEC §2.2).
+"""Brute-force k nearest neighbours and PointMAE grouping (algorithms.md §2.2).
 
 Distances are exact float32 differences (not the |a|²-2ab+|b|² expansion). Each query first searches the points of
 its 32 nearest boxes (runs of 32 consecutive points: in an organised scan's raster order, short row segments) and

@@ -1,4 +1,4 @@
-"""Per-pixel point features to the 56×56 patch grid: AvgPool2d(3, stride 1) then AdaptiveAvgPool2d (SPEC §2.4).
+"""Per-pixel point features to the 56×56 patch grid: AvgPool2d(3, stride 1) then AdaptiveAvgPool2d (algorithms.md §2.4).
 
 Both poolings are linear and act on rows and columns independently, so together they are one small averaging
 matrix `A [56, 224]` applied along each spatial axis: `out = A · X · Aᵀ` per channel. `A` is banded (each output
@@ -13,7 +13,7 @@ import numpy as np
 
 
 def adaptive_bins(in_size: int, out_size: int) -> list[tuple[int, int]]:
-  """PyTorch AdaptiveAvgPool bins `[floor(in·i/out), ceil(in·(i+1)/out))`; they may overlap (SPEC App. B)."""
+  """PyTorch AdaptiveAvgPool bins `[floor(in·i/out), ceil(in·(i+1)/out))`; they may overlap (algorithms.md App. B)."""
   return [((in_size * i) // out_size, -((-in_size * (i + 1)) // out_size)) for i in range(out_size)]
 
 
@@ -47,7 +47,7 @@ def _pool_axis(x: jax.Array, axis: int, out_size: int) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames='grid')
 def pool_to_grid(pixel_feats: jax.Array, grid: int = 56) -> jax.Array:
-  """`[B, H, W, C]` per-pixel features (zeros at invalid pixels) → `[B, grid, grid, C]` (SPEC §2.4 step 3).
+  """`[B, H, W, C]` per-pixel features (zeros at invalid pixels) → `[B, grid, grid, C]` (algorithms.md §2.4 step 3).
 
   Zeros are included in the averages, exactly as `avg_pool2d(3, 1)` + `adaptive_avg_pool2d(grid)` do.
   """

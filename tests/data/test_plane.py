@@ -1,4 +1,4 @@
-"""The NumPy RANSAC plane fit against Open3D's `segment_plane` (SPEC §1.2 step 1)."""
+"""The NumPy RANSAC plane fit against Open3D's `segment_plane` (algorithms.md §1.2 step 1)."""
 import numpy as np
 import pytest
 

@@ -71,7 +71,7 @@ def test_load_split_order_and_transforms(synthetic):
   raw, data_dir, _, _ = synthetic
   test = prepared.load_split('synthetic', data_dir, 'cube', 'test')
   full = prepared.load_split_full('synthetic', data_dir, 'cube', 'test')
-  # SPEC §1.1: defect folders sorted, files sorted.
+  # algorithms.md §1.1: defect folders sorted, files sorted.
   expected = [f'test/{d.name}/{f.stem}' for d in sorted((raw / 'cube' / 'test').iterdir())
               for f in sorted((d / 'rgb').iterdir())]
   assert [s['name'] for s in full] == expected and len(test) == 7
@@ -161,7 +161,7 @@ def test_single_modality_prepare_and_load(synthetic, single, modality):
       assert np.array_equal(m['mask'], rm['mask']) and np.array_equal(f['mask'], rf['mask'])
       folder = raw / 'cube' / f['name'].rsplit('/', 1)[0]
       stem = f['name'].rsplit('/', 1)[1]
-      if modality == 'xyz':  # SPEC §1.2 on the cloud alone: the same cloud as with the image, plane removed
+      if modality == 'xyz':  # algorithms.md §1.2 on the cloud alone: the same cloud as with the image, plane removed
         orig = io.read_xyz_tiff(folder / 'xyz' / f'{stem}.tiff')
         assert np.array_equal(f['xyz'], rf['xyz']) and np.array_equal(m['xyz'], rm['xyz'])
         assert transforms.valid_mask(f['xyz']).sum() < 0.5 * transforms.valid_mask(orig).sum()
@@ -311,7 +311,7 @@ def _write_eyecandies_sample(folder, sample_id, seed, mask):
   (folder / f'{sample_id}_info_depth.yaml').write_text(yaml.safe_dump({'normalization': {'min': 0.5, 'max': 2.0}}))
   np.savetxt(folder / f'{sample_id}_pose.txt', _POSE)
   rgb = np.random.default_rng(seed).integers(1, 255, (512, 512, 3), dtype=np.uint8)
-  io.write_png(folder / f'{sample_id}_image_4.png', rgb)  # the only image used (SPEC §1.3)
+  io.write_png(folder / f'{sample_id}_image_4.png', rgb)  # the only image used (algorithms.md §1.3)
   extra = [f'image_{k}.png' for k in (0, 1, 2, 3, 5)] + [
       'normals.png', 'info_normals.yaml', 'metadata.yaml', 'bumps_mask.png', 'colors_mask.png', 'dents_mask.png',
       'normals_mask.png']

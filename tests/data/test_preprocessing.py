@@ -1,4 +1,4 @@
-"""SPEC §1.2 / §1.3 preprocessing against known geometry and loop transliterations of the reference."""
+"""algorithms.md §1.2 / §1.3 preprocessing against known geometry and loop transliterations of the reference."""
 import math
 
 import numpy as np
@@ -89,7 +89,8 @@ def test_largest_cluster_keeps_the_biggest():
 
 
 def test_largest_cluster_noise_label_quirk():
-  # 35 points in one dense cluster, 60 isolated points: label -1 (noise) is the most populous and wins (SPEC §1.2).
+  # 35 points in one dense cluster, 60 isolated points: label -1 (noise) is the most populous and wins (algorithms.md
+  # §1.2).
   rng = np.random.default_rng(0)
   cluster = np.stack(np.meshgrid(np.arange(7), np.arange(5), [0]), -1).reshape(-1, 3) * 0.0005 + [0.01, 0.01, 0.4]
   noise = np.stack([np.arange(60) * 0.05 + 1.0, rng.random(60) + 0.01, np.full(60, 0.4)], -1)
@@ -159,7 +160,7 @@ def test_problems_are_recorded_not_raised():
 
 
 def _depth_to_xyz_loop(depth16, dmin, dmax, pose, focal=711.11):
-  """Transliteration of the reference's per-pixel loop (SPEC §1.3)."""
+  """Transliteration of the reference's per-pixel loop (algorithms.md §1.3)."""
   depth = depth16.astype(np.float32) / 65535.0 * (dmax - dmin) + dmin
   h, w = depth.shape
   k4 = np.array([[focal, 0, w / 2, 0], [0, focal, h / 2, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
@@ -174,7 +175,7 @@ def _depth_to_xyz_loop(depth16, dmin, dmax, pose, focal=711.11):
 
 
 def _remove_background_loop(pc):
-  """Transliteration of the reference's `remove_point_cloud_background` with its sequential ifs (SPEC §1.3)."""
+  """Transliteration of the reference's `remove_point_cloud_background` with its sequential ifs (algorithms.md §1.3)."""
   dz, dy = pc[256, 1] - pc[-256, 1], pc[256, 2] - pc[-256, 2]
   norm = math.sqrt(dz**2 + dy**2)
   start = np.array([0, pc[-256, 1], pc[-256, 2]])
@@ -218,4 +219,4 @@ def test_remove_point_cloud_background_matches_loop():
   background = np.isclose(ref[:, 0], 0) & ~np.isclose(pc[:, 0], 0)
   assert 0 < background.sum() < 1024                         # both kinds occur
   assert not valid_mask(ref[background]).any()          # x = 0 exactly: invalid
-  assert (ref[background][:, 1:] != 0).all()                 # ...but y, z are not zero (SPEC §1.3 note)
+  assert (ref[background][:, 1:] != 0).all()                 # ...but y, z are not zero (algorithms.md §1.3 note)

@@ -1,4 +1,4 @@
-"""SPEC §1.4 load transforms (torch/PIL nearest rules, PIL bicubic, the valid-point rule)."""
+"""algorithms.md §1.4 load transforms (torch/PIL nearest rules, PIL bicubic, the valid-point rule)."""
 from fractions import Fraction
 
 import jax.numpy as jnp
@@ -58,7 +58,7 @@ def test_resize_mask_512_follows_pil_fixed_point():
 
 def test_xyz_and_mask_rules_differ_everywhere_for_800():
   torch_idx = transforms.nearest_indices_torch(800, 224)
-  assert (torch_idx != np.array(_pil_nearest_hand(800, 224))).all()  # SPEC §1.4 warning
+  assert (torch_idx != np.array(_pil_nearest_hand(800, 224))).all()  # algorithms.md §1.4 warning
 
 
 def test_resize_rgb_is_pil_bicubic_then_imagenet():

@@ -60,7 +60,7 @@ def test_write_report_files_and_round_trip(tmp_path, capsys):
   for name in ('results.md', 'results.json', 'report.html'):
     assert (tmp_path / name).is_file()
   assert not list(tmp_path.rglob('*.tmp'))
-  # JSON round-trips to the given numbers (rounded to 4 decimals, SPEC §5).
+  # JSON round-trips to the given numbers (rounded to 4 decimals, algorithms.md §5).
   table = json.loads((tmp_path / 'results.json').read_text())
   assert table['rows'] == ['IMG', 'PCD', 'FUS']
   for c in classes:

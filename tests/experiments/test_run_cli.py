@@ -41,6 +41,6 @@ def test_configs_load_with_docstrings(name):
   assert module.__doc__ and 'Run:' in module.__doc__
   assert config.stages == 'all' and config.method in methods.REGISTRY
   assert stages.stage_graph(methods.get(config.method), config)[-1].name == 'evaluate'
-  assert config.synthesis.num_sources == (24 if name == 'eyecandies' else 8)  # SPEC §4.2
+  assert config.synthesis.num_sources == (24 if name == 'eyecandies' else 8)  # algorithms.md §4.2
   if name in ('m3dm', 'cfm'):
     assert config.point_mae.num_group == 1024  # M3DM's and CFM's grouping

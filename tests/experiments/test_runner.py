@@ -305,7 +305,7 @@ def test_predict_never_writes_into_the_scans_or_over_foreign_files(finished, tmp
 @ONE_RUN
 def test_rgb_only_run_on_data_with_clouds_preprocesses_scans_as_it_trained(finished, tmp_path):
   """An RGB-only run on a class with point clouds trained on images cleaned with the cloud's plane and clusters
-  (SPEC §1.2): predict cleans a scan's image the same way, so it needs the scan's xyz file too."""
+  (algorithms.md §1.2): predict cleans a scan's image the same way, so it needs the scan's xyz file too."""
   config, _ = finished
   workdir = tmp_path / 'w'
   shutil.copytree(config.workdir, workdir)

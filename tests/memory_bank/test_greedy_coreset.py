@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _numpy_greedy(z32: np.ndarray, k: int, fp16: bool) -> np.ndarray:
-  """The reference's loop (SPEC §3.2), transliterated."""
+  """The reference's loop (algorithms.md §3.2), transliterated."""
   dt = np.float16 if fp16 else np.float32
   mind = np.sqrt(np.sum(np.square(z32 - z32[0]), axis=1)).astype(dt)
   z = z32.astype(dt)

@@ -1,4 +1,5 @@
-"""PointMAE encoder (SPEC §2.2, §2.3) against the PyTorch reference in tests/references, weights via the real port."""
+"""PointMAE encoder (algorithms.md §2.2, §2.3) against the PyTorch reference in tests/references, weights via the real
+port."""
 import time
 
 import jax
@@ -64,7 +65,7 @@ def flax_features(variables, clouds, num_group, group_size, **kwargs):
 
 def test_batched_clouds_match_reference_with_per_cloud_batch_stats(fresh):
   model, variables = fresh
-  model.train()  # the reference never calls .eval() (SPEC §2.3)
+  model.train()  # the reference never calls .eval() (algorithms.md §2.3)
   clouds = [surface(1500, 0), surface(900, 1) * 3.0]  # different sizes and scales share one padded batch
   got, centre_idx, inter = flax_features(variables, clouds, 64, 32)
   assert got.shape == (2, 64, 1152)

@@ -1,11 +1,11 @@
-"""DINO ViT (SPEC §2.1) against Hugging Face `transformers.ViTModel`, weights through the real port.
+"""DINO ViT (algorithms.md §2.1) against Hugging Face `transformers.ViTModel`, weights through the real port.
 
 Why this oracle: the reference builds the model with timm, and timm cannot be imported here (it imports torchvision,
-which cannot load beside the CPU-only torch wheel). `transformers.ViTModel` is an independent PyTorch implementation
-of the same architecture (conv patch embedding, CLS prepended before the absolute position embedding is added,
-pre-norm blocks with biased qkv, exact-erf GELU, LayerNorm ε 1e-6, final LayerNorm), with its own key names. The
-tests build a random state dict in the DINO/timm layout (SPEC §2.6), convert it with `ports.dino_vit`, and map the
-same tensors into the HF model (splitting qkv into q, k, v), so a layout slip in the port or the model shows up.
+which cannot load beside the CPU-only torch wheel). `transformers.ViTModel` is an independent PyTorch implementation of
+the same architecture (conv patch embedding, CLS prepended before the absolute position embedding is added, pre-norm
+blocks with biased qkv, exact-erf GELU, LayerNorm ε 1e-6, final LayerNorm), with its own key names. The tests build a
+random state dict in the DINO/timm layout (algorithms.md §2.6), convert it with `ports.dino_vit`, and map the same
+tensors into the HF model (splitting qkv into q, k, v), so a layout slip in the port or the model shows up.
 """
 import time
 
@@ -51,7 +51,7 @@ def hf_model(state: dict[str, torch.Tensor], arch: port.VitArch) -> ViTModel:
   for i in range(arch.depth):
     src, dst = f'blocks.{i}.', f'layers.{i}.'
     for part in ('weight', 'bias'):
-      q, k, v = state[src + f'attn.qkv.{part}'].chunk(3, dim=0)  # rows [q; k; v] (SPEC §2.6)
+      q, k, v = state[src + f'attn.qkv.{part}'].chunk(3, dim=0)  # rows [q; k; v] (algorithms.md §2.6)
       hf.update({dst + f'attention.q_proj.{part}': q, dst + f'attention.k_proj.{part}': k,
                  dst + f'attention.v_proj.{part}': v,
                  dst + f'attention.o_proj.{part}': state[src + f'attn.proj.{part}'],

@@ -1,4 +1,4 @@
-"""SPEC §3.3 / App. A: the uint8 Pillow blur is bit-exact against real Pillow; the float blur matches scipy."""
+"""algorithms.md §3.3 / App. A: the uint8 Pillow blur is bit-exact against real Pillow; the float blur matches scipy."""
 import numpy as np
 import pytest
 import scipy.ndimage

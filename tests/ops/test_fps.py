@@ -1,4 +1,4 @@
-"""FPS against a plain NumPy transliteration of the pointnet2_ops kernel (SPEC §2.2), written here."""
+"""FPS against a plain NumPy transliteration of the pointnet2_ops kernel (algorithms.md §2.2), written here."""
 import numpy as np
 import pytest
 

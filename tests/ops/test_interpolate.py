@@ -1,4 +1,5 @@
-"""IDW interpolation (SPEC §2.4 step 1) against a float64 NumPy reference in the pointnet2 style, written here."""
+"""IDW interpolation (algorithms.md §2.4 step 1) against a float64 NumPy reference in the pointnet2 style, written here.
+"""
 import jax
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""kNN and grouping against a NumPy reference written here (SPEC §2.2)."""
+"""kNN and grouping against a NumPy reference written here (algorithms.md §2.2)."""
 import os
 import subprocess
 import sys

@@ -1,10 +1,11 @@
-"""SPEC §2.4 step 3 / App. B: avgpool 3 + PyTorch adaptive bins, against App. B, a hand-built case and torch."""
+"""algorithms.md §2.4 step 3 / App. B: avgpool 3 + PyTorch adaptive bins, against App. B, a hand-built case and torch.
+"""
 import numpy as np
 import torch
 
 from g2sf_jax.ops import pooling
 
-# SPEC Appendix B, typed in by hand.
+# algorithms.md Appendix B, typed in by hand.
 _APP_B = """(0,4) (3,8) (7,12) (11,16) (15,20) (19,24) (23,28) (27,32) (31,36) (35,40) (39,44) (43,48) (47,52) (51,56)
 (55,60) (59,64) (63,68) (67,72) (71,76) (75,80) (79,84) (83,88) (87,92) (91,96) (95,100) (99,104) (103,108) (107,111)
 (111,115) (114,119) (118,123) (122,127) (126,131) (130,135) (134,139) (138,143) (142,147) (146,151) (150,155)

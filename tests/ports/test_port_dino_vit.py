@@ -1,4 +1,4 @@
-"""ports.dino_vit: every failure mode names the file and the problem, and nothing is written (SPEC §2.6)."""
+"""ports.dino_vit: every failure mode names the file and the problem, and nothing is written (algorithms.md §2.6)."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""ports.point_mae: wrapper/prefix handling, ignored keys, failure modes, provenance (SPEC §2.6)."""
+"""ports.point_mae: wrapper/prefix handling, ignored keys, failure modes, provenance (algorithms.md §2.6)."""
 import numpy as np
 import pytest
 import torch

@@ -2,7 +2,7 @@
 
 Stage `banks`: the two halves of the joint train feature are standardised by their train banks' scalar mean/std
 (so neither modality dominates the distance; the original concatenates raw features), then one coreset of the
-joint rows. The scorer is PatchCore's (SPEC §3.3) on the joint features: row `BTF`.
+joint rows. The scorer is PatchCore's (algorithms.md §3.3) on the joint features: row `BTF`.
 """
 from typing import Mapping
 

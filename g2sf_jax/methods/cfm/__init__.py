@@ -1,2 +1,3 @@
-"""CFM (crossmodal feature mapping, CVPR 2024): per-pixel features (`features.py`), training (`train.py`), the
-anomaly maps (`infer.py`) and the method (`method.py`, what the registry exposes)."""
+"""CFM (Costanzino et al., CVPR 2024): the mapping networks (`mlp.py`), per-pixel features (`features.py`), training
+(`train.py`), anomaly maps (`infer.py`), config section `cfm` (`defaults.py`), the method (`method.py`). See
+README.md."""

@@ -1,10 +1,10 @@
 """CFM's per-pixel features at 224×224 (official `models/features.py`), built from what the shared stages give.
 
-RGB: the backbone's patch grid (28×28 for DINO) bilinearly upsampled to 224×224 (`align_corners=False`). Points:
-the backbone's per-pixel features (PointMAE: group features IDW-interpolated to the valid points, SPEC §2.4), then
-AvgPool2d(3, stride 1) and the adaptive pooling back to 224×224 (the SPEC §2.4 pooling with a 224 grid). The
-background is `sum over channels == 0` of the pooled point features (a dilation of the valid points). All three as
-rows `[B, 50176, C]`.
+RGB: the backbone's patch grid (28×28 for DINO) bilinearly upsampled to 224×224 (`align_corners=False`). Points: the
+backbone's per-pixel features (PointMAE: group features IDW-interpolated to the valid points, algorithms.md §2.4), then
+AvgPool2d(3, stride 1) and the adaptive pooling back to 224×224 (the algorithms.md §2.4 pooling with a 224 grid). The
+background is `sum over channels == 0` of the pooled point features (a dilation of the valid points). All three as rows
+`[B, 50176, C]`.
 
 CFM keeps no feature bank: the point features are recomputed from the clouds (224² × 1152 floats is 231 MB per
 sample for PointMAE), unless a training set is small enough to hold in memory (`cfm.cache_gb`).

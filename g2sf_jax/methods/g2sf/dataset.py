@@ -1,11 +1,11 @@
 """The synthetic fusion dataset: per foreground patch, features, raw unimodal NN distances, labels and anchors
-(SPEC §4.3).
+(algorithms.md §4.3).
 
 `build` works through the synthetic samples in chunks; each chunk is written atomically to `chunks/` as soon as it is
 done, so an interrupted build resumes at the first missing chunk. The chunks are then joined into `.npy` files that
-`load` memory-maps (the MVTec set is 8–15 GB of features, SPEC §8), and removed. They are stored uncompressed: zlib
-took 7.8 s per 217 MB chunk of a full-size class here (6.5 min per class) to save a quarter of a disk space that
-is freed at the end anyway.
+`load` memory-maps (the MVTec set is 8–15 GB of features, algorithms.md §8), and removed. They are stored uncompressed:
+zlib took 7.8 s per 217 MB chunk of a full-size class here (6.5 min per class) to save a quarter of a disk space that is
+freed at the end anyway.
 """
 import dataclasses
 import json
@@ -38,7 +38,8 @@ class FusionData:
 
 
 def patch_labels(mask: np.ndarray) -> np.ndarray:
-  """3×3-dilated 224 mask sampled at [4i, 4j] (torch nearest 224→56): `[224, 224]` → `[3136]` uint8 (SPEC §4.3.1)."""
+  """3×3-dilated 224 mask sampled at [4i, 4j] (torch nearest 224→56): `[224, 224]` → `[3136]` uint8 (algorithms.md
+  §4.3.1)."""
   if mask.shape != (224, 224):
     raise ValueError(f'patch_labels expects a [224, 224] mask, got {mask.shape}')
   dilated = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8))
@@ -63,7 +64,7 @@ def chunk_rows(img: np.ndarray, pcd: np.ndarray, mask: np.ndarray, coresets: Cor
   img = img.reshape(n * features.GRID ** 2, -1).astype(np.float32)
   pcd = pcd.reshape(n * features.GRID ** 2, -1).astype(np.float32)
   label = np.concatenate([patch_labels(m) for m in np.asarray(mask)])
-  fg = ~features.background_mask(pcd)  # SPEC §4.3.2
+  fg = ~features.background_mask(pcd)  # algorithms.md §4.3.2
   img, pcd, label = img[fg], pcd[fg], label[fg]
   dist_r, idx_r = memory_bank.knn_search(img, coresets[0], num_anchors)
   dist_p, idx_p = memory_bank.knn_search(pcd, coresets[1], num_anchors)

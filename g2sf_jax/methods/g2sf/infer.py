@@ -1,4 +1,4 @@
-"""G²SF scoring of test samples with a trained LSPN and global scale (SPEC §4.6)."""
+"""G²SF scoring of test samples with a trained LSPN and global scale (algorithms.md §4.6)."""
 import functools
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ def _patch_scores(model: lspn.LSPN, mode: str, params: Any, theta: jax.Array, mu
 
   def one(m):
     w, _ = model.apply({'params': params}, lspn.direction(f, m), m, deterministic=True)
-    w = jnp.where(background[:, None], 1.0, w)  # SPEC §4.6.3: background patches keep w = (1, 1)
+    w = jnp.where(background[:, None], 1.0, w)  # algorithms.md §4.6.3: background patches keep w = (1, 1)
     return w, lspn.unified_score(lspn.modality_distances(f, m, rgb_dim), w, sigma, mu)
 
   w, unified = jax.vmap(one, in_axes=1, out_axes=1)(protos)
@@ -36,7 +36,7 @@ def _patch_scores(model: lspn.LSPN, mode: str, params: Any, theta: jax.Array, mu
 
 def patch_scores(state: 'FusionState', g2sf_config, img: np.ndarray, pcd: np.ndarray, protos_img: np.ndarray,
                  protos_pcd: np.ndarray, background: np.ndarray) -> dict:
-  """Fused scores of N patches from their J nearest prototypes per modality (paired by rank, SPEC §4.1).
+  """Fused scores of N patches from their J nearest prototypes per modality (paired by rank, algorithms.md §4.1).
 
   img [N, D_R], pcd [N, D_P], protos_img [N, J, D_R], protos_pcd [N, J, D_P], background [N] bool. Returns
   {'score' [N] aggregated over J by `g2sf_config.scoring_mode`, 'unified' [N, J] l_j, 'weights' [N, 2] w_0}.
@@ -53,12 +53,12 @@ def patch_scores(state: 'FusionState', g2sf_config, img: np.ndarray, pcd: np.nda
 def score(state: 'FusionState', config, img: np.ndarray, pcd: np.ndarray,
           coresets: tuple[memory_bank.ShardedBank, memory_bank.ShardedBank],
           anchors: tuple[np.ndarray, np.ndarray]) -> dict:
-  """G²SF result of one test sample (SPEC §4.6), from the anchors its unimodal search already found.
+  """G²SF result of one test sample (algorithms.md §4.6), from the anchors its unimodal search already found.
 
   img [3136, D_R] IMG features normalised like the bank on the 56×56 grid; pcd [3136, D_P] PCD features as in the
   bank (raw in the reference); coresets: the banks placed with `memory_bank.place_bank`; anchors (img [3136, J'],
   pcd [3136, J']): each patch's nearest coreset rows per modality, ascending (J' ≥ anchor + 1; the search of the
-  IMG/PCD rows, SPEC §3.3, keeps 20). All 3136 patches are scored, background included.
+  IMG/PCD rows, algorithms.md §3.3, keeps 20). All 3136 patches are scored, background included.
   Returns {'image_score' float (max over patches), 'map56' [56,56], 'map224' [224,224] (bilinear + blur, before
   the test-set min–max), 'weights' [56,56,2] (the WEI_IMG, WEI_PCD diagnostics, w_0)}.
   """

@@ -1,4 +1,4 @@
-"""The six G²SF training losses (SPEC §4.5c), as pure functions of arrays.
+"""The six G²SF training losses (algorithms.md §4.5c), as pure functions of arrays.
 
 Conventions: `normal [B]` bool (the reference's y = +1); every other row is an anomaly (y = −1). `d2 = l_0²` is the
 squared unified score of the main pair. Subsets are handled with masks, so the batch keeps a static shape under jit;
@@ -61,7 +61,7 @@ def consistency(l0: jax.Array, sbar0: jax.Array, l_near: jax.Array, sbar_near: j
                 magnitude: float = 1.2, mode: str = 'reference') -> jax.Array:
   """L_cns over A = anchor ranks: `l0, sbar0 [B]`, `l_near, sbar_near [A,B]` (ranks 1…A), `l_far [A,B]` (A+1…2A).
 
-  `mode='reference'` reproduces the B×B broadcast of the reference code (SPEC §4.5c ⚠): the ratio
+  `mode='reference'` reproduces the B×B broadcast of the reference code (algorithms.md §4.5c ⚠): the ratio
   `r_j[b] = s̄_j[b]/s̄_0[b]` comes from every row b; `'per_row'` pairs it with its own row a (the intended form).
   """
   anchors = l_near.shape[0]
@@ -83,7 +83,8 @@ def l1(params: Any) -> jax.Array:
 
 
 def total(terms: Mapping[str, jax.Array], g2sf_config) -> jax.Array:
-  """`L_sep + w_margin·L_mar + w_scaling·L_sc + w_alignment·L_cma + w_consistency·L_cns + w_l1·L1` (SPEC §4.5c.5)."""
+  """`L_sep + w_margin·L_mar + w_scaling·L_sc + w_alignment·L_cma + w_consistency·L_cns + w_l1·L1` (algorithms.md
+  §4.5c.5)."""
   c = g2sf_config
   return (terms['separation'] + c.w_margin * terms['margin'] + c.w_scaling * terms['scaling']
           + c.w_alignment * terms['alignment'] + c.w_consistency * terms['consistency'] + c.w_l1 * terms['l1'])

@@ -1,4 +1,4 @@
-"""LSPN, the Local Scale Prediction Network, and the G²SF unified score (SPEC §4.4).
+"""LSPN, the Local Scale Prediction Network, and the G²SF unified score (algorithms.md §4.4).
 
 The LSPN maps a (patch, prototype) pair to two direction-aware scale factors `w = (w^R, w^P) ∈ (e⁻¹, e)²`; the global
 scale θ ∈ ℝ² gives the per-modality weights σ. Modality order is (RGB, point) everywhere, as in the reference.
@@ -56,27 +56,28 @@ def init_params(model: LSPN, key: jax.Array, feature_dim: int) -> Any:
 
 
 def direction(f: jax.Array, m: jax.Array) -> jax.Array:
-  """`5·(f−m)/max(‖f−m‖₂, 1e-3)` over the joint vector (SPEC §4.4, §4.7: joint, not per modality). [B,D]→[B,D]."""
+  """`5·(f−m)/max(‖f−m‖₂, 1e-3)` over the joint vector (algorithms.md §4.4, §4.7: joint, not per modality). [B,D]→[B,D].
+  """
   diff = f - m
   norm = jnp.sqrt(jnp.sum(diff * diff, axis=-1, keepdims=True))
   return 5.0 * diff / jnp.maximum(norm, 1e-3)
 
 
 def global_scale(theta: jax.Array) -> jax.Array:
-  """σ = L1-normalise((1 + tanh θ)/2); θ [2] → σ [2], [0.5, 0.5] at θ = 0 (SPEC §4.4)."""
+  """σ = L1-normalise((1 + tanh θ)/2); θ [2] → σ [2], [0.5, 0.5] at θ = 0 (algorithms.md §4.4)."""
   s = (1.0 + jnp.tanh(theta)) / 2.0
   return s / jnp.maximum(jnp.sum(jnp.abs(s)), 1e-12)
 
 
 def modality_distances(f: jax.Array, m: jax.Array, rgb_dim: int) -> jax.Array:
-  """`F.pairwise_distance` per modality, i.e. ‖f^m − m^m + 1e-6‖₂: [B,D], [B,D] → [B,2] (SPEC §4.4)."""
+  """`F.pairwise_distance` per modality, i.e. ‖f^m − m^m + 1e-6‖₂: [B,D], [B,D] → [B,2] (algorithms.md §4.4)."""
   diff = f - m + 1e-6
   sq = diff * diff
   return jnp.sqrt(jnp.stack([jnp.sum(sq[..., :rgb_dim], -1), jnp.sum(sq[..., rgb_dim:], -1)], -1))
 
 
 def unified_score(dist: jax.Array, w: jax.Array, sigma: jax.Array, mu: jax.Array) -> jax.Array:
-  """`l = Σ_m σ^m w^m dist^m / μ^m`: [B,2] distances and scales → [B] (SPEC §4.1)."""
+  """`l = Σ_m σ^m w^m dist^m / μ^m`: [B,2] distances and scales → [B] (algorithms.md §4.1)."""
   return jnp.sum(sigma * w * dist / mu, axis=-1)
 
 
@@ -88,7 +89,7 @@ _TORCH_NAMES = {
 
 
 def params_from_torch(state_dict: Mapping[str, Any], prefix: str = '') -> dict:
-  """Converts a `MultiModalGateNet` state dict (SPEC §4.4 keys) into LSPN params.
+  """Converts a `MultiModalGateNet` state dict (algorithms.md §4.4 keys) into LSPN params.
 
   `prefix` is what precedes the documented keys in the file (e.g. 'model.'); a missing key raises KeyError naming it.
   """
@@ -100,12 +101,12 @@ def params_from_torch(state_dict: Mapping[str, Any], prefix: str = '') -> dict:
       try:
         weight, bias = state_dict[base + '.weight'], state_dict[base + '.bias']
       except KeyError as e:
-        raise KeyError(f'LSPN state dict lacks {e.args[0]!r} (expected SPEC §4.4 key names)') from None
+        raise KeyError(f'LSPN state dict lacks {e.args[0]!r} (expected algorithms.md §4.4 key names)') from None
       params[module][layer] = {'kernel': jnp.asarray(np.asarray(weight, np.float32).T),
                                'bias': jnp.asarray(np.asarray(bias, np.float32))}
   return params
 
 
 def kernels(params: Any) -> Sequence[jax.Array]:
-  """The six weight matrices (no biases), for the L1 penalty (SPEC §4.5c)."""
+  """The six weight matrices (no biases), for the L1 penalty (algorithms.md §4.5c)."""
   return [params[m][layer]['kernel'] for m in _TORCH_NAMES for layer in ('hidden', 'out')]

@@ -1,8 +1,8 @@
-"""G²SF as a method: PatchCore's banks → synthetic fusion data → LSPN training → the FUS row (SPEC §4).
+"""G²SF as a method: PatchCore's banks → synthetic fusion data → LSPN training → the FUS row (algorithms.md §4).
 
-Stages: `patchcore/banks` (shared with the plain rows), `g2sf/fusion_data` (SPEC §4.2–4.3) and `g2sf/train`
-(SPEC §4.5). Rows: IMG, PCD and FUS; with one modality only there is nothing to fuse and the method reduces to
-that modality's PatchCore row. The scorer reuses the anchors of the IMG/PCD search for FUS (SPEC §4.6).
+Stages: `patchcore/banks` (shared with the plain rows), `g2sf/fusion_data` (algorithms.md §4.2–4.3) and `g2sf/train`
+(algorithms.md §4.5). Rows: IMG, PCD and FUS; with one modality only there is nothing to fuse and the method reduces to
+that modality's PatchCore row. The scorer reuses the anchors of the IMG/PCD search for FUS (algorithms.md §4.6).
 """
 import dataclasses
 import functools
@@ -41,7 +41,7 @@ class _Subset(Sequence):
 
 
 def _anomaly_sources(ctx: base.StageContext) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
-  """SPEC §4.2: `synthesis.num_sources` preprocessed training clouds per class, pooled over the stage's classes
+  """algorithms.md §4.2: `synthesis.num_sources` preprocessed training clouds per class, pooled over the stage's classes
   (`synthesis.source_classes`, or the run's: the reference pools every class of the dataset).
 
   Returns the source names ('class/split/…') and where each lies (class, row of its training split); the list is
@@ -115,7 +115,7 @@ def _opened(plan: _SynthesisPlan):
 
 
 def _synthesize(plan: _SynthesisPlan, index: int) -> dict:
-  """Synthetic anomaly `index` of `plan` → its model input (SPEC §4.2.8 resizing)."""
+  """Synthetic anomaly `index` of `plan` → its model input (algorithms.md §4.2.8 resizing)."""
   from g2sf_jax.methods.g2sf import synthesis
   hosts, load_source = _opened(plan)
   made = synthesis.synthesize_indexed(hosts, load_source, plan.sources, plan.class_name, plan.profile, plan.seed,
@@ -128,7 +128,7 @@ def _placed_coresets(ctx: base.ScorerContext, banks: Mapping[str, memory_bank.Mo
 
 
 def build_fusion_data(ctx: base.StageContext) -> dict:
-  """SPEC §4.2–4.3: `synthesis.num_anomalies` synthetic anomalies → their foreground patch rows."""
+  """algorithms.md §4.2–4.3: `synthesis.num_anomalies` synthetic anomalies → their foreground patch rows."""
   c = ctx.config
   banks = patchcore.load_banks(ctx)
   hosts = _hosts(ctx, ctx.samples('train', full=True))
@@ -156,7 +156,7 @@ def build_fusion_data(ctx: base.StageContext) -> dict:
 
 
 def train_fuser(ctx: base.StageContext) -> dict:
-  """SPEC §4.5: the LSPN and θ on the class's fusion data; the best epoch is kept in `best/`."""
+  """algorithms.md §4.5: the LSPN and θ on the class's fusion data; the best epoch is kept in `best/`."""
   c = ctx.config
   banks = patchcore.load_banks(ctx)
   fused = fusion_dataset.load(ctx.dir('g2sf/fusion_data'))

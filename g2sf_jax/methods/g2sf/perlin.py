@@ -1,4 +1,5 @@
-"""2-D gradient (Perlin) noise on a regular lattice, the noise behind the synthetic-anomaly masks (SPEC §4.2.5)."""
+"""2-D gradient (Perlin) noise on a regular lattice, the noise behind the synthetic-anomaly masks (algorithms.md
+§4.2.5)."""
 import numpy as np
 
 

@@ -1,9 +1,9 @@
-"""Synthetic anomalies for training the fusion (SPEC §4.2): Perlin-shaped cut-and-paste of a donor's augmented RGB
-and an anomaly-source cloud's points into an augmented normal training sample.
+"""Synthetic anomalies for training the fusion (algorithms.md §4.2): Perlin-shaped cut-and-paste of a donor's augmented
+RGB and an anomaly-source cloud's points into an augmented normal training sample.
 
-Everything runs at the stored (full) resolution on `data.load_split_full` samples; the caller resizes the result as
-in SPEC §1.4. All randomness comes from one `numpy.random.Generator`, so a sample is reproducible from its seed; the
-streams cannot match the reference's torch/imgaug ones (SPEC §9.2).
+Everything runs at the stored (full) resolution on `data.load_split_full` samples; the caller resizes the result as in
+algorithms.md §1.4. All randomness comes from one `numpy.random.Generator`, so a sample is reproducible from its seed;
+the streams cannot match the reference's torch/imgaug ones (algorithms.md §9.2).
 
 Photometric donor augmentations (the reference's imgaug list, 3 distinct per donor; imgaug is unmaintained):
   AverageBlur(k=50)                    → cv2.blur 50×50 (what imgaug calls; albumentations' Blur forces odd kernels)
@@ -26,8 +26,8 @@ from scipy import ndimage
 from g2sf_jax.data import transforms
 from g2sf_jax.methods.g2sf.perlin import perlin_2d
 
-MILD_AUGMENTATION_CLASSES = ('dowel', 'tire', 'foam', 'rope', 'cable_gland')  # SPEC §4.2.2
-MIN_COMPONENT, MAX_COMPONENT, MIN_TOTAL = 100, 1600, 300  # pixels at the Perlin resolution (SPEC §4.2.5)
+MILD_AUGMENTATION_CLASSES = ('dowel', 'tire', 'foam', 'rope', 'cable_gland')  # algorithms.md §4.2.2
+MIN_COMPONENT, MAX_COMPONENT, MIN_TOTAL = 100, 1600, 300  # pixels at the Perlin resolution (algorithms.md §4.2.5)
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 
@@ -40,7 +40,7 @@ def select_anomaly_sources(train_xyz: Mapping[str, Sequence[str]], count: int, s
   """Per class (in the mapping's order): the sorted train xyz paths, shuffled by one seeded stream, first `count`.
 
   `usable(path)` skips a cloud that cannot supply an anomaly (too few valid points); the next in the shuffled order
-  takes its place. The caller saves the list as JSON (`anomaly_source_path.json`, SPEC §4.2).
+  takes its place. The caller saves the list as JSON (`anomaly_source_path.json`, algorithms.md §4.2).
   """
   rng = np.random.default_rng(seed)
   chosen = []
@@ -62,7 +62,8 @@ def select_anomaly_sources(train_xyz: Mapping[str, Sequence[str]], count: int, s
 
 
 def can_host_anomaly(xyz: np.ndarray, perlin_size: int = 512) -> bool:
-  """Whether a cloud has enough valid points for a Perlin anomaly mask (≥ 300 px at `perlin_size`², SPEC §4.2.5).
+  """Whether a cloud has enough valid points for a Perlin anomaly mask (≥ 300 px at `perlin_size`², algorithms.md
+  §4.2.5).
 
   An empty or nearly empty cloud can neither receive nor supply one; drawing it would only exhaust the attempts.
   """
@@ -71,12 +72,12 @@ def can_host_anomaly(xyz: np.ndarray, perlin_size: int = 512) -> bool:
 
 
 def foreground(xyz: np.ndarray) -> np.ndarray:
-  """All three coordinates non-zero (SPEC §1.4): `[..., 3]` → bool `[...]`."""
+  """All three coordinates non-zero (algorithms.md §1.4): `[..., 3]` → bool `[...]`."""
   return np.asarray(transforms.valid_mask(xyz))
 
 
 def torch_nearest(x: np.ndarray, height: int, width: int) -> np.ndarray:
-  """torch legacy `interpolate(mode='nearest')` to `[height, width, ...]` (SPEC §1.4, §4.2.4)."""
+  """torch legacy `interpolate(mode='nearest')` to `[height, width, ...]` (algorithms.md §1.4, §4.2.4)."""
   rows = transforms.nearest_indices_torch(x.shape[0], height)
   cols = transforms.nearest_indices_torch(x.shape[1], width)
   return x[rows[:, None], cols[None, :]]
@@ -101,7 +102,8 @@ def _rotate(image: np.ndarray, angle: float, interpolation: int) -> np.ndarray:
 
 def perlin_mask(fg: np.ndarray, rng: np.random.Generator, *, perlin_size: int = 512, threshold: float = 0.4,
                 threshold_schedule: bool = False, skip_last_label: bool = True, max_attempts: int = 2000) -> np.ndarray:
-  """Perlin blobs on the foreground, as `random_perlin_mask` (SPEC §4.2.5): bool `[H, W]` → uint8 {0,1} `[H, W]`.
+  """Perlin blobs on the foreground, as `random_perlin_mask` (algorithms.md §4.2.5): bool `[H, W]` → uint8 {0,1} `[H,
+  W]`.
 
   The mask is drawn at `perlin_size`² (the reference's 512; the component rules count pixels there): lattice
   scales 2^U{0..4} per axis, rotation U(±90°) bilinear, `noise > threshold`, AND fg, keep 4-connected components of
@@ -127,7 +129,8 @@ def perlin_mask(fg: np.ndarray, rng: np.random.Generator, *, perlin_size: int = 
 
 
 def geometric_params(class_name: str, profile: str) -> dict:
-  """The class-specific torchvision chain's ranges (SPEC §4.2.2); `profile` is the dataset kind's `synthesis`."""
+  """The class-specific torchvision chain's ranges (algorithms.md §4.2.2); `profile` is the dataset kind's `synthesis`.
+  """
   if profile == 'eyecandies':
     return dict(degrees=90, flips=True, translate=0.025, scale=(0.9, 1.1))
   if class_name in MILD_AUGMENTATION_CLASSES:
@@ -137,7 +140,7 @@ def geometric_params(class_name: str, profile: str) -> dict:
 
 def geometric_augment(stack: np.ndarray, class_name: str, profile: str, rng: np.random.Generator) -> np.ndarray:
   """RandomRotation → [HFlip → VFlip] → RandomAffine(translate, scale) with one set of parameters for all channels
-  of `stack [H, W, C]` (rgb | xyz | xyz_orig), nearest interpolation, fill 0 (SPEC §4.2.2)."""
+  of `stack [H, W, C]` (rgb | xyz | xyz_orig), nearest interpolation, fill 0 (algorithms.md §4.2.2)."""
   p = geometric_params(class_name, profile)
   h, w = stack.shape[:2]
   out = np.ascontiguousarray(stack, np.float32)
@@ -257,7 +260,7 @@ def _shift_target(n_fg: np.ndarray, comp: np.ndarray, rng: np.random.Generator):
 
 def cut_paste(n_img: np.ndarray, n_xyz: np.ndarray, n_xyz_orig: np.ndarray, n_fg: np.ndarray, comp: np.ndarray,
               a_img: np.ndarray, a_xyz: np.ndarray, rng: np.random.Generator):
-  """Pastes one component (`cut_paste_scc`, SPEC §4.2.6); returns (n_img, n_xyz, pasted target mask).
+  """Pastes one component (`cut_paste_scc`, algorithms.md §4.2.6); returns (n_img, n_xyz, pasted target mask).
 
   In place when > 2/3 of it is on `n_fg` (RGB blended with ratio U(0,0.5) of the normal image), otherwise shifted
   (RGB fully replaced). Points: re-centred, ±U(2e-4,2e-3) on all three coordinates, x/y from the original cloud.
@@ -292,13 +295,13 @@ def cut_paste(n_img: np.ndarray, n_xyz: np.ndarray, n_xyz_orig: np.ndarray, n_fg
 def synthesize(normal: Mapping[str, Any], donor: Mapping[str, Any], source_xyz: np.ndarray, class_name: str,
                profile: str, rng: np.random.Generator, *, source_name: str = '', perlin_size: int = 512,
                skip_last_label: bool = True) -> dict:
-  """One synthetic anomaly (SPEC §4.2 steps 2–7) from full-resolution `load_split_full` samples.
+  """One synthetic anomaly (algorithms.md §4.2 steps 2–7) from full-resolution `load_split_full` samples.
 
   normal/donor: {'rgb' uint8 [S,S,3], 'xyz' [S,S,3], 'xyz_orig' [S,S,3]} (the donor needs rgb and xyz); source_xyz
   [H',W',3] an anomaly-source cloud, `source_name` its path (Eyecandies lowers the threshold for *Cane*/*Loll*).
   Returns {'rgb' uint8 [S,S,3], 'xyz' float32 [S,S,3], 'mask' uint8 [S,S] in {0, 255}}.
   """
-  eyecandies = profile == 'eyecandies'  # the rules marked E in SPEC §4.2
+  eyecandies = profile == 'eyecandies'  # the rules marked E in algorithms.md §4.2
   s = normal['rgb'].shape[:2]
   stack = np.concatenate([normal['rgb'].astype(np.float32), normal['xyz'], normal['xyz_orig']], -1)
   stack = geometric_augment(stack, class_name, profile, rng)
@@ -324,7 +327,7 @@ def synthesize(normal: Mapping[str, Any], donor: Mapping[str, Any], source_xyz: 
       continue
     n_img, n_xyz, pasted = cut_paste(n_img, n_xyz, n_xyz_orig, n_fg, comp, a_img, source, rng)
     final |= pasted
-  if eyecandies:  # SPEC §4.2.7
+  if eyecandies:  # algorithms.md §4.2.7
     n_img = np.where(n_fg[..., None], n_img, 0).astype(np.uint8)
     n_xyz = np.where(n_fg[..., None], n_xyz, 0)
     final &= n_fg
@@ -336,8 +339,8 @@ def synthesize_indexed(train: Sequence[Mapping[str, Any]], load_source: Callable
                        max_redraws: int = 10, **kwargs) -> dict:
   """Synthetic sample `index` of a class, reproducible from (seed, index) alone (so fusion-data chunks can resume).
 
-  Draws the normal sample, a different donor and an anomaly source uniformly (SPEC §4.2 steps 1, 3, 4); a triple
-  without an acceptable mask is redrawn. `load_source(i)` returns source cloud i of `source_names`.
+  Draws the normal sample, a different donor and an anomaly source uniformly (algorithms.md §4.2 steps 1, 3, 4); a
+  triple without an acceptable mask is redrawn. `load_source(i)` returns source cloud i of `source_names`.
   """
   rng = np.random.default_rng([seed, index])
   for _ in range(max_redraws):

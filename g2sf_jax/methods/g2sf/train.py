@@ -1,4 +1,4 @@
-"""LSPN + global-scale training on the synthetic fusion dataset (SPEC §4.5).
+"""LSPN + global-scale training on the synthetic fusion dataset (algorithms.md §4.5).
 
 Data parallel: the jitted step takes the batch sharded over the device mesh and everything else replicated, so the
 losses that mix rows (L_mar's max/min, L_cma's permutations, L_cns's B×B broadcast) see the whole global batch. The
@@ -45,7 +45,8 @@ class FusionState:
 
 
 def make_optimizer(g2sf_config) -> optax.GradientTransformation:
-  """Torch `Adam(weight_decay)` (L2 added to the gradient) for the LSPN and, with its own lr, for θ (SPEC §4.5c.6)."""
+  """Torch `Adam(weight_decay)` (L2 added to the gradient) for the LSPN and, with its own lr, for θ (algorithms.md
+  §4.5c.6)."""
   c = g2sf_config
   adam = lambda lr: optax.chain(optax.add_decayed_weights(c.weight_decay), optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8))
   labels = lambda p: {'lspn': jax.tree.map(lambda _: 'lspn', p['lspn']), 'theta': 'theta'}
@@ -53,7 +54,7 @@ def make_optimizer(g2sf_config) -> optax.GradientTransformation:
 
 
 def batch_size(num_rows: int, requested: int) -> int:
-  """`min(int(0.7·M)//20, batch_size)` (SPEC §4.5a)."""
+  """`min(int(0.7·M)//20, batch_size)` (algorithms.md §4.5a)."""
   b = min(int(0.7 * num_rows) // 20, requested)
   if b < 2:
     raise DataError(f'fusion dataset too small: {num_rows} rows give a batch of {b} (at least 2 needed)')
@@ -101,7 +102,7 @@ def _rng(key: jax.Array, *path: int) -> np.random.Generator:
 
 
 def _add_noise(key: jax.Array, x: jax.Array, mu: jax.Array, rgb_dim: int) -> jax.Array:
-  """`x += u/‖u‖·r` per modality, `u ~ U[0,1)^D` (non-negative), `r ~ U[0, 0.1·μ^m)` per row (SPEC §4.5c.2)."""
+  """`x += u/‖u‖·r` per modality, `u ~ U[0,1)^D` (non-negative), `r ~ U[0, 0.1·μ^m)` per row (algorithms.md §4.5c.2)."""
   parts = []
   for i, (sl, k) in enumerate(zip((slice(None, rgb_dim), slice(rgb_dim, None)), jax.random.split(key, 2))):
     ku, kr = jax.random.split(k)
@@ -125,7 +126,7 @@ def _prototypes(coresets: tuple[jax.Array, jax.Array], anchor_idx: jax.Array, ra
 
 def loss_terms(model: lspn.LSPN, params: Any, batch: dict, coresets, mu: jax.Array, margin: jax.Array,
                key: jax.Array, g2sf_config) -> dict:
-  """The six loss terms of one training step, 12 LSPN forwards with fresh dropout masks (SPEC §4.5c)."""
+  """The six loss terms of one training step, 12 LSPN forwards with fresh dropout masks (algorithms.md §4.5c)."""
   c = g2sf_config
   rgb_dim = coresets[0].shape[1]
   anchor = c.anchor
@@ -171,7 +172,8 @@ def loss_terms(model: lspn.LSPN, params: Any, batch: dict, coresets, mu: jax.Arr
 
 
 def val_terms(model: lspn.LSPN, params: Any, batch: dict, coresets, mu: jax.Array, margin: jax.Array) -> dict:
-  """Validation (SPEC §4.5d): eval mode, no noise, only m_0; unweighted L_sep and L_mar, plus l_0 for the AUROC."""
+  """Validation (algorithms.md §4.5d): eval mode, no noise, only m_0; unweighted L_sep and L_mar, plus l_0 for the
+  AUROC."""
   rgb_dim = coresets[0].shape[1]
   f = batch['feature']
   m0 = _prototypes(coresets, batch['anchor_idx'], 1)[:, 0]
@@ -256,7 +258,7 @@ def _table_on_device(data: 'FusionData', mesh: Mesh, on_device: bool | None) -> 
 def train(config, data: 'FusionData', coresets: tuple[np.ndarray, np.ndarray], workdir, key: jax.Array, *,
           mesh: Mesh, on_epoch_end: Callable[[int, dict], None] | None = None,
           data_on_device: bool | None = None) -> FusionState:
-  """Trains (or resumes training of) the LSPN and θ; returns the best-validation state (SPEC §4.5).
+  """Trains (or resumes training of) the LSPN and θ; returns the best-validation state (algorithms.md §4.5).
 
   `coresets = (img [K_R, D_R], pcd [K_P, D_P])`, normalised as the fusion features. `on_epoch_end(epoch, metrics)`
   is called after each finished epoch (after its state is saved). Re-running with the same inputs resumes from
@@ -318,7 +320,7 @@ def train(config, data: 'FusionData', coresets: tuple[np.ndarray, np.ndarray], w
       steps.append(terms)
     outputs = steps.fetch()
     metrics = {k: sum(float(o[k]) for o in outputs) / max(len(outputs), 1) for k in (outputs[0] if outputs else {})}
-    if epoch > 0:  # SPEC §4.5d: the reference's epoch counter skips the first validation
+    if epoch > 0:  # algorithms.md §4.5d: the reference's epoch counter skips the first validation
       batches = balanced_batches(val_rows, label, batch, _rng(key, 4, epoch))
       vals = distributed.StepOutputs()
       for rows in batches:

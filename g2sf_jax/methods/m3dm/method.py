@@ -91,7 +91,7 @@ def build_banks(ctx: base.StageContext) -> dict:
 
 
 class BankScorer:
-  """The three banks' PatchCore results (SPEC §3.3 with M3DM's re-weighting) and the DLF inputs."""
+  """The three banks' PatchCore results (algorithms.md §3.3 with M3DM's re-weighting) and the DLF inputs."""
 
   def __init__(self, banks: dict[str, memory_bank.ModalityBank], uff_params, config: ml_collections.ConfigDict,
                mesh):

@@ -46,7 +46,7 @@ def scrambled_rgb_index(grid: int = 56) -> np.ndarray:
 
 
 def aligned_rgb_index(grid: int = 56) -> np.ndarray:
-  """[grid²] indices into the (grid/2)² RGB patches under point patch k (nearest 2× upsampling, SPEC §2.5)."""
+  """[grid²] indices into the (grid/2)² RGB patches under point patch k (nearest 2× upsampling, algorithms.md §2.5)."""
   k = np.arange(grid * grid)
   return (k // grid // 2) * (grid // 2) + (k % grid) // 2
 

@@ -1,8 +1,8 @@
-"""PatchCore per modality: the IMG and PCD rows (SPEC §3), and the banks G²SF and M3DM build on.
+"""PatchCore per modality: the IMG and PCD rows (algorithms.md §3), and the banks G²SF and M3DM build on.
 
 Stage `banks`: every train sample's patch features → one memory bank per modality (IMG normalised by its scalar
-mean/std, PCD raw, SPEC §3.1) → greedy coreset (SPEC §3.2). The scorer searches each test patch's nearest coreset
-rows (SPEC §3.3) and keeps the anchors, so G²SF's fusion reuses the same search.
+mean/std, PCD raw, algorithms.md §3.1) → greedy coreset (algorithms.md §3.2). The scorer searches each test patch's
+nearest coreset rows (algorithms.md §3.3) and keeps the anchors, so G²SF's fusion reuses the same search.
 """
 from typing import Mapping
 
@@ -82,7 +82,7 @@ class PatchCoreScorer:
     return out
 
   def search(self, normalised: Mapping[str, np.ndarray]) -> dict[str, list[memory_bank.UnimodalResult]]:
-    """SPEC §3.3 per bank: each sample's image score, map and `num_anchors` nearest coreset rows per patch."""
+    """algorithms.md §3.3 per bank: each sample's image score, map and `num_anchors` nearest coreset rows per patch."""
     return {name: memory_bank.unimodal_scores_batch(x, self.placed[name], blur=self.blur,
                                                     num_anchors=self.num_anchors)
             for name, x in normalised.items()}

@@ -106,7 +106,7 @@ def test_build_from_synthetic_anomalies(tmp_path):
   train = [_disc_sample(i) for i in range(3)]
   sources = [_disc_sample(9)['xyz']]
 
-  def make(indices):  # seeded synthesis → SPEC §1.4 resizing → 4×4-pooled pixels standing in for the backbones
+  def make(indices):  # seeded synthesis → algorithms.md §1.4 resizing → 4×4-pooled pixels standing in for the backbones
     made = [synthesis.synthesize_indexed(train, lambda i: sources[i], ['s.tiff'], 'bagel', 'mvtec3d', 0, int(i))
             for i in indices]
     rgb = np.stack([transforms.resize_rgb(s['rgb']) for s in made])

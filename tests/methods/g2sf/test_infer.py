@@ -24,7 +24,7 @@ def _setup(seed=0):
 
 
 def _torch_scores(tm, state, f, protos, background):
-  """Reference fused score: per rank j, torch LSPN + pairwise_distance; background w := 1 (SPEC §4.6)."""
+  """Reference fused score: per rank j, torch LSPN + pairwise_distance; background w := 1 (algorithms.md §4.6)."""
   sig = torch_g2sf.sigma(torch.from_numpy(state.theta))
   mu = torch.from_numpy(state.mu)
   ls, ws = [], []

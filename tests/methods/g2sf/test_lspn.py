@@ -51,7 +51,7 @@ def test_init_statistics_and_sigma_start():
   b2 = np.asarray(params['regressor']['out']['bias'])
   assert np.abs(b2).max() <= 1 / np.sqrt(256) and b2.shape == (2,)
   n = sum(x.size for x in jax.tree.leaves(params))
-  assert abs(n - 2.16e6) < 0.01e6  # SPEC §4.4
+  assert abs(n - 2.16e6) < 0.01e6  # algorithms.md §4.4
   np.testing.assert_array_equal(np.asarray(lspn.global_scale(jnp.zeros(2))), [0.5, 0.5])
 
 

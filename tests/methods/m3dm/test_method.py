@@ -67,7 +67,7 @@ def test_bank_scores_match_the_torch_reference(tmp_path):
       assert float(got.image_score) == pytest.approx(s.item(), rel=1e-4), name
       grid = 28 if name == 'rgb' else 56
       up = torch_m3dm.upsample224(torch.from_numpy(got.min_dist), grid).numpy()
-      np.testing.assert_array_equal(got.map224, memory_bank.score_map(got.min_dist))  # blurred (SPEC §3.3)
+      np.testing.assert_array_equal(got.map224, memory_bank.score_map(got.min_dist))  # blurred (algorithms.md §3.3)
       np.testing.assert_allclose(memory_bank.score_map(got.min_dist, blur='none'), up, rtol=1e-5, atol=1e-6)
   s, maps = scorer.dlf_inputs(results)
   assert s.shape == (2, 3) and maps.shape == (2 * 224 * 224, 3)
