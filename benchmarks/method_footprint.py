@@ -79,7 +79,7 @@ def measure(workdir: str, class_name: str, method: str, repeats: int) -> dict:
 def full_size_state(full_train: int, fraction: float = 0.1) -> list[tuple[str, str]]:
   """G²SF's coresets against CFM's two MLPs for one class of `full_train` training samples at the paper's sizes:
   IMG 784 × 768 and PCD 3136 × 1152 patch features per sample (algorithms.md §2), 10% coresets, float32; CFM's MLPs map
-  768 ↔ 1152 through two hidden layers of (in + out) // 2 units (`models/cfm_mlp.py`)."""
+  768 ↔ 1152 through two hidden layers of (in + out) // 2 units (`methods/cfm/mlp.py`)."""
   img, pcd = int(full_train * 784 * fraction), int(full_train * 3136 * fraction)
   bank = (img * 768 + pcd * 1152) * 4
   hidden = (768 + 1152) // 2

@@ -18,7 +18,7 @@ from references import torch_point_mae
 def knn_group(points: torch.Tensor, num_group: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
   """PointMAE `Group` on one cloud `points [N, 3]` → (neighborhood [G, K, 3], centers [G, 3]) (algorithms.md §2.2).
 
-  FPS is the pointnet2 loop in torch ops (tests/references); kNN is brute force `cdist` + `topk(largest=False)`.
+  FPS is the pointnet2 loop in torch ops (references/); kNN is brute force `cdist` + `topk(largest=False)`.
   """
   idx = torch_point_mae.fps(points, num_group)
   centers = points[idx]
@@ -80,7 +80,7 @@ def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tup
 class LspnTrainer:
   """One G²SF training step in PyTorch (algorithms.md §4.5c): LSPN forward ×12, the six losses, backward, two Adams.
 
-  Built from tests/references/torch_g2sf (GateNet and the loss functions, reference shapes included: the [B,1] − [B]
+  Built from references/torch_g2sf (GateNet and the loss functions, reference shapes included: the [B,1] − [B]
   broadcast of L_cns). The coresets `[K_R, D_R]`, `[K_P, D_P]` are fixed; each step takes `feature [B, D_R+D_P]`,
   `anchor_idx [B, 2·num_columns]` (R columns, then P columns) and `normal [B]` bool.
   """

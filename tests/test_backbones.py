@@ -1,7 +1,7 @@
 """The backbone registry (docs/interfaces.md "Backbones"): loading, errors, and PointMAE pixel features end to end.
 
 The PointMAE backbone is checked against a composition of independent references: the PyTorch encoder and grouping in
-tests/references, a float64 NumPy IDW (as G²SF computes it, algorithms.md §2.4), and a NumPy scatter to the pixel plane.
+references/, a float64 NumPy IDW (as G²SF computes it, algorithms.md §2.4), and a NumPy scatter to the pixel plane.
 """
 import os
 import subprocess

@@ -1,5 +1,5 @@
 """Mesh and row-sharding helpers (the single device of the test process; 8 devices are covered in
-tests/test_memory_bank.py::test_knn_one_vs_eight_devices)."""
+tests/memory_bank/test_search.py::test_knn_one_vs_eight_devices)."""
 import types
 
 import jax

@@ -2,8 +2,8 @@
 
 Run: python -m experiments.run --config eyecandies --config.raw_dir=/path/to/Eyecandies
 Needs the converted checkpoints (python -m ports.dino_vit …, python -m ports.point_mae …).
-Target (paper, FUS row, mean of 10 classes): I-AUROC 90.2, P-AUROC 98.2, AUPRO@30% 89.8, AUPRO@1% 35.7.
-Not measured here: the weights and the data are not on this machine.
+Expected (paper, FUS row, mean of 10 classes): I-AUROC 90.2, P-AUROC 98.2, AUPRO@30% 89.8, AUPRO@1% 35.7.
+Time: of the order of the mvtec config per class (BENCHMARKS.md, full-size rehearsal); run it on an accelerator.
 """
 from experiments.configs import common
 

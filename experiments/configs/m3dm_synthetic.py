@@ -2,15 +2,13 @@
 
 Run: python -m experiments.run --config m3dm_synthetic
 Shares runs/synthetic with the G²SF default (`make run`): it reuses the prepared data and extracted features and
-adds its own stages. The UFF schedule is shortened for this CPU (40 updates of 8 samples instead of the paper's
-750 of 256), and UFF training patches are those with any non-zero FPFH bin (`m3dm.uff_keep='foreground'`: FPFH
-histograms have empty bins, so the reference's "no exact zero" rule, made for PointMAE, would keep none);
-everything else is the reference's.
-Time here: 1.2 min after `make run` (UFF, banks, DLF and evaluation per class), on the idle 2-core machine
-(1.5–2.1 min on earlier ones). Scores measured on 2026-12-07 (mean of cube, cylinder, torus; I-AUROC / P-AUROC /
-AUPRO@30% / AUPRO@1%), seed 0: M3DM 0.762 / 0.965 / 0.877 / 0.242 (its IMG 0.674 / 0.924 / 0.798 / 0.216, PCD
-0.815 / 0.977 / 0.891 / 0.319); seed 1: M3DM 0.725 / 0.947 / 0.850 / 0.193. Below its PCD row at this shortened
-UFF schedule; README table (also for the 2026-12-02 numbers, which no longer reproduce).
+adds its own stages. The UFF schedule is shortened for a CPU (40 updates of 8 samples instead of the paper's 750 of
+256), and UFF training patches are those with any non-zero FPFH bin (`m3dm.uff_keep='foreground'`: FPFH histograms
+have empty bins, so the reference's "no exact zero" rule, made for PointMAE, would keep none); everything else is
+the reference's.
+Time on a 2-core CPU: ~1.2 min after `make run`.
+Expected (mean of cube, cylinder, torus; I-AUROC / P-AUROC / AUPRO@30% / AUPRO@1%): seed 0 M3DM 0.762 / 0.965 /
+0.877 / 0.242; seed 1 0.725 / 0.947 / 0.850 / 0.193. Below its own PCD row at this shortened schedule.
 """
 from experiments.configs import synthetic
 

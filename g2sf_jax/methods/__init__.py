@@ -1,6 +1,6 @@
 """The registry of detection methods (`config.method`): adding a method is a folder or module here and one line.
 
-Each entry implements `base.Method` (rows, stages, scorer); the runner (`experiments.pipeline`) and the detector
+Each entry implements `base.Method` (rows, stages, scorer); the runner (`experiments.runner`) and the detector
 (`g2sf_jax.detector`) are generic over them.
 """
 from g2sf_jax.errors import ConfigError

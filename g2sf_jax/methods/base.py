@@ -64,7 +64,7 @@ class ScorerContext(Protocol):
 
 
 class StageContext(ScorerContext, Protocol):
-  """What running a stage needs, provided by the runner (`experiments.pipeline`).
+  """What running a stage needs, provided by the runner (`experiments.runner`).
 
   `class_name` is '' for a dataset-scope stage; `classes` are the classes it pools over (`Stage.pool`; by default
   the run's); `out_dir` is this stage's fresh

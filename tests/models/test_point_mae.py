@@ -1,4 +1,4 @@
-"""PointMAE encoder (algorithms.md §2.2, §2.3) against the PyTorch reference in tests/references, weights via the real
+"""PointMAE encoder (algorithms.md §2.2, §2.3) against the PyTorch reference in references/, weights via the real
 port."""
 import time
 
