@@ -106,7 +106,7 @@ def overrides(args: argparse.Namespace, checkpoints: dict[str, Path]) -> dict:
 
 
 def stage_names_and_markers(fields: dict) -> list[tuple[str, Path]]:
-  """(stage name, its completion marker) in graph order, for the class, from the same config the runs use."""
+  """(stage name, the file its publication writes) in graph order, for the class, from the config the runs use."""
   from experiments import stages
   from experiments.configs import mvtec
   from g2sf_jax import methods
@@ -116,7 +116,7 @@ def stage_names_and_markers(fields: dict) -> list[tuple[str, Path]]:
   graph = stages.stage_graph(methods.get(config.method), config)
   wd = Workdir(config.workdir)
   scope = lambda stage: config.synthetic.classes if stage.scope == 'class' else ''
-  return [(s.name, wd.marker(s.folder(config), scope(s))) for s in graph]
+  return [(s.name, wd.home(s.folder(config), scope(s)).path / 'current.json') for s in graph]
 
 
 def _in_child(call: str) -> str:

@@ -46,21 +46,19 @@ def measure(workdir: str, class_name: str, method: str, repeats: int) -> dict:
   """One method, in this process: state bytes, scoring seconds per sample (median of `repeats`), peak RSS."""
   import numpy as np
   from benchmarks import timing
-  from experiments import stages
   from g2sf_jax import detector, features
   from g2sf_jax.data import prepared
   from g2sf_jax.methods import base
-  from g2sf_jax.workdir import Workdir
 
-  config = detector.load_config(workdir, method)
+  run = detector.Run(workdir, method)
+  config = run.config
   det = detector.Detector.load(workdir, class_name, method)  # CFM's scorer runs the point backbone itself
-  wd = Workdir(workdir)
   state = state_bytes(det.scorer)
-  feats = features.load_cached(wd.stage_dir(stages.stage_folder(config, 'extract'), class_name) / 'test')
+  feats = features.load_cached(run.output(class_name, 'extract') / 'test')
   wanted = base.scorer_inputs(det.scorer)
   inputs = None
   if wanted:
-    test = prepared.load_split(config.dataset, wd.data_dir, class_name, 'test')
+    test = prepared.load_split(config.dataset, run.output(class_name, 'prepare'), class_name, 'test')
     inputs = {k: np.stack([s[k] for s in test]) for k in wanted}
   n = next(iter(feats.values())).shape[0]
   batch = config.batch_size

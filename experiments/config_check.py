@@ -7,13 +7,12 @@ no field, with the closest ones.
 """
 import dataclasses
 import difflib
-import numbers
 from pathlib import Path
 
 import ml_collections
 
 from g2sf_jax import backbones, data, fpfh, memory_bank, methods
-from g2sf_jax.config_fields import choice, get, number
+from g2sf_jax.config_fields import choice, get, number, numbers_list
 from g2sf_jax.data import kind
 from g2sf_jax.errors import ConfigError, DataError
 from g2sf_jax.models import point_mae
@@ -29,6 +28,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   choice(config, 'point_backbone', backbones.POINT_BACKBONES)
   number(config, 'seed', integer=True)
   number(config, 'batch_size', 1, integer=True)
+  number(config, 'max_pixels', 64 * 64, integer=True)
   number(config, 'workers', 0, integer=True)
   _distributed(config)
   choice(config, 'point_mae.batchnorm', point_mae.BATCHNORM_MODES)
@@ -45,9 +45,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       number(config, 'metrics.aupro_thresholds', 2, integer=True)
     except ConfigError as e:
       raise ConfigError(f"{e}, or 'exact' for the full curve") from None
-  limits = get(config, 'metrics.aupro_limits')
-  if not limits or any(not isinstance(x, numbers.Real) or not 0 < x <= 1 for x in limits):
-    raise ConfigError(f'config.metrics.aupro_limits = {limits!r}: expected FPR limits in (0, 1]')
+  numbers_list(config, 'metrics.aupro_limits', low=0, high=1)
+  if 0 in get(config, 'metrics.aupro_limits'):
+    raise ConfigError('config.metrics.aupro_limits: expected FPR limits in (0, 1], got 0')
   fields = {f.name for f in dataclasses.fields(fpfh.FpfhParams)}
   unknown = set(get(config, 'fpfh')) - fields
   if unknown:

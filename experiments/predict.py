@@ -12,7 +12,7 @@ gets the numbers the evaluation gives it.
 One scan: prints the image score of every row as JSON and writes the anomaly map of the method's main row (FUS for
 G²SF) as an 8-bit PNG, 0 and 255 being the lowest and highest map values of the class's test set (so maps of
 different scans compare). `--size original` maps it back onto the input's pixels (undoing the square padding);
-`--overlay` also writes the map over the RGB; `--npy` the raw float map.
+`--overlay` also writes the map over the RGB; `--raw` the raw float map as a float32 TIFF.
 
 Several scans (`--scans` folders holding `rgb/*.png` and/or `xyz/*.tiff` paired by name, an Eyecandies `data/`
 folder, or several `--rgb` / `--xyz` / `--sample` values): one process, one compilation; `--out` is then a folder
@@ -20,18 +20,20 @@ that receives `scores.csv`, `scores.json` and `maps/<scan>.png`. A scan that can
 valid points, degenerate point features) is reported with status `unscorable` and its reason, never with a score.
 Compiled programs are kept in JAX's persistent cache (`$G2SF_HOME/jax_cache`), so later calls start faster.
 
-Outputs are checked before the model loads: none may be one of the scans' files or lie in a `--scans` folder, and
-an existing output is replaced only if it is what predict writes there (its maps carry a PNG text mark, its
-folders a marked `scores.json`, a `.npy` holds a 2-D float32 map); a results folder is replaced as a whole, so no
-map of an earlier call is left behind. Symbolic links are refused as outputs.
+Outputs are checked before the model loads: none may be one of the scans' files, lie in a `--scans` folder or in a
+work directory, and each must be writable; an existing output is replaced only if predict wrote it (its PNGs carry
+a text mark, its TIFFs a marked description, its folders a marked `scores.json`); a results folder is replaced as
+a whole, so no map of an earlier call is left behind. Symbolic links are refused as outputs.
 """
 import argparse
 import csv
 import dataclasses
 import io as stdio
 import json
+import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,7 @@ from ports import efficientnet_lite0
 # The tEXt chunk of every PNG predict writes, and the key of its scores.json: what it may replace on a later call.
 MARK = {'Software': 'g2sf-jax predict'}
 SCORES_MARK = 'g2sf_predict'
+RAW_MARK = 'g2sf-jax predict: raw anomaly map'  # the description of the float TIFF --raw writes
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -61,14 +64,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                                         'Eyecandies data/ folder)')
   p.add_argument('--out', required=True, help='one scan: the anomaly map PNG; several: the output folder')
   p.add_argument('--size', choices=('224', 'original'), default='224', help='size of the written maps')
+  p.add_argument('--max_pixels', type=int, default=io.MAX_PIXELS,
+                 help='refuse a scan whose files declare more pixels (checked before decoding)')
   p.add_argument('--overlay', default='', help='one scan: optional PNG of the map over the RGB')
-  p.add_argument('--npy', default='', help='one scan: optional .npy of the raw float map')
+  p.add_argument('--raw', default='', help='one scan: optional float32 TIFF of the raw map (unscaled scores)')
   return p.parse_args(argv)
-
-
-def trained_classes(workdir: Path, method: str) -> list[str]:
-  """The classes whose evaluation stage of `method` finished in `workdir`."""
-  return sorted(p.parent.parent.name for p in Workdir(workdir).root.glob(f'*/{method}/evaluate.done.json'))
 
 
 def _entries(args: argparse.Namespace, kind) -> list:
@@ -104,7 +104,7 @@ def _check_outputs(args: argparse.Namespace, entries: list, many: bool) -> None:
   """Fails before any work if an output would overwrite a scan, land in a scan folder, or replace a file or folder
   predict did not write (module docstring)."""
   if many:
-    given = [f for f, v in (('--overlay', args.overlay), ('--npy', args.npy)) if v]
+    given = [f for f, v in (('--overlay', args.overlay), ('--raw', args.raw)) if v]
     if args.size != '224':
       given.append('--size original')
     if given:
@@ -113,13 +113,13 @@ def _check_outputs(args: argparse.Namespace, entries: list, many: bool) -> None:
     if outputs['--out'].suffix.lower() == '.png':
       raise UserError(f'--out {args.out}: several scans write a folder (scores.csv, scores.json, maps/), not one PNG')
   else:
-    outputs = {flag: Path(v) for flag, v in (('--out', args.out), ('--overlay', args.overlay), ('--npy', args.npy))
+    outputs = {flag: Path(v) for flag, v in (('--out', args.out), ('--overlay', args.overlay), ('--raw', args.raw))
                if v}
     for flag, path in outputs.items():
-      suffix = '.npy' if flag == '--npy' else '.png'
-      if path.suffix.lower() != suffix or path.is_dir():
-        raise UserError(f'{flag} {path}: one scan writes {"its raw map" if flag == "--npy" else "a PNG"} to a '
-                        f'{suffix} file path')
+      suffixes = ('.tif', '.tiff') if flag == '--raw' else ('.png',)
+      if path.suffix.lower() not in suffixes or path.is_dir():
+        raise UserError(f'{flag} {path}: one scan writes {"its raw map" if flag == "--raw" else "a PNG"} to a '
+                        f'{suffixes[-1]} file path')
     if len({p.resolve() for p in outputs.values()}) < len(outputs):
       raise UserError(f'{", ".join(f"{f} {p}" for f, p in outputs.items())}: each output needs its own path')
   files, prefixes = set(), []
@@ -133,6 +133,10 @@ def _check_outputs(args: argparse.Namespace, entries: list, many: bool) -> None:
     if path.is_symlink():
       raise UserError(f'{flag} {path}: a symbolic link; name the file or folder it points to')
     target = path.resolve()
+    inside = Workdir.enclosing(target)
+    if inside is not None:
+      raise UserError(f'{flag} {path}: inside the work directory {inside}; predict never writes into a work '
+                      'directory (its outputs are the runs\' own)')
     if (target in files or any(target == d or d in target.parents for d in folders)
         or any(target.parent == d and target.name.startswith(pre) for d, pre in prefixes)):
       raise UserError(f'{flag} {path}: inside the scans being scored; predict never writes into the input data')
@@ -141,6 +145,20 @@ def _check_outputs(args: argparse.Namespace, entries: list, many: bool) -> None:
     if path.exists() and not _ours(path, flag, many):
       raise OutputExistsError(f'{flag} {path}: exists and was not written by predict; move it away or choose '
                               'another path')
+    _check_writable(flag, path)
+
+
+def _check_writable(flag: str, path: Path) -> None:
+  """Fails now, not after the model has loaded and scored, if the output's folder cannot take a new file."""
+  folder = path.absolute().parent
+  while not folder.exists():
+    folder = folder.parent
+  try:
+    fd, probe = tempfile.mkstemp(dir=folder, prefix='.g2sf-probe.')
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f'{flag} {path}: cannot write into {folder} ({e.strerror})') from None
 
 
 def _ours(path: Path, flag: str, many: bool) -> bool:
@@ -150,12 +168,8 @@ def _ours(path: Path, flag: str, many: bool) -> bool:
       return SCORES_MARK in json.loads((path / 'scores.json').read_text())
     except (OSError, ValueError, TypeError):
       return False
-  if flag == '--npy':  # a .npy has no room for a mark: what predict writes there is a float32 map
-    try:
-      raw = np.load(path, mmap_mode='r', allow_pickle=False)
-      return isinstance(raw, np.ndarray) and raw.dtype == np.float32 and raw.ndim == 2
-    except (OSError, ValueError):
-      return False
+  if flag == '--raw':
+    return path.is_file() and io.tiff_description(path) == RAW_MARK
   return path.is_file() and io.png_text(path).get('Software') == MARK['Software']
 
 
@@ -187,13 +201,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _predict(args: argparse.Namespace) -> dict:
   workdir = Path(args.workdir)
-  config = detector.load_config(workdir, args.method or None)
-  classes = trained_classes(workdir, config.method)
-  if not classes:
-    raise UserError(f'{workdir} holds no evaluated class of {config.method!r}; run experiments.run first')
-  name = args.class_name or (classes[0] if len(classes) == 1 else '')
-  if name not in classes:
-    raise UserError(f'--class_name must be one of {classes}, got {args.class_name!r}')
+  run = detector.Run(workdir, args.method or None)
+  config = run.config
+  name = run.check_class(args.class_name)
   entries = _entries(args, data.get(config.dataset))
   many = len(entries) > 1 or bool(args.scans)
   _check_outputs(args, entries, many)
@@ -201,13 +211,12 @@ def _predict(args: argparse.Namespace) -> dict:
     _check_names([e.name for e in entries], entries)
   efficientnet_lite0.ensure_for(config)
   det = detector.Detector.load(workdir, name, config.method)
-  evaluation = Workdir(workdir).stage_dir(f'{config.method}/evaluate', name) / 'evaluation.npz'
-  stored = [det.kind.load_entry(e, False) for e in entries]  # the preprocessing of `prepare`, read once
+  stored = [det.kind.load_entry(e, False, args.max_pixels) for e in entries]  # `prepare`'s preprocessing
   results = det.score_stored(stored, [e.name for e in entries])
   row = det.main_row
   if not many:
-    return _write_one(args, det, entries[0], stored[0], results[0], row, evaluation, name)
-  return _write_many(args, results, row, evaluation, name, config.method)
+    return _write_one(args, det, entries[0], stored[0], results[0], row, name)
+  return _write_many(args, results, row, det.map_ranges.get(row), name, config.method)
 
 
 def _original_size(map224: np.ndarray, stored) -> np.ndarray:
@@ -221,18 +230,16 @@ def _to_u8(anomaly_map: np.ndarray, low: float, high: float) -> np.ndarray:
   return np.clip((anomaly_map - low) / max(high - low, 1e-12) * 255, 0, 255).astype(np.uint8)
 
 
-def _write_one(args, det, entry, stored, scores: detector.SampleScores, row: str, evaluation: Path,
-               name: str) -> dict:
+def _write_one(args, det, entry, stored, scores: detector.SampleScores, row: str, name: str) -> dict:
   if scores.status != 'ok':
     raise UserError(f'{entry.name}: cannot be scored: {scores.reason}')
   anomaly_map = scores.maps[row]
   if args.size == 'original':
     anomaly_map = _original_size(anomaly_map, stored)
-  low, high = map_range(evaluation, row, anomaly_map)
+  low, high = det.map_ranges.get(row) or (float(anomaly_map.min()), float(anomaly_map.max()))
   io.write_png(args.out, _to_u8(anomaly_map, low, high), MARK)
-  if args.npy:
-    with io.atomic_write(args.npy) as f:
-      np.save(f, anomaly_map.astype(np.float32))
+  if args.raw:
+    io.write_float_tiff(args.raw, anomaly_map.astype(np.float32), RAW_MARK)
   if args.overlay:
     from experiments import report
     if stored.raw_rgb is None:
@@ -248,11 +255,12 @@ def _write_one(args, det, entry, stored, scores: detector.SampleScores, row: str
   return result
 
 
-def _write_many(args, results: list[detector.SampleScores], row: str, evaluation: Path, name: str,
-                method: str) -> dict:
+def _write_many(args, results: list[detector.SampleScores], row: str, map_range: tuple[float, float] | None,
+                name: str, method: str) -> dict:
   out = Path(args.out)
   ok = [r for r in results if r.status == 'ok']
-  low, high = map_range(evaluation, row, np.stack([r.maps[row] for r in ok]) if ok else np.zeros(1))
+  maps = np.stack([r.maps[row] for r in ok]) if ok else np.zeros(1)
+  low, high = map_range or (float(maps.min()), float(maps.max()))
   rows_seen = list(dict.fromkeys(k for r in ok for k in r.image))
   records = []
   with io.atomic_dir(out, lambda path: _ours(path, '--out', True)) as tmp:
@@ -280,16 +288,6 @@ def _write_many(args, results: list[detector.SampleScores], row: str, evaluation
 
 def _safe(name: str) -> str:
   return re.sub(r'[^A-Za-z0-9._-]+', '_', name).strip('_') or 'scan'
-
-
-def map_range(evaluation: Path, row: str, anomaly_map: np.ndarray) -> tuple[float, float]:
-  """The class's test-set min and max of `row` (algorithms.md §3.3's global normalisation), else these maps' own."""
-  if evaluation.is_file():
-    with np.load(evaluation) as z:
-      if f'map_{row}' in z.files:
-        maps = z[f'map_{row}']
-        return float(maps.min()), float(maps.max())
-  return float(anomaly_map.min()), float(anomaly_map.max())
 
 
 if __name__ == '__main__':

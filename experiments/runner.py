@@ -1,12 +1,14 @@
 """Runs a method's stage graph (`experiments.stages`) for every class of a config, each stage cached and resumable.
 
-A stage's marker (`g2sf_jax.workdir`) records a hash of the config fields it declares, of what else it depends on
-(backbone weights, raw files) and of its upstream stages' hashes, so changing a field re-runs exactly the stages it
-affects, and two methods in one work directory share what they have in common. After `evaluate` the runner writes
-the method's report (`experiments.results`, `experiments.report`).
+A stage's key hashes the config fields it declares, what else it depends on (backbone weights, raw files) and its
+upstream stages' keys, so changing a field re-runs exactly the stages it affects, and two methods in one work
+directory share what they have in common. Each stage builds a new version of its outputs and publishes it when
+complete (`g2sf_jax.workdir`); once every stage is up to date the runner records the versions in
+`<method>/run.json`, then writes the method's report (`experiments.results`, `experiments.report`).
 """
 import contextlib
 import dataclasses
+import json
 import logging
 import shutil
 import time
@@ -22,9 +24,9 @@ from experiments import config_check, report, results, stages
 from g2sf_jax import backbones, data, distributed, features, io, methods
 from g2sf_jax.config_fields import get as config_value
 from g2sf_jax.data import prepared
-from g2sf_jax.errors import ConfigError, MissingInputError
+from g2sf_jax.errors import ConfigError, MissingInputError, NonFiniteError, UserError
 from g2sf_jax.methods import base
-from g2sf_jax.workdir import Workdir, stage_key
+from g2sf_jax.workdir import StageHome, Version, Workdir, stage_key
 from ports import efficientnet_lite0
 
 log = logging.getLogger('g2sf')
@@ -61,29 +63,30 @@ class Context:
     return self.runner.mesh
 
   @property
-  def data_dir(self) -> Path:
-    return self.runner.workdir.data_dir
-
-  @property
   def classes(self) -> tuple[str, ...]:
     return self.runner.pool(self.stage)
 
   @property
   def out_dir(self) -> Path:
-    return self.scratch or self.dir(self.stage.id)
+    return self.scratch or self.runner.building[self.stage.id, self.class_name]
+
+  def data_dir(self, class_name: str | None = None) -> Path:
+    return self.runner.output('prepare', class_name or self.class_name)
 
   def dir(self, stage_id: str) -> Path:
-    return self.runner.stage_dir(stage_id, self.class_name)
+    stage = self.runner.stages[stage_id]
+    return self.runner.output(stage_id, self.class_name if stage.scope == 'class' else '')
 
   def key(self, *names: str) -> jax.Array:
     return _prng_key(self.config, self.class_name, *names)
 
   def features(self, split: str, class_name: str | None = None) -> dict[str, np.ndarray]:
-    return features.load_cached(self.runner.stage_dir('extract', class_name or self.class_name) / split)
+    return features.load_cached(self.runner.output('extract', class_name or self.class_name) / split)
 
   def samples(self, split: str, full: bool = False, class_name: str | None = None):
     load = prepared.load_split_full if full else prepared.load_split
-    return load(self.config.dataset, self.workdir.data_dir, class_name or self.class_name, split)
+    name = class_name or self.class_name
+    return load(self.config.dataset, self.data_dir(name), name, split)
 
   def backbones(self):
     return self.runner.backbones()
@@ -108,12 +111,15 @@ class Runner:
     self.classes = data.resolve_classes(config.dataset, config.classes or self._default_classes())
     self._pools = {s.id: self._pool_classes(s) for s in self.graph}
     self.workdir = Workdir(config.workdir)
-    self.workdir.root.mkdir(parents=True, exist_ok=True)
     self.primary = distributed.is_primary()
-    _log_to(self.workdir.root / 'run.log' if self.primary else None)
+    if self.primary:
+      self.workdir.create()
+    _log_to(self.workdir.open_log() if self.primary else None)
     self.mesh = distributed.make_mesh()  # over every process's devices
     self._backbones = None
     self._keys: dict[tuple[str, str], str] = {}
+    self._current: dict[tuple[str, str], Version | None] = {}
+    self.building: dict[tuple[str, str], Path] = {}  # the folder each running stage writes into
 
   def _pool_classes(self, stage: base.Stage) -> tuple[str, ...]:
     if not (stage.pool and config_value(self.config, stage.pool)):
@@ -135,10 +141,10 @@ class Runner:
                          backbones.make_point_backbone(self.config, self.mesh) if 'xyz' in mods else None)
     return self._backbones
 
-  def stage_dir(self, stage_id: str, class_name: str) -> Path:
-    """The output folder of `stage_id` for `class_name` (its dataset's folder for a dataset-scope stage)."""
+  def home(self, stage_id: str, class_name: str) -> StageHome:
+    """Where the versions of `stage_id` for `class_name` live (the dataset's, for a dataset-scope stage)."""
     stage = self.stages[stage_id]
-    return self.workdir.stage_dir(stage.folder(self.config), class_name if stage.scope == 'class' else '')
+    return self.workdir.home(stage.folder(self.config), class_name if stage.scope == 'class' else '')
 
   def scopes(self, stage: base.Stage) -> tuple[str, ...]:
     return self.classes if stage.scope == 'class' else ('',)
@@ -167,10 +173,32 @@ class Runner:
                                                    config_fields(self.config, stage.keys, exclude), extra, upstream)
     return self._keys[stage_id, class_name]
 
+  def current(self, stage_id: str, class_name: str) -> Version | None:
+    """The published version of `stage_id` for `class_name` if it is up to date: built from this run's inputs (its
+    key), every file intact, and (`Stage.fresh`) its inputs outside the work directory unchanged. Memoised."""
+    if (stage_id, class_name) not in self._current:
+      stage = self.stages[stage_id]
+      found = self.home(stage_id, class_name).current()
+      ok = (found is not None and found.key == self.key(stage_id, class_name)
+            and found.intact(refresh_stats=self.primary)
+            and (stage.fresh is None or stage.fresh(Context(self, stage, class_name), found.info)))
+      self._current[stage_id, class_name] = found if ok else None
+    return self._current[stage_id, class_name]
+
   def is_done(self, stage: base.Stage, class_name: str) -> bool:
-    if not self.workdir.is_done(stage.folder(self.config), class_name, self.key(stage.id, class_name)):
-      return False
-    return stage.complete is None or stage.complete(Context(self, stage, class_name))
+    return self.current(stage.id, class_name) is not None
+
+  def output(self, stage_id: str, class_name: str) -> Path:
+    """The folder of the up-to-date version of `stage_id` for `class_name` (a dependency of the running stage)."""
+    found = self.current(stage_id, class_name)
+    if found is None:
+      raise MissingInputError(self._missing(stage_id, class_name))
+    return found.path
+
+  def _missing(self, stage_id: str, class_name: str) -> str:
+    return (f'{self.home(stage_id, class_name).path}: the {stage_id!r} stage has no up-to-date, intact output'
+            f'{f" for class {class_name!r}" if class_name else ""}; run it first: your experiments.run command with '
+            f'{f"--config.classes={class_name} " if class_name else ""}--config.stages={self.stages[stage_id].name}')
 
   def run(self) -> dict:
     """Every selected stage for every class. In a multi-process run all processes call this together; process 0
@@ -196,11 +224,15 @@ class Runner:
       if not self.primary:
         return {}
       if all(self.is_done(s, n) for s in self.graph for n in self.scopes(s)):
-        self._save_config()
+        self._save_record()
+        removed = self.workdir.remove_unused([self.home(s.id, n) for s in self.graph for n in self.scopes(s)])
+        if removed:
+          log.info('run: removed %d superseded output version(s)', len(removed))
       if 'evaluate' not in self.selected:
         return {}
-      evaluated = [results.class_result(c, self.method, self.stage_dir(f'{self.method.name}/evaluate', name),
-                                        self.workdir.data_dir, name) for name in self._reported_classes()]
+      evaluate = f'{self.method.name}/evaluate'
+      evaluated = [results.class_result(c, self.method, self.output(evaluate, name), self.output('prepare', name),
+                                        name) for name in self._reported_classes()]
       title = (f'g2sf-jax · {c.dataset} · {self.method.name}: rows {", ".join(self.method.rows(c))} · stages '
                f'{", ".join(s.id for s in self.graph)}')
       out = report.write_report(self.workdir.report_dir(self.method.name), evaluated, title=title)
@@ -210,13 +242,11 @@ class Runner:
   def _reported_classes(self) -> tuple[str, ...]:
     """The run's classes, then each other class whose evaluation is up to date under this config (as when each
     class runs as its own job): the report then covers every class evaluated so far, not only the last job's."""
-    evaluate = self.stages[f'{self.method.name}/evaluate']
     everything = data.resolve_classes(self.config.dataset)
     earlier = [n for n in everything if n not in self.classes
-               and self.workdir.marker(evaluate.folder(self.config), n).is_file()
-               and (self.stage_dir(evaluate.id, n) / 'evaluation.npz').is_file()
-               and prepared.is_prepared(self.config.dataset, self.workdir.data_dir, n)
-               and self.is_done(evaluate, n)]
+               and self.home(f'{self.method.name}/evaluate', n).path.is_dir()
+               and self.current('prepare', n) is not None
+               and self.current(f'{self.method.name}/evaluate', n) is not None]
     if not earlier:
       return self.classes
     log.info('report: also %s, evaluated earlier with these settings', ', '.join(earlier))
@@ -231,28 +261,30 @@ class Runner:
     for dep in stage.deps:
       for scope in self.dep_scopes(stage, dep, name):
         if not distributed.primary_decides(self.is_done(self.stages[dep], scope)):
-          raise MissingInputError(
-              f'{self.stage_dir(dep, scope)}: the {dep!r} stage has no up-to-date output'
-              f'{f" for class {scope!r}" if scope else ""}; run it first: your experiments.run command with '
-              f'{f"--config.classes={scope} " if scope else ""}--config.stages={self.stages[dep].name}')
+          raise MissingInputError(self._missing(dep, scope))
     key = self.key(stage.id, name)
-    folder = stage.folder(self.config)
+    home = self.home(stage.id, name)
     if self.primary:
-      self.workdir.fresh_dir(folder, name, key)
+      self.building[stage.id, name] = home.start(key, salvage=stage.salvage)
     distributed.barrier(f'{where} begins')
     start = time.perf_counter()
     if self.primary:
-      info = stage.run(Context(self, stage, name))
-      self.workdir.mark_done(folder, name, key, dict(info or {}, seconds=round(time.perf_counter() - start, 1)))
+      try:
+        info = dict(stage.run(Context(self, stage, name)) or {}, seconds=round(time.perf_counter() - start, 1))
+      except NonFiniteError as e:
+        raise NonFiniteError(f'{where}: {e}') from None
+      home.publish(self.building.pop((stage.id, name)), stage.id, key, info)
+      self._current.pop((stage.id, name), None)
     elif stage.all_processes:
-      with self._scratch(stage, name) as scratch:
+      with self._scratch(stage, name, home) as scratch:
         stage.run(Context(self, stage, name, scratch))
     distributed.barrier(f'{where} ends')
+    self._current.pop((stage.id, name), None)
     log.info('%s: done in %s', where, _duration(time.perf_counter() - start))
     return True
 
   @contextlib.contextmanager
-  def _scratch(self, stage: base.Stage, name: str):
+  def _scratch(self, stage: base.Stage, name: str, home: StageHome):
     """A non-primary process's output folder for one stage: a copy of what process 0 starts from (a resumed stage
     must resume the same way in every process), hard-linked so that a resumed UFF's or fusion dataset's tens of GB
     cost nothing, removed afterwards; process 0's outputs are the run's."""
@@ -260,21 +292,48 @@ class Runner:
     if root.exists():  # left by a killed run
       shutil.rmtree(root)
     path = root / stage.folder(self.config) / (name or '_dataset')
-    io.link_tree(self.stage_dir(stage.id, name), path)
+    io.link_tree(home.building(), path)
     try:
       yield path
     finally:
       shutil.rmtree(root)
 
-  def _save_config(self) -> None:
-    """`<method>/config.json`: what `Detector.load` and `experiments.predict` rebuild the run from (absolute
-    paths); written only once every stage of the method is up to date under this config."""
+  def _save_record(self) -> None:
+    """`<method>/run.json`: the config (absolute paths) and the version of every stage of every class, what
+    `Detector.load`, `experiments.predict` and the export read: written once every stage is up to date. Classes of
+    an earlier record made under the same settings (another job of a per-class run) are kept."""
     c = ml_collections.ConfigDict(self.config.to_dict())
     for name in c.checkpoints:
       c.checkpoints[name] = str(Path(c.checkpoints[name]).absolute())
     c.workdir = str(self.workdir.root)
-    with io.atomic_write(self.workdir.config_path(self.method.name), 'w') as f:
-      f.write(c.to_json(indent=1, sort_keys=True))
+    config = json.loads(c.to_json(sort_keys=True))
+    record = {'format': 1, 'method': self.method.name, 'config': config, 'classes': [], 'stages': {},
+              'manifests': {}}
+    now = {scope: {s.id: self.current(s.id, scope) for s in self.graph if scope in self.scopes(s)}
+           for scope in (*self.classes, '')}
+    shared = {s: str(v.path.relative_to(self.workdir.root)) for s, v in now[''].items()}
+    with contextlib.suppress(UserError):
+      old = self.workdir.read_record(self.method.name)
+      # Earlier classes stay only if they were built on the same dataset-scope outputs (e.g. the same M3DM UFF).
+      if _same_settings(old['config'], config) and old['stages'].get('', {}) == shared:
+        record = old
+    for scope, versions in now.items():
+      for stage_id, version in versions.items():
+        rel = str(version.path.relative_to(self.workdir.root))
+        record['stages'].setdefault(scope, {})[stage_id] = rel
+        record['manifests'][rel] = version.sha256
+    record['config'] = config
+    record['classes'] = [n for n in data.resolve_classes(self.config.dataset)
+                         if n in self.classes or n in record['classes']]
+    used = {rel for scope in [*record['classes'], ''] for rel in record['stages'].get(scope, {}).values()}
+    record['manifests'] = {rel: sha for rel, sha in record['manifests'].items() if rel in used}
+    self.workdir.write_record(self.method.name, record)
+
+
+def _same_settings(a: dict, b: dict) -> bool:
+  """Whether two run configs differ only in which classes and stages they ran."""
+  ignore = ('classes', 'stages', 'workdir', 'workers', 'distributed')
+  return {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
 
 
 def _duration(seconds: float) -> str:

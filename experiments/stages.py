@@ -17,65 +17,68 @@ from tqdm import tqdm
 
 from g2sf_jax import features, io, methods, parallel
 from g2sf_jax.data import prepared, synthetic
-from g2sf_jax.errors import ConfigError, DataError, OutputExistsError
+from g2sf_jax.errors import ConfigError, DataError, require_finite
 from g2sf_jax.methods import base
-from g2sf_jax.workdir import files_fingerprint, stage_key
+from g2sf_jax.workdir import files_fingerprint, no_symlinks, stage_key
 
 log = logging.getLogger('g2sf')
 
 
 def _prepare_extra(ctx: base.StageContext) -> Any:
-  """The raw inputs of one class: the user's files (names, sizes, modification times), or the synthetic set's
-  generation parameters when g2sf-jax generates it."""
+  """The raw inputs of one class: the user's files (paths, sizes, modification times, through symbolic links), or
+  the synthetic set's generation parameters when g2sf-jax generates it."""
   c = ctx.config
   if c.raw_dir:
     class_dir = Path(c.raw_dir).absolute() / ctx.class_name
     return str(class_dir), files_fingerprint(class_dir) if class_dir.is_dir() else None, prepared.VERSION
   params = {k: v for k, v in c.synthetic.to_dict().items() if k != 'classes'}
-  if params.get('fov') == synthetic.FOV:  # the field is newer than some work directories: keep their keys
-    del params['fov']
   return params, c.seed, prepared.VERSION
 
 
-def _raw_dir(ctx: base.StageContext) -> Path:
-  """The user's download (read only), or for the synthetic set without one the folder it is generated into."""
-  return Path(ctx.config.raw_dir) if ctx.config.raw_dir else ctx.workdir.root / 'raw'
+def _generated_dir(ctx: base.StageContext) -> Path:
+  return ctx.workdir.root / 'raw' / ctx.class_name
+
+
+def _prepare_fresh(ctx: base.StageContext, info: dict) -> bool:
+  """Generated synthetic files must still be those prepare read: an edited one is generated again (the key holds
+  only the generation parameters). A user's raw files are in the key itself."""
+  if ctx.config.raw_dir:
+    return True
+  folder = _generated_dir(ctx)
+  return folder.is_dir() and files_fingerprint(folder) == info.get('raw_fingerprint')
 
 
 def _prepare(ctx: base.StageContext) -> dict:
   c = ctx.config
-  raw_dir = _raw_dir(ctx)
+  raw_dir = Path(c.raw_dir) if c.raw_dir else ctx.workdir.root / 'raw'
+  extra = {}
   if c.dataset == 'synthetic' and not c.raw_dir:
+    no_symlinks(_generated_dir(ctx), ctx.workdir.root)  # the runner's own folder: never written through a link
     ctx.log('prepare: generating synthetic class %s in %s', ctx.class_name, raw_dir)
     synthetic.generate(raw_dir, classes=[ctx.class_name], n_train=c.synthetic.n_train, n_test=c.synthetic.n_test,
                        size=c.synthetic.size, seed=c.seed, modalities=c.synthetic.modalities,
                        fov=c.synthetic.fov, replace=True,  # <workdir>/raw is the runner's own
                        workers=parallel.resolve(c.workers))
-  target = prepared.prepared_dir(c.dataset, ctx.workdir.data_dir, ctx.class_name)
-  if target.exists():  # prepared from other raw inputs (this stage's key changed): ours to rebuild
-    if not (target / 'dataset_info.json').is_file():
-      raise OutputExistsError(f'{target}: exists but is not prepared TFDS data; move it away or choose another '
-                            '--config.workdir')
-    shutil.rmtree(target.parent)
-  for stale in target.parent.glob(f'incomplete.*_{prepared.VERSION}'):  # TFDS's folder of an interrupted build
+    extra['raw_fingerprint'] = files_fingerprint(_generated_dir(ctx))
+  for stale in (ctx.out_dir / c.dataset / ctx.class_name).glob('incomplete.*'):  # TFDS's interrupted build
     shutil.rmtree(stale)
   import tensorflow_datasets as tfds  # Heavy: only this stage needs it directly.
   tfds.disable_progress_bar()
-  result = prepared.prepare(c.dataset, raw_dir, ctx.workdir.data_dir, [ctx.class_name],
-                            workers=parallel.resolve(c.workers))[ctx.class_name]
+  result = prepared.prepare(c.dataset, raw_dir, ctx.out_dir, [ctx.class_name], workers=parallel.resolve(c.workers),
+                            max_pixels=c.max_pixels)[ctx.class_name]
   for problem in result['problems']:
     log.warning('prepare %s: %s', ctx.class_name, problem)
-  _check_modalities(ctx)
-  return result
+  _check_modalities(ctx, ctx.out_dir)
+  return dict(result, path=str(Path(result['path']).relative_to(ctx.out_dir)), **extra)
 
 
-def _check_modalities(ctx: base.StageContext) -> None:
+def _check_modalities(ctx: base.StageContext, data_dir: Path) -> None:
   """The config's modalities must be in the prepared data (an RGB-only set cannot run rgb+xyz)."""
-  have = prepared.available_modalities(ctx.config.dataset, ctx.workdir.data_dir, ctx.class_name)
+  have = prepared.available_modalities(ctx.config.dataset, data_dir, ctx.class_name)
   missing = [m for m in base.modalities(ctx.config) if m not in have]
   if missing:
     raise ConfigError(f'config.modalities={ctx.config.modalities!r}, but class {ctx.class_name!r} has no '
-                     f'{missing[0]} files in {ctx.workdir.data_dir}; run with --config.modalities={"+".join(have)}')
+                      f'{missing[0]} files; run with --config.modalities={"+".join(have)}')
 
 
 def _checkpoint_meta(config: ml_collections.ConfigDict) -> dict:
@@ -97,7 +100,7 @@ def _extract_extra(ctx: base.StageContext) -> Any:
 
 def _check_test_labels(ctx: base.StageContext) -> None:
   """Image and pixel AUROC need good and anomalous test images: a class without both fails before any training."""
-  labels = prepared.labels(ctx.config.dataset, ctx.workdir.data_dir, ctx.class_name, 'test')
+  labels = prepared.labels(ctx.config.dataset, ctx.data_dir(), ctx.class_name, 'test')
   bad = int(labels.sum())
   if bad == 0 or bad == len(labels):
     raise DataError(f'class {ctx.class_name!r}: its test split has {len(labels) - bad} good and {bad} anomalous '
@@ -106,7 +109,7 @@ def _check_test_labels(ctx: base.StageContext) -> None:
 
 def _extract(ctx: base.StageContext) -> dict:
   c = ctx.config
-  _check_modalities(ctx)
+  _check_modalities(ctx, ctx.data_dir())
   _check_test_labels(ctx)
   rgb, point = ctx.backbones()
   extra = {'checkpoints': _checkpoint_meta(c), 'point_mae': c.point_mae.to_dict()}
@@ -132,10 +135,9 @@ def _extract_variant(config: ml_collections.ConfigDict) -> str:
 
 
 PREPARE = base.Stage('prepare', _prepare, extra=_prepare_extra, keys=('dataset',), all_processes=False,
-                     complete=lambda ctx: prepared.is_prepared(ctx.config.dataset, ctx.workdir.data_dir,
-                                                               ctx.class_name))
+                     fresh=_prepare_fresh)
 EXTRACT = base.Stage('extract', _extract, deps=('prepare',), keys=('modalities', 'point_mae', 'seed'),
-                     extra=_extract_extra, version=2, variant=_extract_variant)
+                     extra=_extract_extra, version=2, variant=_extract_variant, salvage=True)
 
 
 def _evaluate(ctx: base.StageContext) -> dict:
@@ -154,6 +156,8 @@ def _evaluate(ctx: base.StageContext) -> dict:
       batch.update({name: np.stack([s[name] for s in samples]) for name in inputs})
     batches.append(scorer(batch))
   scores = base.stack_rows(batches)
+  for row, r in scores.items():
+    require_finite(f'the {row} scores or maps of the test set', r.image, r.maps)
   arrays = {'labels': np.array([s['label'] for s in test]), 'masks': np.stack([s['mask'] for s in test]),
             'names': np.array([s['name'] for s in test])}
   for row, r in scores.items():

@@ -6,8 +6,6 @@ evaluation would give it. Rows, as the reference reports them: IMG and PCD (unim
 (G²SF, algorithms.md §4.6), BTF (PatchCore on concatenated RGB + point features), and those of any registered method.
 """
 import dataclasses
-import json
-import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +15,7 @@ from jax.sharding import Mesh
 
 from g2sf_jax import backbones, data, distributed, features, io, methods
 from g2sf_jax.data import kind, mvtec3d, prepared, transforms
-from g2sf_jax.errors import DataError, MissingInputError, UnscorableError
+from g2sf_jax.errors import CorruptOutputError, DataError, MissingInputError, UnscorableError
 from g2sf_jax.methods import base
 from g2sf_jax.workdir import Workdir
 
@@ -37,13 +35,53 @@ class SampleScores:
   problems: tuple[str, ...] = ()
 
 
+class Run:
+  """A method's finished run in a work directory: its config and the versions of its outputs (`run.json`).
+
+  Every output is resolved through the record, so a reader sees one consistent set even while a new run of the
+  same work directory builds and publishes other versions; each is checked against its manifest when resolved.
+  """
+
+  def __init__(self, workdir: str | Path, method: str | None = None):
+    self.workdir = Workdir(workdir)
+    self.workdir.check()
+    found = self.workdir.methods()
+    if method is None:
+      if len(found) != 1:
+        raise MissingInputError(f'{self.workdir.root}: ' + (
+            f'holds runs of several methods {found}; choose one (--method)' if found
+            else 'no finished run of experiments.run here (no <method>/run.json)'))
+      method = found[0]
+    self.record = self.workdir.read_record(method)
+    self.method = method
+    try:
+      self.config = ml_collections.ConfigDict(self.record['config'])
+      self.classes = tuple(self.record['classes'])
+    except (KeyError, TypeError, ValueError) as e:
+      raise CorruptOutputError(f'{self.workdir.record_path(method)}: not a g2sf-jax run record ({e})') from None
+
+  def check_class(self, class_name: str) -> str:
+    """`class_name` if the run covers it; '' picks the only class of a one-class run."""
+    name = class_name or (self.classes[0] if len(self.classes) == 1 else '')
+    if name not in self.classes:
+      raise MissingInputError(f'{self.workdir.root}: the {self.method} run covers the classes {list(self.classes)}; '
+                              f'choose one of them (got {class_name!r})')
+    return name
+
+  def output(self, class_name: str, stage_id: str) -> Path:
+    """The recorded output folder of `stage_id` for `class_name` ('' for a dataset-scope stage), verified."""
+    rebuild = (f'python -m experiments.run with the config of {self.workdir.record_path(self.method)} and '
+               f'--config.workdir={self.workdir.root} (a run rebuilds what is damaged)')
+    return self.workdir.recorded_version(self.record, class_name, stage_id, rebuild).path
+
+
 @dataclasses.dataclass(frozen=True)
 class Outputs:
-  """`base.ScorerContext` over a finished work directory."""
+  """`base.ScorerContext` over a finished run."""
   config: ml_collections.ConfigDict
   class_name: str
   mesh: Mesh
-  workdir: Workdir
+  run: Run
   stages: dict[str, base.Stage]  # the method's stages by id
   loaded_backbones: tuple = (None, None)
 
@@ -52,7 +90,7 @@ class Outputs:
 
   def dir(self, stage_id: str) -> Path:
     stage = self.stages[stage_id]
-    return self.workdir.stage_dir(stage.folder(self.config), '' if stage.scope == 'dataset' else self.class_name)
+    return self.run.output('' if stage.scope == 'dataset' else self.class_name, stage_id)
 
 
 def make_backbones(config: ml_collections.ConfigDict, mesh: Mesh):
@@ -65,27 +103,18 @@ def make_backbones(config: ml_collections.ConfigDict, mesh: Mesh):
 
 def load_config(workdir: str | Path, method: str | None = None) -> ml_collections.ConfigDict:
   """The config of a method's finished run in `workdir`; `method=None` picks the only one there."""
-  wd = Workdir(workdir)
-  found = wd.methods()
-  if method is None:
-    if len(found) != 1:
-      raise MissingInputError(f'{wd.root}: ' + (f'holds runs of several methods {found}; choose one (--method)'
-                                                 if found else 'no finished run of experiments.run here '
-                                                               '(no <method>/config.json)'))
-    method = found[0]
-  path = wd.config_path(method)
-  if not path.is_file():
-    raise MissingInputError(f'{path} not found: {wd.root} holds no finished {method!r} run '
-                            f'(finished: {found or "none"})')
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return Run(workdir, method).config
 
 
 class Detector:
   """A trained detector of one class: the run's backbones and its method's scorer."""
 
   def __init__(self, config: ml_collections.ConfigDict, scorer: base.Scorer, rgb_backbone=None,
-               point_backbone=None, data_modalities: Sequence[str] | None = None):
+               point_backbone=None, data_modalities: Sequence[str] | None = None, class_name: str = '',
+               map_ranges: dict[str, tuple[float, float]] | None = None):
     self.config = config
+    self.class_name = class_name
+    self.map_ranges = dict(map_ranges or {})  # row → the test set's (min, max) pixel score
     # What the class's prepared data holds: a scan is preprocessed with all of it, as `prepare` and the load
     # transforms did for training (an RGB-only run on MVTec data still cleans the RGB with the cloud's plane).
     self.data_modalities = tuple(data_modalities or base.modalities(config))
@@ -100,14 +129,23 @@ class Detector:
   @classmethod
   def load(cls, workdir: str | Path, class_name: str, method: str | None = None, with_backbones: bool = True,
            mesh: Mesh | None = None) -> 'Detector':
-    """The detector a finished run left in `workdir` for `class_name` (`method=None`: the only method there)."""
-    config = load_config(workdir, method)
-    m = methods.get(config.method)
-    stages = {s.id: s for s in m.stages(config)}
-    mesh = mesh if mesh is not None else distributed.make_mesh()
-    rgb, point = make_backbones(config, mesh) if with_backbones else (None, None)
-    outputs = Outputs(config, class_name, mesh, Workdir(workdir), stages, (rgb, point))
-    return cls(config, m.scorer(outputs), rgb, point, _data_modalities(config, Workdir(workdir), class_name))
+    """The detector a finished run left in `workdir` for `class_name` (`method=None`: the only method there).
+
+    Everything is read from the versions the run recorded, under the work directory's readers' lock, and held in
+    memory afterwards: a run that publishes new versions meanwhile changes nothing for this detector.
+    """
+    wd = Workdir(workdir)
+    with wd.reading():
+      run = Run(workdir, method)
+      class_name = run.check_class(class_name)
+      config = run.config
+      m = methods.get(config.method)
+      stages = {s.id: s for s in m.stages(config)}
+      mesh = mesh if mesh is not None else distributed.make_mesh()
+      rgb, point = make_backbones(config, mesh) if with_backbones else (None, None)
+      outputs = Outputs(config, class_name, mesh, run, stages, (rgb, point))
+      return cls(config, m.scorer(outputs), rgb, point, _data_modalities(config, run, class_name), class_name,
+                 _map_ranges(run.output(class_name, f'{config.method}/evaluate')))
 
   def score_features(self, img: np.ndarray | None, pcd: np.ndarray | None,
                      inputs: dict[str, np.ndarray] | None = None) -> list[SampleScores]:
@@ -124,8 +162,16 @@ class Detector:
       feats.update({k: inputs[k] for k in wanted})
     rows = self.scorer(feats)
     n = next(iter(feats.values())).shape[0]
-    return [SampleScores({row: float(r.image[i]) for row, r in rows.items()},
-                         {row: np.asarray(r.maps[i]) for row, r in rows.items()}) for i in range(n)]
+    out = []
+    for i in range(n):
+      bad = [row for row, r in rows.items() if not (np.isfinite(r.image[i]) and np.isfinite(r.maps[i]).all())]
+      if bad:  # never reported as a score
+        out.append(SampleScores({}, {}, status='unscorable', reason=f'the {", ".join(bad)} scores came out NaN or '
+                                'infinite (damaged inputs or model)'))
+      else:
+        out.append(SampleScores({row: float(r.image[i]) for row, r in rows.items()},
+                                {row: np.asarray(r.maps[i]) for row, r in rows.items()}))
+    return out
 
   def score_samples(self, samples: Sequence[dict]) -> list[SampleScores]:
     """Model-ready samples (`prepared.load_split` format: `rgb`, `xyz` at 224) → scores."""
@@ -230,17 +276,20 @@ class Detector:
     return _single(self.score_stored([stored], ['input'])[0])
 
 
-def _data_modalities(config: ml_collections.ConfigDict, workdir: Workdir, class_name: str) -> tuple[str, ...]:
-  """The modalities of the class's prepared data; the run's own when they are both or the data is gone."""
+def _data_modalities(config: ml_collections.ConfigDict, run: Run, class_name: str) -> tuple[str, ...]:
+  """The modalities of the class's prepared data (both when the run uses both, or for Eyecandies)."""
   mods = base.modalities(config)
   if set(mods) == set(io.MODALITIES) or data.get(config.dataset).mask_rgb_by_xyz:  # Eyecandies: always both
     return io.MODALITIES
-  try:
-    return prepared.available_modalities(config.dataset, workdir.data_dir, class_name)
-  except MissingInputError:
-    logging.warning('%s: the prepared data of %r is gone, so scans are preprocessed with %s alone (as if the class '
-                    'had no other files)', workdir.root, class_name, '+'.join(mods))
-    return mods
+  return prepared.available_modalities(config.dataset, run.output(class_name, 'prepare'), class_name)
+
+
+def _map_ranges(evaluate_dir: Path) -> dict[str, tuple[float, float]]:
+  """Each row's lowest and highest pixel score over the class's test set (algorithms.md §3.3's min–max), which
+  the maps that predict writes are scaled with."""
+  with np.load(evaluate_dir / 'evaluation.npz', allow_pickle=False) as z:
+    return {name[len('map_'):]: (float(z[name].min()), float(z[name].max()))
+            for name in z.files if name.startswith('map_')}
 
 
 def _stack_inputs(samples: Sequence[dict]) -> dict[str, np.ndarray]:

@@ -32,3 +32,21 @@ class WorkdirBusyError(UserError, RuntimeError):
 
 class UnscorableError(UserError, ValueError):
   """A scan cannot be scored honestly (no or too few valid points, a degenerate image)."""
+
+
+class CorruptOutputError(UserError, ValueError):
+  """An output on disk is missing, changed or damaged since it was written: its digest no longer matches."""
+
+
+class NonFiniteError(UserError, FloatingPointError):
+  """A loss, score or map came out NaN or infinite: nothing is written in its place."""
+
+
+def require_finite(what: str, *values) -> None:
+  """Raises NonFiniteError naming `what` if any of `values` (numbers or arrays) is NaN or infinite."""
+  import numpy as np  # errors.py is imported everywhere: keep its own import light
+  for value in values:
+    array = np.asarray(value)
+    if not np.all(np.isfinite(array)):
+      bad = 'NaN' if np.isnan(array).any() else 'infinite'
+      raise NonFiniteError(f'{what} came out {bad}; nothing was written in place of the last good outputs')

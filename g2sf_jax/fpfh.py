@@ -27,6 +27,8 @@ saturates: on the synthetic default the trained LSPN gave w ≈ (e, 1/e) on most
 rescaled, L_cma falls to 0.002 within 8 epochs.
 """
 import dataclasses
+import math
+import numbers
 
 import numpy as np
 
@@ -48,9 +50,10 @@ class FpfhParams:
   scale: float = 11 / 200         # Open3D's sub-histogram sum of 200 -> mean bin 1
 
   def __post_init__(self):
-    if not (0 < self.normal_radius and 0 < self.feature_radius and self.normal_max_nn > 0
-            and self.feature_max_nn > 0 and (self.spacing is None or self.spacing > 0) and self.scale > 0):
-      raise ConfigError(f'config.fpfh: search parameters must be positive: {self}')
+    reals = [self.normal_radius, self.feature_radius, self.scale] + ([] if self.spacing is None else [self.spacing])
+    if not (all(isinstance(x, numbers.Real) and math.isfinite(x) and x > 0 for x in reals)
+            and all(isinstance(n, int) and n > 0 for n in (self.normal_max_nn, self.feature_max_nn))):
+      raise ConfigError(f'config.fpfh: search parameters must be finite and positive: {self}')
 
 
 def fpfh_points(points: np.ndarray, params: FpfhParams = FpfhParams()) -> np.ndarray:

@@ -19,27 +19,45 @@ from g2sf_jax.errors import DataError, OutputExistsError
 
 # A sample's two modalities, in this order everywhere: the RGB image (PNG) and the organised cloud (xyz TIFF).
 MODALITIES = ('rgb', 'xyz')
+# The most pixels a raw image or cloud may declare (64 Mpx, 8000²; MVTec 3D-AD's scans are at most 800², Eyecandies'
+# 512²): a small file claiming more is refused before it is decoded (a 1 MB TIFF can claim gigabytes).
+MAX_PIXELS = 64_000_000
 
 
-def _open_image(path: Path, expected: str) -> Image.Image:
+def _check_size(path: Path, pixels: int, max_pixels: int, shape) -> None:
+  if pixels > max_pixels:
+    raise DataError(f'{path}: declares {"×".join(map(str, shape))} pixels, more than the {max_pixels:,} allowed '
+                    '(max_pixels); not decoded')
+
+
+def _open_image(path: Path, expected: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
   if not path.is_file():
     raise DataError(f'{path}: file not found (expected {expected})')
   try:
     image = Image.open(path)
-    image.load()  # PIL decodes lazily; force it so truncation shows up here.
   except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files.
+    raise DataError(f'{path}: cannot decode image (expected {expected}): {e}') from e
+  _check_size(path, image.height * image.width, max_pixels, (image.height, image.width))  # the header only
+  try:
+    image.load()  # PIL decodes lazily; force it so truncation shows up here.
+  except Exception as e:
     raise DataError(f'{path}: cannot decode image (expected {expected}): {e}') from e
   return image
 
 
-def read_xyz_tiff(path: str | os.PathLike) -> np.ndarray:
+def read_xyz_tiff(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
   """Reads an organised point cloud: float32 [H, W, 3], (0, 0, 0) at missing pixels (algorithms.md §1.1)."""
   path = Path(path)
   expected = 'an organised point cloud TIFF, float32 [H, W, 3]'
   if not path.is_file():
     raise DataError(f'{path}: file not found (expected {expected})')
   try:
-    xyz = tifffile.imread(path)
+    with tifffile.TiffFile(path) as tif:
+      shape = tif.series[0].shape  # from the header: checked before anything is decoded
+      _check_size(path, int(np.prod(shape[:2])), max_pixels, shape[:2])
+      xyz = tif.asarray()
+  except DataError:
+    raise
   except Exception as e:  # tifffile raises TiffFileError, ValueError, struct.error... for broken files.
     raise DataError(f'{path}: cannot decode TIFF (expected {expected}): {e}') from e
   if xyz.ndim != 3 or xyz.shape[-1] != 3:
@@ -54,27 +72,27 @@ def read_xyz_tiff(path: str | os.PathLike) -> np.ndarray:
 _DEEP_MODES = ('I', 'F', 'I;16', 'I;16B', 'I;16L', 'I;16N')
 
 
-def read_rgb_png(path: str | os.PathLike) -> np.ndarray:
+def read_rgb_png(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
   """Reads an 8-bit image as uint8 [H, W, 3] with PIL `.convert('RGB')` (algorithms.md §1.4); grey and RGBA are
   converted."""
   path = Path(path)
-  image = _open_image(path, 'an 8-bit RGB image')
+  image = _open_image(path, 'an 8-bit RGB image', max_pixels)
   if image.mode in _DEEP_MODES:
     raise DataError(f'{path}: image mode {image.mode} (more than 8 bits per channel), expected an 8-bit RGB image')
   return np.asarray(image.convert('RGB'), dtype=np.uint8)
 
 
-def read_mask_png(path: str | os.PathLike) -> np.ndarray:
+def read_mask_png(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
   """Reads a ground-truth mask as uint8 [H, W] with PIL `.convert('L')` (algorithms.md §1.4)."""
   path = Path(path)
-  image = _open_image(path, 'a single-channel mask image')
+  image = _open_image(path, 'a single-channel mask image', max_pixels)
   return np.asarray(image.convert('L'), dtype=np.uint8)
 
 
-def read_depth_png16(path: str | os.PathLike) -> np.ndarray:
+def read_depth_png16(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
   """Reads a 16-bit depth PNG (Eyecandies, algorithms.md §1.3) as uint16 [H, W]."""
   path = Path(path)
-  image = _open_image(path, 'a 16-bit single-channel depth PNG')
+  image = _open_image(path, 'a 16-bit single-channel depth PNG', max_pixels)
   if image.mode not in ('I;16', 'I;16B', 'I'):
     raise DataError(f'{path}: image mode {image.mode}, expected a 16-bit single-channel depth PNG')
   depth = np.asarray(image)
@@ -126,6 +144,9 @@ def atomic_dir(path: str | os.PathLike, may_replace: Callable[[Path], bool] = la
   newly created one (0777 less the umask), not mkdtemp's 0700.
   """
   path = Path(path)
+  if path.is_symlink():
+    raise OutputExistsError(f'{path}: a symbolic link; outputs are never written through one: remove it or choose '
+                            'another path')
   if path.exists() and not may_replace(path):
     raise OutputExistsError(f'{path}: exists and is not an output this command replaces; move it away or choose '
                             'another path')
@@ -189,6 +210,25 @@ def write_png(path: str | os.PathLike, image: np.ndarray, text: dict[str, str] |
   with atomic_write(path) as f:
     Image.fromarray(image).save(f, format='PNG', compress_level=1, pnginfo=info)
   return Path(path)
+
+
+def write_float_tiff(path: str | os.PathLike, image: np.ndarray, description: str) -> Path:
+  """Writes float32 [H, W] as a one-page TIFF with `description` as its ImageDescription, atomically."""
+  image = np.asarray(image)
+  if image.dtype != np.float32 or image.ndim != 2:
+    raise ValueError(f'{path}: expected float32 [H, W], got {image.dtype} {image.shape}')
+  with atomic_write(path) as f:
+    tifffile.imwrite(f, image, description=description, metadata=None)
+  return Path(path)
+
+
+def tiff_description(path: str | os.PathLike) -> str:
+  """The ImageDescription of a TIFF's first page; '' for a file that is not a readable TIFF."""
+  try:
+    with tifffile.TiffFile(path) as tif:
+      return tif.pages[0].description or ''
+  except Exception:  # not a TIFF at all: nothing of ours
+    return ''
 
 
 def png_text(path: str | os.PathLike) -> dict[str, str]:

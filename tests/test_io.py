@@ -2,6 +2,8 @@
 import os
 import re
 import stat
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import tifffile
 from PIL import Image
 
 from g2sf_jax import io
+from g2sf_jax.errors import DataError
 
 
 def _xyz(h=6, w=5, seed=0):
@@ -169,3 +172,56 @@ def test_link_tree_shares_files_until_one_copy_is_rewritten(tmp_path):
   with np.load(tmp_path / 'a' / 'sub' / 'x.npz') as z:
     np.testing.assert_array_equal(z['v'], np.arange(3))
   assert (tmp_path / 'b' / 'meta.json').read_text() == '{}'
+
+
+def _png_claiming(path, height, width):
+  """A small 8×8 PNG whose header is rewritten to claim `height`×`width` pixels (CRC fixed): a decompression bomb
+  without the bytes."""
+  io.write_png(path, np.zeros((8, 8, 3), np.uint8))
+  data = bytearray(path.read_bytes())
+  at = data.index(b'IHDR')
+  data[at + 4:at + 12] = struct.pack('>II', width, height)
+  data[at + 17:at + 21] = struct.pack('>I', zlib.crc32(bytes(data[at:at + 17])))
+  path.write_bytes(bytes(data))
+
+
+def _tiff_claiming(path, height, width):
+  """A small float TIFF whose ImageLength/ImageWidth tags are rewritten to claim `height`×`width` pixels."""
+  io.write_xyz_tiff(path, np.ones((8, 8, 3), np.float32))
+  with tifffile.TiffFile(path) as tif:
+    tags = tif.pages[0].tags
+    where = {name: (tags[name].valueoffset, tags[name].dtype) for name in ('ImageLength', 'ImageWidth')}
+  data = bytearray(path.read_bytes())
+  for name, value in (('ImageLength', height), ('ImageWidth', width)):
+    offset, dtype = where[name]
+    data[offset:offset + (2 if dtype == 3 else 4)] = struct.pack('<H' if dtype == 3 else '<I', value)
+  path.write_bytes(bytes(data))
+
+
+def test_a_header_claiming_too_many_pixels_is_refused_before_decoding(tmp_path, monkeypatch):
+  _png_claiming(tmp_path / 'bomb.png', 10000, 10000)
+  _tiff_claiming(tmp_path / 'bomb.tiff', 10000, 10000)
+  decoded = []
+  monkeypatch.setattr(Image.Image, 'load', lambda self: decoded.append(self))
+  monkeypatch.setattr(tifffile.TiffFile, 'asarray', lambda self, *a, **k: decoded.append(self))
+  with pytest.raises(DataError, match=r'bomb.png: declares 10000×10000 pixels, more than the 64,000,000 allowed'):
+    io.read_rgb_png(tmp_path / 'bomb.png')
+  with pytest.raises(DataError, match=r'bomb.png: declares 10000×10000 pixels'):
+    io.read_mask_png(tmp_path / 'bomb.png')
+  with pytest.raises(DataError, match=r'bomb.tiff: declares 10000×10000 pixels'):
+    io.read_xyz_tiff(tmp_path / 'bomb.tiff')
+  with pytest.raises(DataError, match=r'declares 10000×10000 pixels, more than the 99,999,999'):
+    io.read_xyz_tiff(tmp_path / 'bomb.tiff', max_pixels=10_000 ** 2 - 1)
+  assert not decoded
+  monkeypatch.undo()
+  io.write_png(tmp_path / 'ok.png', np.zeros((300, 300, 3), np.uint8))  # the cap is configurable both ways
+  with pytest.raises(DataError, match='declares 300×300 pixels, more than the 80,000 allowed'):
+    io.read_rgb_png(tmp_path / 'ok.png', max_pixels=80_000)
+  assert io.read_rgb_png(tmp_path / 'ok.png', max_pixels=90_000).shape == (300, 300, 3)
+
+
+def test_float_tiff_carries_its_mark(tmp_path):
+  io.write_float_tiff(tmp_path / 'm.tiff', np.eye(3, dtype=np.float32), 'made by me')
+  assert io.tiff_description(tmp_path / 'm.tiff') == 'made by me'
+  np.testing.assert_array_equal(tifffile.imread(tmp_path / 'm.tiff'), np.eye(3, dtype=np.float32))
+  assert io.tiff_description(tmp_path / 'nothing.tiff') == ''

@@ -6,7 +6,7 @@ Every reference-code quirk is one switch here (algorithms.md "Fidelity policy");
 import ml_collections
 from ml_collections import config_dict
 
-from g2sf_jax import home
+from g2sf_jax import home, io
 from g2sf_jax.methods.cfm import defaults as cfm_defaults
 from g2sf_jax.methods.g2sf import defaults as g2sf_defaults
 from g2sf_jax.methods.m3dm import defaults as m3dm_defaults
@@ -26,6 +26,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.rgb_backbone = 'dino_vit_b8'   # dino_vit_b8 | efficientnet_lite0
   c.point_backbone = 'point_mae'   # point_mae | fpfh
   c.batch_size = 8                 # feature extraction batch
+  c.max_pixels = io.MAX_PIXELS     # a raw image or cloud declaring more pixels is refused before it is decoded
   c.workers = 0                    # processes for the CPU data work (rendering, cleaning, synthesis); 0 = one per
                                    # core. Keys no stage: the results are the same for any number (g2sf_jax/parallel.py)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
-from g2sf_jax import parallel
+from g2sf_jax import io, parallel
 from g2sf_jax.data import kind, prepared
 
 
@@ -23,6 +23,7 @@ class KindBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   KIND: kind.DatasetKind
   workers = 1
+  max_pixels = io.MAX_PIXELS
   VERSION = tfds.core.Version(prepared.VERSION)
   RELEASE_NOTES = {prepared.VERSION: 'Reference preprocessing (algorithms.md §1.2/§1.3) through g2sf_jax.data.'}
 
@@ -38,8 +39,8 @@ class KindBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, entries, split: str):
     with parallel.Workers(self.workers) as pool:
-      for entry, stored in zip(entries, pool.map(functools.partial(self.KIND.load_entry, keep_orig=split == 'train'),
-                                                 entries)):
+      load = functools.partial(self.KIND.load_entry, keep_orig=split == 'train', max_pixels=self.max_pixels)
+      for entry, stored in zip(entries, pool.map(load, entries)):
         self.info.metadata['problems'].extend(f'{entry.name}: {p}' for p in stored.problems)
         yield entry.name, dict(stored.arrays(), label=int(entry.defect != 'good'), defect=entry.defect,
                                name=entry.name, problems=list(stored.problems))

@@ -117,17 +117,17 @@ def read_pose(path: Path) -> np.ndarray:
   return pose
 
 
-def load_entry(entry: Entry, keep_orig: bool = False) -> kind.Stored:
+def load_entry(entry: Entry, keep_orig: bool = False, max_pixels: int = io.MAX_PIXELS) -> kind.Stored:
   """Reads one raw sample and converts it (algorithms.md §1.3). Eyecandies keeps no `xyz_orig` (its full cloud is
   `xyz`)."""
-  depth = io.read_depth_png16(entry.path('depth.png'))
-  rgb = io.read_rgb_png(entry.path('image_4.png'))
+  depth = io.read_depth_png16(entry.path('depth.png'), max_pixels)
+  rgb = io.read_rgb_png(entry.path('image_4.png'), max_pixels)
   if rgb.shape[:2] != depth.shape:
     raise DataError(f'{entry.path("image_4.png")}: image size {rgb.shape[:2]} differs from its depth map '
                     f'{entry.path("depth.png")} {depth.shape}')
   depth_min, depth_max = read_depth_range(entry.path('info_depth.yaml'))
   xyz, problems = preprocessing.preprocess_eyecandies(depth, depth_min, depth_max, read_pose(entry.path('pose.txt')))
-  mask = io.read_mask_png(entry.mask) if entry.mask is not None else np.zeros(xyz.shape[:2], np.uint8)
+  mask = io.read_mask_png(entry.mask, max_pixels) if entry.mask is not None else np.zeros(xyz.shape[:2], np.uint8)
   if mask.shape != xyz.shape[:2]:
     raise DataError(f'{entry.mask}: mask size {mask.shape} differs from the depth map {xyz.shape[:2]}')
   return kind.Stored(rgb, xyz, None, mask, tuple(str(p) for p in problems), raw_rgb=rgb)

@@ -72,17 +72,17 @@ class Listing:
 class DatasetKind:
   """One dataset kind.
 
-  list_class(class_dir) → Listing; load_entry(entry, keep_orig) → Stored (reads the raw files and applies the kind's
-  preprocessing; `keep_orig` keeps `xyz_orig`). For new scans: scan_entry(**files) → an entry from the user's raw files
-  (`scan_files` names the keywords, e.g. ('rgb', 'xyz') or ('sample',)); scan_folder(folder) → the entries of a folder
-  of raw scans; preprocess_arrays(rgb, xyz) → Stored, the same preprocessing on arrays already read. mask_rgb_by_xyz:
-  algorithms.md §1.4's Eyecandies RGB masking; synthesis: which anomaly-synthesis rules apply (algorithms.md §4.2:
-  'mvtec', or 'eyecandies' for the rules marked E).
+  list_class(class_dir) → Listing; load_entry(entry, keep_orig, max_pixels) → Stored (reads the raw files, refusing any
+  that declares more than `max_pixels` pixels, and applies the kind's preprocessing; `keep_orig` keeps `xyz_orig`). For
+  new scans: scan_entry(**files) → an entry from the user's raw files (`scan_files` names the keywords, e.g. ('rgb',
+  'xyz') or ('sample',)); scan_folder(folder) → the entries of a folder of raw scans; preprocess_arrays(rgb, xyz) →
+  Stored, the same preprocessing on arrays already read. mask_rgb_by_xyz: algorithms.md §1.4's Eyecandies RGB masking;
+  synthesis: which anomaly-synthesis rules apply (algorithms.md §4.2: 'mvtec', or 'eyecandies' for the rules marked E).
   """
   name: str
   classes: tuple[str, ...]
   list_class: Callable[[Path], Listing]
-  load_entry: Callable[[Any, bool], Stored]
+  load_entry: Callable[[Any, bool, int], Stored]
   scan_files: tuple[str, ...]
   scan_entry: Callable[..., Any]
   scan_folder: Callable[[Path], list[Any]]

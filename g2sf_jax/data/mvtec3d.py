@@ -95,10 +95,11 @@ def list_class(class_dir: Path) -> kind.Listing:
   return kind.Listing(found, splits)
 
 
-def read_entry(entry: Entry) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
+def read_entry(entry: Entry, max_pixels: int = io.MAX_PIXELS) -> tuple[np.ndarray | None, np.ndarray | None,
+                                                                        np.ndarray]:
   """(xyz float32 [H,W,3] or None, rgb uint8 [H,W,3] or None, mask uint8 [H,W]) with matching sizes."""
-  xyz = io.read_xyz_tiff(entry.xyz) if entry.xyz is not None else None
-  rgb = io.read_rgb_png(entry.rgb) if entry.rgb is not None else None
+  xyz = io.read_xyz_tiff(entry.xyz, max_pixels) if entry.xyz is not None else None
+  rgb = io.read_rgb_png(entry.rgb, max_pixels) if entry.rgb is not None else None
   if xyz is not None and rgb is not None and rgb.shape[:2] != xyz.shape[:2]:
     raise DataError(f'{entry.rgb}: image size {rgb.shape[:2]} differs from its point cloud {entry.xyz} '
                     f'{xyz.shape[:2]}')
@@ -107,7 +108,7 @@ def read_entry(entry: Entry) -> tuple[np.ndarray | None, np.ndarray | None, np.n
     raise DataError(f'{reference}: {size[0]}×{size[1]} pixels, too small to score (at least {MIN_SIDE}×{MIN_SIDE})')
   if entry.gt is None:
     return xyz, rgb, np.zeros(size, np.uint8)
-  mask = io.read_mask_png(entry.gt)
+  mask = io.read_mask_png(entry.gt, max_pixels)
   if mask.shape != size:
     what = 'point cloud' if xyz is not None else 'image'
     raise DataError(f'{entry.gt}: mask size {mask.shape} differs from its {what} {reference} {size}')
@@ -126,9 +127,9 @@ def preprocess(xyz: np.ndarray | None, rgb: np.ndarray | None, mask: np.ndarray,
                      tuple(str(p) for p in sample.problems), raw_size=size, raw_rgb=rgb)
 
 
-def load_entry(entry: Entry, keep_orig: bool = False) -> kind.Stored:
+def load_entry(entry: Entry, keep_orig: bool = False, max_pixels: int = io.MAX_PIXELS) -> kind.Stored:
   """Reads one raw sample and preprocesses it as `prepare` does."""
-  return preprocess(*read_entry(entry), keep_orig=keep_orig)
+  return preprocess(*read_entry(entry, max_pixels), keep_orig=keep_orig)
 
 
 def scan_entry(rgb: str | Path | None = None, xyz: str | Path | None = None) -> Entry:

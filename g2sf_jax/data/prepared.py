@@ -1,7 +1,8 @@
 """Prepared data: `prepare` runs the TFDS builders of `datasets/` once per class, `load_split` reads them back.
 
 The builders write array_record files (no TensorFlow needed) with the kind's preprocessing applied once
-(`g2sf_jax/data/builder.py`); `load_split` / `load_split_full` read them with random access and apply the algorithms.md
+(`g2sf_jax/data/builder.py`); `load_split` / `load_split_full` read them with random access (`records`, with the
+project's own schema: nothing a file on disk names is imported) and apply the algorithms.md
 §1.4 transforms (`transforms.model_input`). The builders are loaded by file path because `datasets/` is deliberately not
 an importable package (it would shadow Hugging Face's `datasets`).
 """
@@ -16,7 +17,7 @@ import numpy as np
 
 from g2sf_jax import data as kinds
 from g2sf_jax import io
-from g2sf_jax.data import kind, transforms
+from g2sf_jax.data import kind, records, transforms
 from g2sf_jax.io import DataError
 from g2sf_jax.errors import MissingInputError
 
@@ -79,10 +80,12 @@ def is_prepared(dataset: str, data_dir: str | Path, class_name: str) -> bool:
 
 
 def prepare(dataset: str, raw_dir: str | Path, data_dir: str | Path,
-            classes: str | Sequence[str] | None = None, workers: int = 1) -> dict[str, dict]:
+            classes: str | Sequence[str] | None = None, workers: int = 1,
+            max_pixels: int = io.MAX_PIXELS) -> dict[str, dict]:
   """Builds the TFDS array_record data of each class from the user's raw download (read only).
 
   `workers` processes read and clean the samples (`g2sf_jax.parallel`); the stored data is the same for any number.
+  A raw file declaring more than `max_pixels` pixels is refused before it is decoded.
 
   `classes`: None = every class of the dataset (synthetic: every class found in `raw_dir`).
   Returns `{class: {'path', 'built', 'num_examples': {split: n}, 'modalities': (str, ...), 'problems': [str]}}`;
@@ -111,6 +114,7 @@ def prepare(dataset: str, raw_dir: str | Path, data_dir: str | Path,
     built = not is_prepared(dataset, data_dir, name)
     builder = module.Builder(config=name, data_dir=str(Path(data_dir).absolute()), file_format='array_record')
     builder.workers = workers
+    builder.max_pixels = max_pixels
     builder.download_and_prepare(download_config=config)
     info = builder.info
     report[name] = dict(path=str(prepared_dir(dataset, data_dir, name)), built=built,
@@ -168,14 +172,13 @@ class _Samples(Sequence):
     return self._transform(self._source[index % len(self)])
 
 
-def _source(dataset: str, data_dir: str | Path, class_name: str, split: str):
-  import tensorflow_datasets as tfds
-
+def _source(dataset: str, data_dir: str | Path, class_name: str, split: str) -> records.Split:
+  """The split's records, read with the project's schema (`records`: nothing a file on disk names is imported)."""
   kinds.resolve_classes(dataset, [class_name])
   if split not in kind.SPLITS:
     raise DataError(f'unknown split {split!r}; expected one of {", ".join(kind.SPLITS)}')
   _check_prepared(dataset, data_dir, class_name)
-  return tfds.data_source(f'{dataset}/{class_name}:{VERSION}', split=split, data_dir=str(data_dir))
+  return records.Split(prepared_dir(dataset, data_dir, class_name), dataset, split)
 
 
 def _text(value) -> str:
@@ -207,7 +210,7 @@ def _samples(dataset: str, data_dir: str | Path, class_name: str, split: str, tr
 def labels(dataset: str, data_dir: str | Path, class_name: str, split: str) -> np.ndarray:
   """int64 [N]: the image labels of a prepared split (1 = anomalous), without the load transforms."""
   source = _source(dataset, data_dir, class_name, split)
-  return np.array([int(source[i]['label']) for i in range(len(source))], np.int64)
+  return np.array([source.get(i, ('label',))['label'] for i in range(len(source))], np.int64)
 
 
 def load_split(dataset: str, data_dir: str | Path, class_name: str, split: str) -> Sequence[dict]:

@@ -21,9 +21,9 @@ import numpy as np
 import cv2
 from scipy import ndimage
 
-from g2sf_jax import io, parallel
+from g2sf_jax import io, manifest, parallel
 from g2sf_jax.data import kind, mvtec3d
-from g2sf_jax.errors import OutputExistsError
+from g2sf_jax.errors import CorruptOutputError, OutputExistsError
 
 SHAPES = ('cube', 'cylinder', 'torus', 'sphere')
 DEFECT_KINDS = {
@@ -296,10 +296,13 @@ def _write_sample(job: _SampleJob) -> None:
     io.write_png(job.folder / 'gt' / f'{job.index:03d}.png', gt)
 
 
-def _stored_params(meta: Path) -> dict:
-  """A class's `synthetic.json`; those written before `modalities` or `fov` existed hold both modalities at the
-  default field of view."""
-  return dict({'modalities': list(io.MODALITIES), 'fov': FOV}, **json.loads(meta.read_text()))
+def _intact(folder: Path) -> bool:
+  """Whether a generated class still holds exactly the files it was generated with (none edited or removed)."""
+  try:
+    found = manifest.read(folder)
+  except CorruptOutputError:
+    return False
+  return found is not None and not manifest.problems(folder, found)
 
 
 def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: int, n_test: int, size: int,
@@ -312,9 +315,10 @@ def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: 
   samples are rendered the same either way, so a single-modality class holds exactly the files of the two-modality
   one (its ground truth too, even for defects the missing modality alone shows). `fov`: see `render_sample`.
   Each class is written to a temporary folder and renamed into place, with its parameters in
-  `<class>/synthetic.json`: a class already generated with the same parameters is kept (resumable, idempotent);
-  one generated with other parameters is an error rather than silently mixed, unless `replace` (the runner's own
-  `<workdir>/raw`): then it is regenerated in one rename. A folder without `synthetic.json` is never replaced.
+  `<class>/synthetic.json` and a manifest of its files: a class already generated with the same parameters and
+  intact files is kept (resumable, idempotent); one generated with other parameters, or whose files were edited, is
+  an error rather than silently mixed, unless `replace` (the runner's own `<workdir>/raw`): then it is generated
+  again in one rename. A folder without `synthetic.json` is never replaced.
   `workers` processes render the samples (`g2sf_jax.parallel`; the files are the same for any number).
   """
   if isinstance(classes, str):
@@ -332,15 +336,16 @@ def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: 
     final = out_dir / shape
     meta = final / 'synthetic.json'
     if final.exists():
-      if meta.is_file() and _stored_params(meta) == params:
+      if meta.is_file() and json.loads(meta.read_text()) == params and _intact(final):
         continue
       if not (replace and meta.is_file()):
-        raise OutputExistsError(f'{final} exists but was not generated with {params} (see {meta}); '
-                                'remove it or choose another output folder')
+        raise OutputExistsError(f'{final} exists but was not generated with {params}, or whose files were edited '
+                                f'since (see {meta}); remove it or choose another output folder')
     with io.atomic_dir(final, lambda folder: replace and (folder / 'synthetic.json').is_file()) as tmp, \
         parallel.Workers(workers) as pool:
       _write_class(tmp, shape, n_train, n_test, size, seed, modalities, fov, pool)
       (tmp / 'synthetic.json').write_text(json.dumps(params, indent=1, sort_keys=True))
+      manifest.write(tmp, {'generated': params})
   return out_dir
 
 

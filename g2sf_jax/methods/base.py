@@ -10,7 +10,8 @@ Every method's graph starts after the shared stages `prepare` (the prepared data
 of the train and test samples, method-independent, shared by every method of a work directory); the runner appends
 an `evaluate` stage that scores the test features with the method's scorer. Stage ids are `'<owner>/<name>'`
 (`'patchcore/banks'`); a method may depend on another method's stage (G²SF builds on PatchCore's banks), and the
-outputs live under `<workdir>/<class>/<owner>/<name>/` (dataset-scope stages: `<workdir>/<owner>/<name>/`).
+versions of its outputs live under `<workdir>/<class>/<owner>/<name>/` (dataset-scope stages:
+`<workdir>/<owner>/<name>/`; `g2sf_jax.workdir`).
 """
 import abc
 import dataclasses
@@ -57,7 +58,8 @@ class ScorerContext(Protocol):
   mesh: Mesh
 
   def dir(self, stage_id: str) -> Path:
-    """The output folder of stage `stage_id` for this class (or the dataset, for a dataset-scope stage)."""
+    """The published output folder of stage `stage_id` for this class (or the dataset, for a dataset-scope
+    stage)."""
 
   def backbones(self) -> tuple[Any, Any]:
     """(rgb backbone or None, point backbone or None), for a scorer that runs a backbone itself."""
@@ -67,13 +69,16 @@ class StageContext(ScorerContext, Protocol):
   """What running a stage needs, provided by the runner (`experiments.runner`).
 
   `class_name` is '' for a dataset-scope stage; `classes` are the classes it pools over (`Stage.pool`; by default
-  the run's); `out_dir` is this stage's fresh
-  output folder (kept across an interrupted run with the same inputs, so a stage can resume from it); `data_dir`
-  holds the prepared data (`g2sf_jax.data.prepared`), for worker processes that open the splits themselves.
+  the run's); `out_dir` is the new version's folder the stage writes into (the same folder again after an
+  interrupted run with the same inputs, so a stage can resume from what it holds); `dir(stage_id)` is the published
+  version of a dependency; `data_dir(class_name)` holds a class's prepared data (`g2sf_jax.data.prepared`), for
+  worker processes that open the splits themselves.
   """
   classes: tuple[str, ...]
   out_dir: Path
-  data_dir: Path
+
+  def data_dir(self, class_name: str | None = None) -> Path:
+    """The prepared data of `class_name` (default: this stage's class)."""
 
   def key(self, *names: str) -> jax.Array:
     """The run's PRNG key folded with the class and `names`: explicit and reproducible."""
@@ -95,21 +100,22 @@ class StageContext(ScorerContext, Protocol):
 class Stage:
   """One cached step of a method.
 
-  run(ctx) does the work into `ctx.out_dir` and returns a small JSON-able summary for the marker. deps are the ids
+  run(ctx) does the work into `ctx.out_dir` and returns a small JSON-able summary for the manifest. deps are the ids
   of the stages whose outputs it reads ('extract', 'patchcore/banks', or a stage of its own method). keys are the
   config fields (dotted paths; a section stands for all its fields) its outputs depend on, minus `exclude`;
   `extra(ctx)` adds what is not a config field (backbone weights, the run's class list). Raise `version` when the
   code starts computing something else from the same inputs. scope: 'class' (once per class) or 'dataset' (once per
-  run, over all its classes; its deps are then taken for every class). `complete(ctx)` checks outputs that live
-  outside the stage's folder (the prepared data); by default the marker and the folder suffice. `variant(config)`
-  names a sub-folder per setting, so runs that need different outputs of the same stage (features of other
-  backbones) keep each instead of overwriting one another. In a multi-process run every process runs every stage
-  (their device work is split over the global mesh) and process 0 writes the outputs; `all_processes=False` is for
-  a stage without device work (`prepare`'s file conversion), which process 0 runs alone while the others wait.
-  `pool` names a config field listing the classes a stage reads across (its `ctx.classes`: M3DM's UFF, G²SF's
-  anomaly sources); empty, or the field empty, means the run's classes. The key holds the resolved list (not the
-  field), and a dataset-scope stage's deps are taken for each class of it, so naming a full run's list keeps its
-  outputs when a later run covers only some of the classes.
+  run, over all its classes; its deps are then taken for every class). `fresh(ctx, info)` says whether published
+  outputs (whose run returned `info`) still reflect inputs outside the work directory that the key cannot see (the
+  generated raw files of `prepare`). `salvage`: a rebuild of damaged outputs starts from the files that are still
+  intact (the feature chunks of `extract`). `variant(config)` names a sub-folder per setting, so runs that need
+  different outputs of the same stage (features of other backbones) keep each instead of overwriting one another.
+  In a multi-process run every process runs every stage (their device work is split over the global mesh) and
+  process 0 writes the outputs; `all_processes=False` is for a stage without device work (`prepare`'s file
+  conversion), which process 0 runs alone while the others wait. `pool` names a config field listing the classes a
+  stage reads across (its `ctx.classes`: M3DM's UFF, G²SF's anomaly sources); empty, or the field empty, means the
+  run's classes. The key holds the resolved list (not the field), and a dataset-scope stage's deps are taken for
+  each class of it, so naming a full run's list keeps its outputs when a later run covers only some of the classes.
   """
   name: str
   run: Callable[[StageContext], dict | None]
@@ -120,7 +126,8 @@ class Stage:
   version: int = 1
   scope: str = 'class'
   extra: Callable[[StageContext], Any] | None = None
-  complete: Callable[[StageContext], bool] | None = None
+  fresh: Callable[[StageContext, dict], bool] | None = None
+  salvage: bool = False
   variant: Callable[[ml_collections.ConfigDict], str] | None = None
   all_processes: bool = True
   pool: str = ''

@@ -13,16 +13,17 @@ SIZE = 160
 
 
 def _tree(root):
-  """{relative path: sha256} of every file under root."""
+  """{relative path: sha256} of every file under root (but the manifest's cache of file metadata)."""
   return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(root.rglob('*')) if p.is_file()}
+          for p in sorted(root.rglob('*')) if p.is_file() and p.name != '.stat.json'}
 
 
 def test_layout_counts_and_readable(tmp_path):
   root = sd.generate(tmp_path / 'raw', 'cube,torus', n_train=4, n_test=9, size=SIZE, seed=0)
   assert sorted(p.name for p in root.iterdir()) == ['cube', 'torus']
   cube = root / 'cube'
-  assert sorted(p.name for p in cube.iterdir()) == ['synthetic.json', 'test', 'train', 'validation']
+  assert sorted(p.name for p in cube.iterdir()) == ['.stat.json', 'manifest.json', 'synthetic.json', 'test', 'train',
+                                                    'validation']
   assert sorted(p.name for p in (cube / 'test').iterdir()) == sorted(('good',) + sd.DEFECTS)
   assert [p.name for p in (cube / 'train').iterdir()] == ['good']
   assert sorted(p.name for p in (cube / 'train' / 'good').iterdir()) == ['rgb', 'xyz']  # no gt for train
@@ -75,8 +76,9 @@ def test_single_modality_writes_the_same_files_minus_one_folder(tmp_path):
   for modalities, kept, dropped in [(('rgb',), 'rgb', 'xyz'), ('xyz', 'xyz', 'rgb'), ('xyz+rgb', None, None)]:
     out = tmp_path / f'only_{kept}'
     tree = _tree(sd.generate(out, ['sphere'], 2, 7, SIZE, seed=2, modalities=modalities))
-    files = {k: v for k, v in tree.items() if not k.endswith('synthetic.json')}
-    expected = {k: v for k, v in both.items() if not k.endswith('synthetic.json')
+    meta = ('synthetic.json', 'manifest.json', '.stat.json')
+    files = {k: v for k, v in tree.items() if not k.endswith(meta)}
+    expected = {k: v for k, v in both.items() if not k.endswith(meta)
                 and (dropped is None or f'/{dropped}/' not in k)}
     assert files == expected, modalities  # identical bytes, one folder kind fewer
     if dropped:
@@ -91,17 +93,14 @@ def test_single_modality_writes_the_same_files_minus_one_folder(tmp_path):
       sd.generate(tmp_path / 'bad', ['sphere'], 2, 7, SIZE, seed=2, modalities=bad)
 
 
-def test_folder_generated_before_modalities_option_is_kept(tmp_path):
-  root = sd.generate(tmp_path, ['cube'], 1, 1, 64, seed=0)
-  meta = root / 'cube' / 'synthetic.json'
-  params = json.loads(meta.read_text())
-  del params['modalities']  # as written before the option existed
-  meta.write_text(json.dumps(params))
+def test_an_edited_generated_file_is_generated_again_only_where_that_is_allowed(tmp_path):
+  root = sd.generate(tmp_path, ['cube'], 1, 2, 64, seed=0)
   before = _tree(root)
-  sd.generate(tmp_path, ['cube'], 1, 1, 64, seed=0)
-  assert _tree(root) == before
-  with pytest.raises(FileExistsError, match='not generated with'):
-    sd.generate(tmp_path, ['cube'], 1, 1, 64, seed=0, modalities='rgb')
+  tiff = root / 'cube' / 'train' / 'good' / 'xyz' / '000.tiff'
+  tiff.write_bytes(tiff.read_bytes()[:-8] + bytes(8))
+  with pytest.raises(FileExistsError, match='or whose files were edited'):
+    sd.generate(tmp_path, ['cube'], 1, 2, 64, seed=0)  # a folder the caller owns: refused, not silently used
+  assert _tree(sd.generate(tmp_path, ['cube'], 1, 2, 64, seed=0, replace=True)) == before  # the runner's own
 
 
 def test_unknown_class_lists_supported(tmp_path):

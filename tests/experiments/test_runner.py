@@ -15,12 +15,13 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 import pytest
+import tifffile
 
 from experiments import predict, report, runner, stages
 from experiments.configs import synthetic
 from g2sf_jax import detector, io, methods
 from g2sf_jax.data import synthetic as synthetic_data
-from g2sf_jax.errors import ConfigError, DataError
+from g2sf_jax.errors import ConfigError, CorruptOutputError, DataError, NonFiniteError, UserError
 from g2sf_jax.workdir import Workdir
 
 # The tests of the module-scoped run go to one xdist worker (`--dist loadgroup`), so the run is made once.
@@ -50,9 +51,18 @@ def finished(tmp_path_factory):
   return config, runner.run(config)
 
 
+def _home(workdir, stage_id, config=None):
+  return Workdir(workdir).home(stages.stage_folder(config or tiny_config(workdir), stage_id), 'cube')
+
+
+def _output(workdir, stage_id, config=None) -> Path:
+  """The published version folder of a stage of class cube."""
+  return _home(workdir, stage_id, config).current().path
+
+
 def _markers(workdir, stage_ids=STAGE_FILES, config=None):
-  config = config or tiny_config(workdir)
-  return {s: os.stat(Workdir(workdir).marker(stages.stage_folder(config, s), 'cube')).st_mtime_ns for s in stage_ids}
+  """When each stage's outputs were last published (its `current.json`)."""
+  return {s: os.stat(_home(workdir, s, config).path / 'current.json').st_mtime_ns for s in stage_ids}
 
 
 @ONE_RUN
@@ -69,7 +79,7 @@ def test_every_stage_ran_and_reported(finished):
   html = open(f'{workdir}/g2sf/report/report.html').read()
   assert 'cube/roc.png' in html and 'overlays/' in html
   assert os.path.getsize(f'{workdir}/run.log') > 0
-  assert json.loads(open(f'{workdir}/g2sf/config.json').read())['dataset'] == 'synthetic'
+  assert detector.Run(workdir).config.dataset == 'synthetic'
 
 
 @ONE_RUN
@@ -161,7 +171,7 @@ def check_raw_predict(workdir: Path, modalities: str, tmp_path: Path, cli_single
   """Every test sample, scored from its raw files as they lie in the dataset layout (CLI batch, CLI single, API
   on files and on arrays), gets exactly the evaluation's image scores and maps."""
   method = Workdir(workdir).methods()[0]
-  with np.load(Workdir(workdir).stage_dir(f'{method}/evaluate', 'cube') / 'evaluation.npz') as z:
+  with np.load(Workdir(workdir).home(f'{method}/evaluate', 'cube').current().path / 'evaluation.npz') as z:
     want = {k: z[k] for k in z.files}
   names = list(want['names'])
   rows = [k[len('score_'):] for k in want if k.startswith('score_')]
@@ -189,11 +199,11 @@ def check_raw_predict(workdir: Path, modalities: str, tmp_path: Path, cli_single
   assert det.score(**{m: arrays[m](p) for m, p in files.items()}).image == one.image  # on arrays read from them
   if cli_single:
     single = predict.main(['--workdir', str(workdir)] + [a for m, p in files.items() for a in (f'--{m}', str(p))] +
-                          ['--out', str(tmp_path / 'one.png'), '--size', 'original', '--npy', str(tmp_path / 'one.npy'),
-                           '--overlay', str(tmp_path / 'overlay.png')])
+                          ['--out', str(tmp_path / 'one.png'), '--size', 'original', '--raw',
+                           str(tmp_path / 'one.tiff'), '--overlay', str(tmp_path / 'overlay.png')])
     assert single['image_scores'] == one.image
     assert io.read_mask_png(tmp_path / 'one.png').shape == io.read_mask_png(folders[0] / 'gt' / '000.png').shape
-    raw_map = np.load(tmp_path / 'one.npy')
+    raw_map = tifffile.imread(tmp_path / 'one.tiff')
     assert raw_map.shape == io.read_mask_png(folders[0] / 'gt' / '000.png').shape
     if 'rgb' in files:  # over the scan as it lies on disk, not the cleaned image (black where the plane was)
       want = report.overlay(io.read_rgb_png(files['rgb']), raw_map, np.zeros(raw_map.shape, bool),
@@ -267,7 +277,7 @@ def test_predict_never_writes_into_the_scans_or_over_foreign_files(finished, tmp
     with pytest.raises(SystemExit, match='never writes into the input data'):
       predict.main(args)
   with pytest.raises(SystemExit, match='only for one scan'):
-    predict.main(many + ['--out', str(tmp_path / 'r'), '--npy', str(tmp_path / 'x.npy')])
+    predict.main(many + ['--out', str(tmp_path / 'r'), '--raw', str(tmp_path / 'x.tiff')])
   with pytest.raises(SystemExit, match=r'to a \.png file path'):
     predict.main(one + ['--out', f'{tmp_path / "resdir"}/'])
   with pytest.raises(SystemExit, match='each output needs its own path'):
@@ -323,16 +333,17 @@ def test_rgb_only_run_on_data_with_clouds_preprocesses_scans_as_it_trained(finis
                                                       ('g2sf', 'xyz', ['PCD'])])
 def test_baseline_and_single_modality_runs(tmp_path, method, modalities, rows):
   """BTF on both modalities; RGB-only and 3D-only runs on data that has only those files."""
-  config = tiny_config(tmp_path)
+  workdir = tmp_path / 'w'
+  config = tiny_config(workdir)
   config.synthetic.n_train = 4
   config.method = method
   config.modalities = config.synthetic.modalities = modalities
   table = runner.run(config)
   assert table['rows'] == rows
   assert all(0 <= v <= 1 for v in table['classes']['cube'][rows[0]].values())
-  assert not (tmp_path / 'cube' / 'g2sf' / 'fusion_data').exists()  # no fusion without both modalities / for BTF
+  assert not (workdir / 'cube' / 'g2sf' / 'fusion_data').exists()  # no fusion without both modalities / for BTF
   if method == 'g2sf':  # RGB-only and 3D-only (rgb+xyz: test_predict_from_raw_files_gives_the_evaluation_scores)
-    check_raw_predict(tmp_path, modalities, tmp_path / 'predict')
+    check_raw_predict(workdir, modalities, tmp_path / 'predict')
 
 
 def test_the_report_keeps_classes_evaluated_earlier_with_the_same_settings(tmp_path):
@@ -356,7 +367,8 @@ def test_a_changed_synthetic_field_regenerates_the_runners_own_data(tmp_path):
   the folder a killed TFDS build left behind is cleared."""
   config = tiny_config(tmp_path)
   config.synthetic.n_train, config.synthetic.n_test, config.stages = 1, 2, 'prepare'
-  interrupted = Workdir(tmp_path).data_dir / 'synthetic' / 'cube' / 'incomplete.X1Y2Z3_1.0.0'
+  key = runner.Runner(config).key('prepare', 'cube')
+  interrupted = Workdir(tmp_path).home('prepare', 'cube').path / key / 'synthetic' / 'cube' / 'incomplete.X1Y2Z3_1.0.0'
   interrupted.mkdir(parents=True)  # what TFDS leaves when a build is killed
   runner.run(config)
   assert not interrupted.exists()
@@ -416,13 +428,17 @@ def test_stage_durations_in_the_log(finished):
 
 @pytest.mark.parametrize('field, value, message', [
     ('g2sf.scoring_mode', 'maxx', r"g2sf.scoring_mode = 'maxx' is not one of .*did you mean 'max'"),
-    ('memory_bank.coreset_fraction', 1.5, r'coreset_fraction = 1.5: expected a number in \(0, 1\]'),
+    ('memory_bank.coreset_fraction', 1.5, r'coreset_fraction = 1.5: expected a finite number in \(0, 1\]'),
+    ('g2sf.lr', float('inf'), r'g2sf.lr = inf: expected a finite number in \(0'),
+    ('g2sf.w_margin', float('nan'), r'g2sf.w_margin = nan: expected a finite number'),
+    ('fpfh.scale', float('inf'), r'config.fpfh: search parameters must be finite and positive'),
+    ('max_pixels', 10, r'max_pixels = 10: expected an integer in \[4096'),
     ('metrics.aupro_thresholds', 1, r'aupro_thresholds = 1: expected an integer in \[2'),
     ('scoring.blur', 'gauss', r"scoring.blur = 'gauss' is not one of"),
     ('point_backbone', 'pointnet', r"point_backbone = 'pointnet' is not one of"),
     ('stages', 'prepare,fusion', r"config.stages: unknown \['fusion'\]"),
     ('g2sf.epochs', 0, r'g2sf.epochs = 0: expected an integer in \[1'),
-    ('synthetic.fov', 0.0, r'synthetic.fov = 0.0: expected a number in \[0.01'),
+    ('synthetic.fov', 0.0, r'synthetic.fov = 0.0: expected a finite number in \[0.01'),
     ('dataset', 'mvtec3d', 'config.raw_dir is empty'),
     ('distributed.coordinator', 'node0', r"distributed.coordinator = 'node0': expected host:port"),
     ('distributed.process_id', 0, r'distributed.coordinator = \'\': expected host:port'),
@@ -455,18 +471,18 @@ def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
 
 
 @ONE_RUN
-def test_a_failed_run_keeps_the_config_of_the_finished_one(finished, tmp_path):
+def test_a_failed_run_keeps_the_record_of_the_finished_one(finished, tmp_path):
   config, _ = finished
   shared = tmp_path / 'copy'
   shutil.copytree(config.workdir, shared)
-  before = (shared / 'g2sf' / 'config.json').read_text()
+  before = (shared / 'g2sf' / 'run.json').read_text()
   changed = tiny_config(shared)
   changed.g2sf.epochs = 3
   changed.stages = 'evaluate'  # the retrained fuser does not exist: this run fails
-  with pytest.raises(FileNotFoundError, match="'g2sf/train' stage has no up-to-date output"):
+  with pytest.raises(FileNotFoundError, match="'g2sf/train' stage has no up-to-date, intact output"):
     runner.run(changed)
-  assert (shared / 'g2sf' / 'config.json').read_text() == before
-  assert predict.trained_classes(shared, 'g2sf') == ['cube']
+  assert (shared / 'g2sf' / 'run.json').read_text() == before
+  assert detector.Run(shared).classes == ('cube',)
 
 
 @ONE_RUN
@@ -526,14 +542,16 @@ def test_m3dm_and_cfm_run_on_the_shared_features(finished, tmp_path):
     assert 'cube/roc.png' in html and 'overlays/' in html
   assert _markers(shared, ('prepare', 'extract')) == before
   assert Workdir(shared).methods() == ['cfm', 'g2sf', 'm3dm']
-  with np.load(shared / 'cube' / 'cfm' / 'evaluate' / 'evaluation.npz') as z:
+  cfm = tiny_config(shared)
+  cfm.method = 'cfm'
+  with np.load(_output(shared, 'cfm/evaluate', cfm) / 'evaluation.npz') as z:
     assert 'pro_map_CFM' in z.files and not np.array_equal(z['pro_map_CFM'], z['map_CFM'])
   # The generic detector scores a raw scan with CFM (whose scorer runs the point backbone on the cloud itself) as
   # the evaluation did.
   scan = shared / 'raw' / 'cube' / 'test' / 'crack'
   got = predict.main(['--workdir', str(shared), '--method', 'cfm', '--rgb', str(scan / 'rgb' / '000.png'),
                       '--xyz', str(scan / 'xyz' / '000.tiff'), '--out', str(tmp_path / 'cfm.png')])
-  with np.load(shared / 'cube' / 'cfm' / 'evaluate' / 'evaluation.npz') as z:
+  with np.load(_output(shared, 'cfm/evaluate', cfm) / 'evaluation.npz') as z:
     assert got['image_scores']['CFM'] == float(z['score_CFM'][list(z['names']).index('test/crack/000')])
 
 
@@ -601,7 +619,7 @@ def test_two_processes_give_the_one_process_results(tmp_path):
   assert '2 process(es), 4 device(s)' in (workdir / 'run.log').read_text()
   got = json.loads((workdir / 'g2sf' / 'report' / 'results.json').read_text())
   assert got['classes'] == table['classes']
-  a, b = (np.load(Path(w) / 'cube' / 'g2sf' / 'evaluate' / 'evaluation.npz') for w in (one.workdir, workdir))
+  a, b = (np.load(_output(Path(w), 'g2sf/evaluate') / 'evaluation.npz') for w in (one.workdir, workdir))
   for name in a.files:  # features, banks and search are exact; the LSPN's gradients are summed in another order
     if name == 'score_FUS':
       np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-6, err_msg=name)
@@ -618,7 +636,7 @@ def test_the_other_processes_stop_when_one_dies(tmp_path):
   waiting forever, and leaves no finished-run config behind."""
   config = tiny_config(tmp_path / 'w')
   procs = _processes(_cli_flags(config), 2, tmp_path, 1, '--config.distributed.heartbeat_timeout_s=5')
-  marker = Workdir(config.workdir).marker('prepare', 'cube')
+  marker = Workdir(config.workdir).home('prepare', 'cube').path / 'current.json'
   deadline = time.monotonic() + 300
   while not marker.is_file() and time.monotonic() < deadline and procs[0].poll() is None:
     time.sleep(0.5)
@@ -629,7 +647,7 @@ def test_the_other_processes_stop_when_one_dies(tmp_path):
   assert procs[0].returncode != 0
   causes = ('Connection closed by peer', 'Connection reset by peer', 'another task died', 'heartbeat')
   assert any(c in err for c in causes), err[-3000:]  # gloo sees the peer go, or JAX's heartbeat monitor does
-  assert not (Path(config.workdir) / 'g2sf' / 'config.json').exists()
+  assert not (Path(config.workdir) / 'g2sf' / 'run.json').exists()
 
 
 @ONE_RUN
@@ -640,9 +658,187 @@ def test_method_footprint_measures_a_finished_run(finished):
   assert r['rows'] == ['IMG', 'PCD', 'FUS'] and r['samples'] == config.synthetic.n_test
   from g2sf_jax import memory_bank
   from g2sf_jax.methods.patchcore import method as patchcore
-  banks, _ = memory_bank.load(Path(config.workdir) / 'cube' / 'patchcore' / 'banks' / patchcore.BANK_CHECKPOINT)
+  banks, _ = memory_bank.load(_output(Path(config.workdir), 'patchcore/banks') / patchcore.BANK_CHECKPOINT)
   coresets = sum(b.coreset.nbytes for b in banks.values())
   assert coresets <= r["state_bytes"] < 8 * coresets  # the coresets on the host and placed (padded), norms, LSPN
   assert r['per_sample_s'] > 0 and r['first_s'] > 0
   g2sf, cfm = method_footprint.full_size_state(244)
   assert '19,129 × 768 + 76,518 × 1152' in g2sf[1]  # bagel's coresets (BENCHMARKS.md, bank search row)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A work directory that can be trusted: nothing runs from data, damage is found and rebuilt, failures keep the
+# finished run, readers see one version.
+
+def _flip_byte(path: Path) -> None:
+  """One byte changed in place, the modification time put back: only the content tells."""
+  st = os.stat(path)
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0x01
+  path.write_bytes(bytes(data))
+  os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _largest_file(folder: Path, pattern: str = '*') -> Path:
+  return max((p for p in folder.rglob(pattern) if p.is_file() and p.name not in ('manifest.json', '.stat.json')),
+             key=lambda p: p.stat().st_size)
+
+
+def _scan_args(workdir: Path) -> list[str]:
+  scan = workdir / 'raw' / 'cube' / 'test' / 'crack'
+  return ['--workdir', str(workdir), '--rgb', str(scan / 'rgb' / '000.png'), '--xyz', str(scan / 'xyz' / '000.tiff')]
+
+
+@ONE_RUN
+def test_prepared_data_is_read_without_importing_what_a_file_names(finished, tmp_path, monkeypatch):
+  """A `features.json` naming a planted module (what TFDS would import) imports nothing: the reader has its own
+  schema; and the edited file makes the prepared data count as damaged, so the next run prepares it again."""
+  config, table = finished
+  shared = tmp_path / 'w'
+  shutil.copytree(config.workdir, shared)
+  (tmp_path / 'plugins').mkdir()
+  sentinel = tmp_path / 'imported'
+  (tmp_path / 'plugins' / 'evil_feat.py').write_text(f'open({str(sentinel)!r}, "w").write("ran")\n'
+                                                     'FeaturesDict = dict\n')
+  monkeypatch.syspath_prepend(str(tmp_path / 'plugins'))
+  features_json = next(_output(shared, 'prepare').rglob('features.json'))
+  features_json.write_text(features_json.read_text().replace(
+      'tensorflow_datasets.core.features.features_dict.FeaturesDict', 'evil_feat.FeaturesDict'))
+  assert 'evil_feat.FeaturesDict' in features_json.read_text()
+  from g2sf_jax.data import prepared
+  test = prepared.load_split('synthetic', _home(shared, 'prepare').current().path, 'cube', 'test')
+  assert len(test) == config.synthetic.n_test and test[0]['rgb'].shape == (224, 224, 3)
+  before = _markers(shared, ('prepare',))
+  btf = tiny_config(shared)
+  btf.method = 'btf'
+  runner.run(btf)
+  assert not sentinel.exists()
+  assert _markers(shared, ('prepare',)) != before  # the edited prepared data was rebuilt, not used
+
+
+@ONE_RUN
+def test_damaged_outputs_are_named_and_rebuilt_by_the_next_run(finished, tmp_path):
+  """A flipped byte in a feature chunk, the fusion data, the LSPN checkpoint, a coreset and the evaluation; an
+  edited run record: readers name the file, and one ordinary run rebuilds exactly what is damaged."""
+  config, table = finished
+  shared = tmp_path / 'w'
+  shutil.copytree(config.workdir, shared)
+  banks = _output(shared, 'patchcore/banks')
+  _flip_byte(_largest_file(banks))
+  with pytest.raises(CorruptOutputError, match=rf'{banks}/.*content changed since it was written.*experiments.run'):
+    detector.Detector.load(shared, 'cube', with_backbones=False)
+  record = shared / 'g2sf' / 'run.json'
+  record.write_text(record.read_text().replace('"scale": 0.055', '"scale": 0.55'))
+  with pytest.raises(SystemExit, match='run.json: edited or damaged since experiments.run wrote it'):
+    predict.main(_scan_args(shared) + ['--out', str(tmp_path / 'm.png')])
+  for stage in ('extract', 'g2sf/fusion_data', 'g2sf/train', 'g2sf/evaluate'):
+    _flip_byte(_largest_file(_output(shared, stage)))
+  before = _markers(shared)
+  again = runner.run(tiny_config(shared))
+  after = _markers(shared)
+  assert {s for s in STAGE_FILES if after[s] != before[s]} == set(STAGE_FILES[1:])  # prepare was intact
+  assert again['classes'] == table['classes']
+  assert 'extract cube: done in' in (shared / 'run.log').read_text()
+  predict.main(_scan_args(shared) + ['--out', str(tmp_path / 'm.png')])  # the rewritten record reads again
+
+
+@ONE_RUN
+def test_deleted_outputs_are_rebuilt(finished, tmp_path):
+  config, table = finished
+  shared = tmp_path / 'w'
+  shutil.copytree(config.workdir, shared)
+  (_output(shared, 'g2sf/evaluate') / 'evaluation.npz').unlink()
+  shutil.rmtree(_output(shared, 'g2sf/train') / 'best')
+  before = _markers(shared)
+  assert runner.run(tiny_config(shared))['classes'] == table['classes']
+  after = _markers(shared)
+  assert {s for s in STAGE_FILES if after[s] != before[s]} == {'g2sf/train', 'g2sf/evaluate'}
+
+
+@ONE_RUN
+def test_a_run_that_fails_in_training_leaves_the_finished_model_usable(finished, tmp_path, monkeypatch):
+  """Training that diverges stops with one line naming the stage and class; what predict uses is untouched."""
+  config, _ = finished
+  shared = tmp_path / 'w'
+  shutil.copytree(config.workdir, shared)
+  want = predict.main(_scan_args(shared) + ['--out', str(tmp_path / 'before.png')])['image_scores']
+  published = _markers(shared)
+  diverging = tiny_config(shared)
+  diverging.g2sf.lr = 1e30  # finite, so valid; the first epoch's loss is NaN
+  with pytest.raises(NonFiniteError, match=r'g2sf/train cube: the LSPN training loss of epoch 0 .* came out NaN'):
+    runner.run(diverging)
+  assert predict.main(_scan_args(shared) + ['--out', str(tmp_path / 'after.png')])['image_scores'] == want
+  assert runner.run(tiny_config(shared))  # the finished run's settings: every stage up to date
+  assert _markers(shared) == published
+
+
+@ONE_RUN
+def test_predict_during_a_retrain_uses_one_version(finished, tmp_path, monkeypatch):
+  """While a retrain has published its new LSPN but not yet its evaluation, predict answers with the finished
+  run's model and map range (old, consistently); afterwards with the new ones (new, consistently)."""
+  config, _ = finished
+  shared = tmp_path / 'w'
+  shutil.copytree(config.workdir, shared)
+  old = predict.main(_scan_args(shared) + ['--out', str(tmp_path / 'old.png')])
+  seen = []
+  evaluate = stages._evaluate
+
+  def evaluate_after_predict(ctx):
+    seen.append(predict.main(_scan_args(shared) + ['--out', str(tmp_path / 'during.png')]))
+    return evaluate(ctx)
+
+  monkeypatch.setattr(stages, '_evaluate', evaluate_after_predict)
+  retrain = tiny_config(shared)
+  retrain.g2sf.dropout = 0.3  # another training from the first step
+  runner.run(retrain)
+  assert [s['image_scores'] for s in seen] == [old['image_scores']] and seen[0]['map_range'] == old['map_range']
+  monkeypatch.setattr(stages, '_evaluate', evaluate)
+  new = predict.main(_scan_args(shared) + ['--out', str(tmp_path / 'new.png')])
+  assert new['image_scores']['FUS'] != old['image_scores']['FUS']
+  with np.load(_output(shared, 'g2sf/evaluate', retrain) / 'evaluation.npz') as z:
+    i = list(z['names']).index('test/crack/000')
+    assert new['image_scores']['FUS'] == float(z['score_FUS'][i])
+    assert new['map_range'] == [float(z['map_FUS'].min()), float(z['map_FUS'].max())]
+
+
+@ONE_RUN
+def test_predict_never_writes_into_a_work_directory_and_checks_its_outputs_first(finished, tmp_path, monkeypatch):
+  config, _ = finished
+  fusion = _output(Path(config.workdir), 'g2sf/fusion_data')
+  scores = next(fusion.glob('*.npy'))
+  before = scores.read_bytes()
+  args = _scan_args(Path(config.workdir))
+  with pytest.raises(SystemExit, match='inside the work directory'):
+    predict.main(args + ['--out', str(tmp_path / 'm.png'), '--raw', str(fusion / 'score.tiff')])
+  with pytest.raises(SystemExit, match='inside the work directory'):
+    predict.main(args + ['--out', str(scores.with_suffix('.png'))])
+  assert scores.read_bytes() == before
+  loaded = []
+  monkeypatch.setattr(detector.Detector, 'load', lambda *a, **k: loaded.append(1))
+  with pytest.raises(SystemExit, match=r'--out /proc/m.png: cannot write into /proc'):
+    predict.main(args + ['--out', '/proc/m.png'])
+  (tmp_path / 'theirs.tiff').write_bytes(b'II*\x00 not ours')
+  with pytest.raises(SystemExit, match='theirs.tiff: exists and was not written by predict'):
+    predict.main(args + ['--out', str(tmp_path / 'm.png'), '--raw', str(tmp_path / 'theirs.tiff')])
+  assert not loaded  # every refusal came before the model loaded
+
+
+def test_a_work_directory_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+  """No traceback for a work directory path that cannot be made, or a folder the process may not write (simulated:
+  this suite runs as root, for whom permissions do not apply)."""
+  (tmp_path / 'file').write_text('not a folder')
+  res = _cli('--config', 'synthetic', f'--config.workdir={tmp_path / "file" / "w"}')
+  assert res.returncode == 1 and 'Traceback' not in res.stderr
+  assert res.stderr.strip().splitlines()[-1] == (f'error: {tmp_path / "file" / "w"}: cannot create the work '
+                                                  'directory (Not a directory)')
+  from g2sf_jax import workdir as workdir_lib
+  real_open = os.open
+
+  def read_only(path, flags, *args):
+    if flags & os.O_CREAT:
+      raise PermissionError(13, 'Permission denied', str(path))
+    return real_open(path, flags, *args)
+
+  monkeypatch.setattr(workdir_lib.os, 'open', read_only)
+  with pytest.raises(UserError, match=r'g2sf-workdir.json: cannot write here \(Permission denied\)'):
+    workdir_lib.Workdir(tmp_path / 'ro').create()

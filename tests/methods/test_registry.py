@@ -58,13 +58,13 @@ def test_registered_method_runs_end_to_end(tmp_path, monkeypatch):
   assert all(0 <= v <= 1 for v in table['classes']['cube']['SPREAD'].values())
   wd = Workdir(tmp_path)
   assert (wd.report_dir('spread') / 'report.html').is_file() and wd.methods() == ['spread']
-  assert wd.info('spread/fit', 'cube')['spread'] > 0
+  assert wd.home('spread/fit', 'cube').current().info['spread'] > 0
   # The generic detector loads the new method's scorer and reproduces the evaluation from the cached features.
   det = detector.Detector.load(tmp_path, 'cube', with_backbones=False)
   assert det.rows == ('SPREAD',) and det.main_row == 'SPREAD'
-  feats = load_cached(wd.stage_dir(stages.stage_folder(c, 'extract'), 'cube') / 'test')
+  feats = load_cached(wd.home(stages.stage_folder(c, 'extract'), 'cube').current().path / 'test')
   scores = det.score_features(feats.get('img'), feats.get('pcd'))
-  with np.load(wd.stage_dir('spread/evaluate', 'cube') / 'evaluation.npz') as z:
+  with np.load(wd.home('spread/evaluate', 'cube').current().path / 'evaluation.npz') as z:
     np.testing.assert_array_equal([s.image['SPREAD'] for s in scores], z['score_SPREAD'])
     np.testing.assert_array_equal(np.stack([s.maps['SPREAD'] for s in scores]), z['map_SPREAD'])
 

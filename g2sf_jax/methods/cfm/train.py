@@ -19,6 +19,7 @@ import optax
 from jax.sharding import Mesh
 
 from g2sf_jax import checkpoints, distributed
+from g2sf_jax.errors import require_finite
 from g2sf_jax.methods.cfm import mlp as cfm_mlp
 
 
@@ -104,6 +105,7 @@ def train(config: ml_collections.ConfigDict, num_samples: int, batch_rows: Calla
     for terms in steps.fetch():
       for k in sums:
         sums[k] += float(terms[k]) / len(batches)
+    require_finite(f'the CFM training losses of epoch {epoch + 1} ({sums})', *sums.values())
     leaves = jax.tree.leaves(opt_state)
     checkpoints.save(state_dir, {'params': params, 'opt': {f'{i:04d}': x for i, x in enumerate(leaves)}},
                      {'key': seed, 'samples': num_samples, 'epoch': epoch + 1})

@@ -8,7 +8,6 @@ import dataclasses
 import functools
 import json
 import zlib
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import ml_collections
@@ -91,7 +90,7 @@ class _SynthesisPlan:
   """What one synthetic anomaly of a class is made from, as plain data so that a worker process can open the
   prepared splits itself (`g2sf_jax.parallel`): each anomaly is a function of (plan, index) alone."""
   dataset: str
-  data_dir: str
+  data_dirs: tuple[tuple[str, str], ...]   # (class, its prepared data): the host class and the sources' classes
   class_name: str
   hosts: tuple[int, ...]                   # rows of the class's training split that may host and donate
   sources: tuple[str, ...]                 # anomaly-source names ('class/split/…')
@@ -103,7 +102,8 @@ class _SynthesisPlan:
 @functools.lru_cache(maxsize=4)
 def _opened(plan: _SynthesisPlan):
   """The hosts and a source loader of `plan`, opened once per process."""
-  split = lambda name: prepared.load_split_full(plan.dataset, plan.data_dir, name, 'train')
+  data_dirs = dict(plan.data_dirs)
+  split = lambda name: prepared.load_split_full(plan.dataset, data_dirs[name], name, 'train')
   train = split(plan.class_name)
   source_splits = {name: split(name) for name, _ in plan.source_rows}
 
@@ -133,7 +133,8 @@ def build_fusion_data(ctx: base.StageContext) -> dict:
   banks = patchcore.load_banks(ctx)
   hosts = _hosts(ctx, ctx.samples('train', full=True))
   sources, source_rows = _anomaly_sources(ctx)
-  plan = _SynthesisPlan(c.dataset, str(Path(ctx.data_dir).absolute()), ctx.class_name, hosts, sources,
+  data_dirs = tuple((name, str(ctx.data_dir(name))) for name in dict.fromkeys([ctx.class_name, *ctx.classes]))
+  plan = _SynthesisPlan(c.dataset, data_dirs, ctx.class_name, hosts, sources,
                         source_rows, data.get(c.dataset).synthesis, zlib.crc32(f'{c.seed}/{ctx.class_name}'.encode()))
   rgb, point = ctx.backbones()
   bar = ctx.progress(c.synthesis.num_anomalies, f'{ctx.class_name} fusion data')

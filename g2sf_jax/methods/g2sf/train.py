@@ -26,7 +26,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from g2sf_jax import checkpoints, distributed
-from g2sf_jax.errors import DataError
+from g2sf_jax.errors import DataError, require_finite
 from g2sf_jax.methods.g2sf import losses
 from g2sf_jax.methods.g2sf import lspn
 
@@ -320,12 +320,14 @@ def train(config, data: 'FusionData', coresets: tuple[np.ndarray, np.ndarray], w
       steps.append(terms)
     outputs = steps.fetch()
     metrics = {k: sum(float(o[k]) for o in outputs) / max(len(outputs), 1) for k in (outputs[0] if outputs else {})}
+    require_finite(f'the LSPN training loss of epoch {epoch} ({metrics})', *metrics.values())
     if epoch > 0:  # algorithms.md §4.5d: the reference's epoch counter skips the first validation
       batches = balanced_batches(val_rows, label, batch, _rng(key, 4, epoch))
       vals = distributed.StepOutputs()
       for rows in batches:
         vals.append(val_step(params, *put(rows), dev_coresets, dev_mu, dev_margin))
       outs = vals.fetch()
+      require_finite(f'the LSPN validation scores of epoch {epoch}', *[o['score'] for o in outs])
       val = float(np.mean([float(o['separation']) for o in outs]) +
                   c.w_margin * np.mean([float(o['margin']) for o in outs]))
       auroc = roc_auc_score(np.concatenate([label[rows] for rows in batches]),

@@ -22,8 +22,8 @@ import ml_collections
 import numpy as np
 
 from g2sf_jax import checkpoints, memory_bank
-from g2sf_jax.config_fields import choice, number
-from g2sf_jax.errors import ConfigError
+from g2sf_jax.config_fields import choice, number, numbers_list
+from g2sf_jax.errors import ConfigError, require_finite
 from g2sf_jax.methods import base
 from g2sf_jax.methods.patchcore import method as patchcore
 from g2sf_jax.methods.m3dm import dlf, uff
@@ -148,6 +148,7 @@ def fit_dlf(ctx: base.StageContext) -> dict:
     s_parts.append(s)
     map_parts.append(maps)
   s, maps = np.concatenate(s_parts), np.concatenate(map_parts)
+  require_finite('the DLF inputs (the training samples\' scores against the banks)', s, maps)
   ctx.log('m3dm/dlf %s: fitting on %d image score rows and %d pixel rows', ctx.class_name, len(s), len(maps))
   detect = dlf.fit(s, c.m3dm.ocsvm_nu, c.m3dm.ocsvm_max_iter)
   segment = dlf.fit(maps, c.m3dm.ocsvm_nu, c.m3dm.ocsvm_max_iter)
@@ -185,9 +186,8 @@ class M3dm(base.Method):
     number(config, 'm3dm.uff.lr', 0, low_open=True)
     number(config, 'm3dm.uff.weight_decay', 0)
     number(config, 'm3dm.uff.temperature', 0, low_open=True)
-    if len(m.lambdas) != 3 or len(m.uff.betas) != 2:
-      raise ConfigError(f'config.m3dm.lambdas needs 3 weights (point, RGB, fused) and config.m3dm.uff.betas 2; got '
-                        f'{m.lambdas!r}, {m.uff.betas!r}')
+    numbers_list(config, 'm3dm.lambdas', 3, low=0)  # the DLF input weights: point, RGB, fused
+    numbers_list(config, 'm3dm.uff.betas', 2, low=0, high=1)
 
   def stages(self, config: ml_collections.ConfigDict) -> tuple[base.Stage, ...]:
     if not self._fuses(config):

@@ -32,7 +32,7 @@ import optax
 from jax.sharding import Mesh
 
 from g2sf_jax import checkpoints, distributed, features, io
-from g2sf_jax.errors import DataError
+from g2sf_jax.errors import DataError, require_finite
 from g2sf_jax.methods.m3dm import uff_net as uff_model
 
 _ROWS, _META = 'rows.npy', 'rows.json'
@@ -237,6 +237,7 @@ def train(config: ml_collections.ConfigDict, rows: np.ndarray, offsets: np.ndarr
         if update % max(1, total // 20) == 0 or update == total:
           log(f'UFF update {update}/{total}: lr {lr:.3g}, micro-batch loss {float(loss) * c.accum:.4f}')
     epoch += 1
+    require_finite(f'the UFF weights after epoch {epoch}', *jax.tree.leaves(jax.device_get(params)))
     opt_leaves = jax.tree.leaves(opt_state)
     checkpoints.save(state_dir, {'params': params, 'grads': grads_sum,
                                  'opt': {f'{i:04d}': x for i, x in enumerate(opt_leaves)}},

@@ -115,7 +115,8 @@ def test_fusion_data_synthesis_is_the_same_in_worker_processes(tmp_path):
   raw = synthetic.generate(tmp_path / 'raw', ['cube'], n_train=3, n_test=7, size=S, seed=0)
   prepared.prepare('synthetic', raw, tmp_path / 'data', 'cube')
   names = [s['name'] for s in prepared.load_split_full('synthetic', tmp_path / 'data', 'cube', 'train')]
-  plan = method._SynthesisPlan('synthetic', str(tmp_path / 'data'), 'cube', (0, 2), tuple(f'cube/{n}' for n in names),
+  plan = method._SynthesisPlan('synthetic', (('cube', str(tmp_path / 'data')),), 'cube', (0, 2),
+                               tuple(f'cube/{n}' for n in names),
                                tuple(('cube', i) for i in range(len(names))), 'mvtec', 7)
   make = functools.partial(method._synthesize, plan)
   here = [make(i) for i in range(4)]
