@@ -50,8 +50,18 @@ def background_mask(pcd: np.ndarray) -> np.ndarray:
   return np.sum(pcd, axis=-1) == 0
 
 
+def padded_size(n: int, batch_size: int) -> int:
+  """The batch `n` samples are padded to: the smallest power of two ≥ n, at most `batch_size`. Few compiled shapes,
+  and one scan is not computed `batch_size` times (on CPU each sample of a batch runs alone, so its features do not
+  depend on the padding)."""
+  size = 1
+  while size < n:
+    size *= 2
+  return min(size, batch_size)
+
+
 def _stack(samples: Sequence[dict], key: str, size: int) -> np.ndarray:
-  """`[size, ...]` from `samples[key]`, repeating the last sample so every batch has one compiled shape."""
+  """`[size, ...]` from `samples[key]`, repeating the last sample up to `size` (one compiled shape per size)."""
   arrays = []
   for s in samples:
     if key not in s:
@@ -62,14 +72,16 @@ def _stack(samples: Sequence[dict], key: str, size: int) -> np.ndarray:
 
 
 def _extract_batch(rgb_backbone: Backbone | None, point_backbone: Backbone | None, samples: Sequence[dict],
-                   batch_size: int) -> dict[str, np.ndarray]:
+                   size: int, kinds: Sequence[str]) -> dict[str, np.ndarray]:
   n = len(samples)
   out = {}
-  if rgb_backbone is not None:
-    out['img'] = np.asarray(rgb_backbone(jnp.asarray(_stack(samples, 'rgb', batch_size))))[:n]
-  if point_backbone is not None:
-    pixel = point_backbone(jnp.asarray(_stack(samples, 'xyz', batch_size)))
-    out['pcd'] = np.asarray(pooling.pool_to_grid(pixel))[:n]
+  if rgb_backbone is not None and 'img' in kinds:
+    out['img'] = np.asarray(rgb_backbone(jnp.asarray(_stack(samples, 'rgb', size))))[:n]
+  if point_backbone is not None and {'pcd', 'pcd224'} & set(kinds):
+    pixel = point_backbone(jnp.asarray(_stack(samples, 'xyz', size)))
+    for kind, grid in (('pcd', GRID), ('pcd224', 224)):
+      if kind in kinds:
+        out[kind] = np.asarray(pooling.pool_to_grid(pixel, grid=grid))[:n]
   return out
 
 
@@ -79,10 +91,12 @@ def _check_backbones(rgb_backbone, point_backbone) -> None:
 
 
 def extract(rgb_backbone: Backbone | None, point_backbone: Backbone | None, samples: Sequence[dict],
-            batch_size: int = 8) -> dict[str, np.ndarray]:
-  """`{'img': [N, h, w, Cr], 'pcd': [N, 56, 56, Cp]}` (float32; a key only for a present backbone)."""
+            batch_size: int = 8, kinds: Sequence[str] = ('img', 'pcd')) -> dict[str, np.ndarray]:
+  """The feature `kinds` of a present backbone (float32): `img` [N, h, w, Cr], `pcd` [N, 56, 56, Cp] (the point
+  features pooled to the patch grid), `pcd224` [N, 224, 224, Cp] (pooled at full size, for CFM)."""
   _check_backbones(rgb_backbone, point_backbone)
-  parts = [_extract_batch(rgb_backbone, point_backbone, samples[i:i + batch_size], batch_size)
+  parts = [_extract_batch(rgb_backbone, point_backbone, samples[i:i + batch_size],
+                          padded_size(len(samples[i:i + batch_size]), batch_size), kinds)
            for i in range(0, len(samples), batch_size)]
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
@@ -144,7 +158,8 @@ def extract_to_cache(cache_dir: str | os.PathLike, rgb_backbone: Backbone | None
     if path.exists():
       log(f'{path}: cached feature chunk does not read back (truncated or corrupt); recomputing it')
     log(f'{cache_dir}: extracting samples {start}..{min(start + batch_size, len(samples)) - 1}')
-    feats = _extract_batch(rgb_backbone, point_backbone, samples[start:start + batch_size], batch_size)
+    batch = samples[start:start + batch_size]
+    feats = _extract_batch(rgb_backbone, point_backbone, batch, padded_size(len(batch), batch_size), ('img', 'pcd'))
     with io.atomic_write(path) as f:
       np.savez(f, **feats)
     progress(min(batch_size, len(samples) - start))

@@ -13,11 +13,12 @@ from g2sf_jax.memory_bank.bank import ModalityBank, build, gather_rows, load, sa
 from g2sf_jax.memory_bank.greedy_coreset import (GREEDY_MODES, GREEDY_TILE, coreset, coreset_size, greedy_k_center,
                                           project, projection_dim, sparse_projection_matrix)
 from g2sf_jax.memory_bank.normaliser import Normaliser, row_chunks
-from g2sf_jax.memory_bank.scoring import (BLUR_MODES, UnimodalResult, score_map, unimodal_scores,
-                                          unimodal_scores_batch, upsample_bilinear)
+from g2sf_jax.memory_bank.scoring import (BLUR_MODES, UnimodalResult, patchcore, pixel_map, score_map,
+                                          unimodal_scores, unimodal_scores_batch, upsample_bilinear)
 from g2sf_jax.memory_bank.search import QUERY_CHUNK, ShardedBank, bank_rows, knn_search, place_bank
 
-__all__ = ['BLUR_MODES', 'GREEDY_MODES', 'GREEDY_TILE', 'QUERY_CHUNK', 'ModalityBank', 'Normaliser', 'ShardedBank',
+__all__ = ['BLUR_MODES', 'GREEDY_MODES', 'GREEDY_TILE', 'ModalityBank', 'Normaliser', 'QUERY_CHUNK', 'ShardedBank',
            'UnimodalResult', 'bank_rows', 'build', 'coreset', 'coreset_size', 'gather_rows', 'greedy_k_center',
-           'knn_search', 'load', 'place_bank', 'project', 'projection_dim', 'row_chunks', 'save', 'score_map',
-           'sparse_projection_matrix', 'unimodal_scores', 'unimodal_scores_batch', 'upsample_bilinear']
+           'knn_search', 'load', 'patchcore', 'pixel_map', 'place_bank', 'project', 'projection_dim', 'row_chunks',
+           'save', 'score_map', 'sparse_projection_matrix', 'unimodal_scores', 'unimodal_scores_batch',
+           'upsample_bilinear']

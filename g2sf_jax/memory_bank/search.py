@@ -94,6 +94,21 @@ def _knn_chunk(queries, rows, *, k, num_candidates, num_rows, dim, mesh):
                        check_vma=False)(queries, rows)
 
 
+def search(queries: jax.Array, rows: jax.Array, *, k: int, dim: int, num_rows: int, mesh: Mesh,
+           query_chunk: int = QUERY_CHUNK) -> tuple[jax.Array, jax.Array]:
+  """`knn_search` inside a traced function (a scorer's pure `apply`): `queries [q, d]` against a placed bank's
+  `rows` → `(dist [q, k] float32, idx [q, k] int32)`, in the same chunks of `query_chunk` queries (the last padded
+  with zeros), so it finds exactly what `knn_search` finds."""
+  num_q = queries.shape[0]
+  chunk = max(1, min(query_chunk, num_q))
+  chunks = -(-num_q // chunk)
+  padded = jnp.pad(queries.astype(jnp.float32), ((0, chunks * chunk - num_q), (0, 0)))
+  num_candidates = min(k + _CANDIDATE_MARGIN, rows.shape[0] // mesh.size)
+  d, i = jax.lax.map(lambda q: _knn_chunk(q, rows, k=k, num_candidates=num_candidates, num_rows=num_rows, dim=dim,
+                                          mesh=mesh), padded.reshape(chunks, chunk, -1))
+  return d.reshape(-1, k)[:num_q], i.reshape(-1, k)[:num_q]
+
+
 def knn_search(queries: np.ndarray, bank: np.ndarray | ShardedBank, k: int, mesh: Mesh | None = None,
                query_chunk: int = QUERY_CHUNK) -> tuple[np.ndarray, np.ndarray]:
   """The `k` nearest bank rows of each query: `(dist [q, k] float32, idx [q, k] int32)`, ascending.

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Protocol
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
@@ -38,17 +39,56 @@ class RowScores(NamedTuple):
   pro_maps: np.ndarray | None = None
 
 
-class Scorer(Protocol):
-  """Scores raw backbone features: `{'img': [B, h, w, Cr], 'pcd': [B, 56, 56, Cp]}` (the modalities of the run).
+# The feature kinds a scorer can ask for: the RGB backbone's patch grid, the point features pooled to the 56×56
+# grid, and (CFM) pooled back to 224×224 (`g2sf_jax.features`).
+FEATURE_KINDS = ('img', 'pcd', 'pcd224')
 
-  A scorer that also needs model inputs names them in `inputs` (e.g. ('xyz',) for [B, 224, 224, 3] clouds); the
-  caller adds them to the dict.
+
+class Scorer(abc.ABC):
+  """A method's scoring as one pure function of its arrays, so that the evaluation, predict and an exported bundle
+  run the very same program (`g2sf_jax.scoring`, `g2sf_jax.deploy`).
+
+  `needs` names the feature kinds it consumes (`FEATURE_KINDS`): `img` [B, h, w, Cr], `pcd` [B, 56, 56, Cp],
+  `pcd224` [B, 224, 224, Cp]. `arrays` is its state, a pytree of arrays (banks placed on the mesh, normalisers,
+  network weights); `apply(arrays, feats)` is traceable (jit, `jax.export`) and returns, per row, `image` [B],
+  `maps` [B, 224, 224] and, where the method's reference computes AUPRO on other maps, `pro_maps`.
   """
-  rows: tuple[str, ...]
-  inputs: tuple[str, ...]
+  rows: tuple[str, ...] = ()
+  needs: tuple[str, ...] = ()
+  arrays: Any = None
+  _jitted: Callable | None = None
+
+  @abc.abstractmethod
+  def apply(self, arrays: Any, feats: Mapping[str, jax.Array]) -> dict[str, dict[str, jax.Array]]:
+    """The scores of a batch: pure and traceable."""
+
+  def per_sample(self, arrays: Any, feats: Mapping[str, jax.Array]) -> dict[str, dict[str, jax.Array]]:
+    """`apply` on one sample at a time (a `lax.map` over the batch): what runs, in this process and exported.
+
+    XLA tiles a reduction or a product over a batch by the batch's size, so the last bits of a scan's scores would
+    depend on how many scans came with it; one at a time, a scan scores the same in the evaluation, alone in
+    `predict` and in any batch the server forms.
+    """
+    def one(sample):
+      return jax.tree.map(lambda y: y[0], self.apply(arrays, {k: v[None] for k, v in sample.items()}))
+    return jax.lax.map(one, dict(feats))
 
   def __call__(self, feats: Mapping[str, np.ndarray]) -> dict[str, RowScores]:
-    ...
+    """`per_sample` compiled once and run on this scorer's arrays → `{row: RowScores}` on the host."""
+    if self._jitted is None:
+      self._jitted = jax.jit(self.per_sample)
+    missing = [k for k in self.needs if k not in feats]
+    if missing:
+      raise ValueError(f'the scorer of rows {self.rows} needs the features {missing}')
+    out = self._jitted(self.arrays, {k: jnp.asarray(feats[k], jnp.float32) for k in self.needs})
+    return rows_from(jax.device_get(out))
+
+
+def rows_from(out: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, RowScores]:
+  """`Scorer.apply`'s outputs (fetched to the host) as `{row: RowScores}`."""
+  return {row: RowScores(np.asarray(o['image'], np.float32), np.asarray(o['maps'], np.float32),
+                         None if o.get('pro_maps') is None else np.asarray(o['pro_maps'], np.float32))
+          for row, o in out.items()}
 
 
 class ScorerContext(Protocol):
@@ -60,9 +100,6 @@ class ScorerContext(Protocol):
   def dir(self, stage_id: str) -> Path:
     """The published output folder of stage `stage_id` for this class (or the dataset, for a dataset-scope
     stage)."""
-
-  def backbones(self) -> tuple[Any, Any]:
-    """(rgb backbone or None, point backbone or None), for a scorer that runs a backbone itself."""
 
 
 class StageContext(ScorerContext, Protocol):
@@ -79,6 +116,9 @@ class StageContext(ScorerContext, Protocol):
 
   def data_dir(self, class_name: str | None = None) -> Path:
     """The prepared data of `class_name` (default: this stage's class)."""
+
+  def backbones(self) -> tuple[Any, Any]:
+    """(rgb backbone or None, point backbone or None) of the run's config, built once."""
 
   def key(self, *names: str) -> jax.Array:
     """The run's PRNG key folded with the class and `names`: explicit and reproducible."""
@@ -150,6 +190,8 @@ class Method(abc.ABC):
   name: str
   # Config fields the scorer reads (they key the evaluate stage together with `scoring`).
   scoring_keys: tuple[str, ...] = ()
+  # The AUPRO thresholds of the method's reference evaluation, used unless `metrics.aupro_thresholds` is set.
+  aupro_thresholds: int | str = 100
 
   @abc.abstractmethod
   def rows(self, config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -185,8 +227,3 @@ def stack_rows(batches: list[Mapping[str, RowScores]]) -> dict[str, RowScores]:
     parts = [getattr(b[row], field) for b in batches]
     return None if parts[0] is None else np.concatenate(parts)
   return {row: RowScores(cat(row, 'image'), cat(row, 'maps'), cat(row, 'pro_maps')) for row in batches[0]}
-
-
-def scorer_inputs(scorer: Scorer) -> tuple[str, ...]:
-  """The model inputs a scorer asks for besides the features (`Scorer.inputs`; none if it does not say)."""
-  return tuple(getattr(scorer, 'inputs', ()))

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from g2sf_jax.ops import exact
+
 
 def pil_box_radius(sigma: float, passes: int = 3) -> float:
   """Pillow's fractional box radius for an extended-box Gaussian of `sigma` (3.4375 for sigma 4, 3 passes)."""
@@ -49,15 +51,6 @@ def pil_gaussian_blur_u8(image: jax.Array, radius: float = 4.0, passes: int = 3)
   return x.astype(jnp.uint8)
 
 
-def _div_by_scalar(x: jax.Array, scalar: jax.Array) -> jax.Array:
-  """Correctly rounded `x / scalar`.
-
-  XLA rewrites division by a broadcast scalar into multiplication by its reciprocal, which is off by an ulp for
-  many values; the barrier keeps a true elementwise division so uint8 truncation matches torch/NumPy.
-  """
-  return x / jax.lax.optimization_barrier(jnp.broadcast_to(scalar, x.shape))
-
-
 @jax.jit
 def pil_gaussian_blur(score_map: jax.Array) -> jax.Array:
   """`[H, W]` non-negative float map → `[H, W]` float32, as the reference's `KNNGaussianBlur(4)` (algorithms.md §3.3).
@@ -68,7 +61,7 @@ def pil_gaussian_blur(score_map: jax.Array) -> jax.Array:
   m = score_map.astype(jnp.float32)
   mx = jnp.max(m)
   safe = jnp.where(mx > 0, mx, jnp.float32(1))
-  u8 = (_div_by_scalar(m, safe) * jnp.float32(255)).astype(jnp.uint8)
+  u8 = (exact.divide(m, safe) * jnp.float32(255)).astype(jnp.uint8)
   blurred = pil_gaussian_blur_u8(u8)
   levels = jnp.asarray(np.arange(256, dtype=np.float32) / np.float32(255))  # torch ToTensor: u8.float() / 255
   return levels[blurred] * jnp.where(mx > 0, mx, jnp.float32(0))

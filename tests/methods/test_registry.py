@@ -18,18 +18,18 @@ def _fit(ctx: base.StageContext) -> dict:
   return {'spread': spread}
 
 
-class SpreadScorer:
+class SpreadScorer(base.Scorer):
   rows = ('SPREAD',)
+  needs = ('pcd',)
 
   def __init__(self, spread: float, seed: int):
-    self.spread = spread
-    self.seed = seed
+    noise = np.random.default_rng(seed).random((224, 224), dtype=np.float32)
+    self.arrays = {'spread': np.float32(spread), 'noise': noise}
 
-  def __call__(self, feats):
-    x = next(iter(feats.values()))
-    image = (x.reshape(x.shape[0], -1).std(1) / self.spread).astype(np.float32)
-    noise = np.random.default_rng(self.seed).random((224, 224), dtype=np.float32)
-    return {'SPREAD': base.RowScores(image, image[:, None, None] * noise[None])}
+  def apply(self, arrays, feats):
+    x = feats['pcd']
+    image = x.reshape(x.shape[0], -1).std(1) / arrays['spread']
+    return {'SPREAD': {'image': image, 'maps': image[:, None, None] * arrays['noise'][None]}}
 
 
 class Spread(base.Method):
@@ -63,10 +63,10 @@ def test_registered_method_runs_end_to_end(tmp_path, monkeypatch):
   det = detector.Detector.load(tmp_path, 'cube', with_backbones=False)
   assert det.rows == ('SPREAD',) and det.main_row == 'SPREAD'
   feats = load_cached(wd.home(stages.stage_folder(c, 'extract'), 'cube').current().path / 'test')
-  scores = det.score_features(feats.get('img'), feats.get('pcd'))
+  scores = det.scores(feats)
   with np.load(wd.home('spread/evaluate', 'cube').current().path / 'evaluation.npz') as z:
-    np.testing.assert_array_equal([s.image['SPREAD'] for s in scores], z['score_SPREAD'])
-    np.testing.assert_array_equal(np.stack([s.maps['SPREAD'] for s in scores]), z['map_SPREAD'])
+    np.testing.assert_array_equal(scores['SPREAD'].image, z['score_SPREAD'])
+    np.testing.assert_array_equal(scores['SPREAD'].maps, z['map_SPREAD'])
 
 
 def test_unknown_method_lists_the_registry(tmp_path):

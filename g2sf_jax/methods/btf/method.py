@@ -6,6 +6,7 @@ joint rows. The scorer is PatchCore's (algorithms.md §3.3) on the joint feature
 """
 from typing import Mapping
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -13,8 +14,10 @@ from g2sf_jax import features, memory_bank
 from g2sf_jax.errors import ConfigError
 from g2sf_jax.methods import base
 from g2sf_jax.methods.patchcore import method as patchcore
+from g2sf_jax.ops import exact
 
 BANK_CHECKPOINT = 'coresets'
+SEARCH_K = 20  # neighbours ranked per patch, as in the unimodal rows' search (only the nearest is used)
 
 
 def joint_rows(img: np.ndarray, pcd: np.ndarray, stats: Mapping[str, tuple[float, float]]) -> np.ndarray:
@@ -36,19 +39,29 @@ def build_bank(ctx: base.StageContext) -> dict:
   return {'joint': list(joint.coreset.shape)}
 
 
-class BtfScorer:
+class BtfScorer(base.Scorer):
+  """Row BTF: PatchCore on the standardised joint features (algorithms.md §3.3)."""
   rows = ('BTF',)
+  needs = ('img', 'pcd')
 
   def __init__(self, bank: memory_bank.ModalityBank, stats: Mapping[str, tuple[float, float]], mesh, blur: str):
-    self.placed = memory_bank.place_bank(bank.coreset, mesh)
-    self.stats = stats
-    self.blur = blur
+    placed = memory_bank.place_bank(bank.coreset, mesh)
+    self.mesh, self.blur, self.dim, self.num_rows = mesh, blur, placed.dim, placed.num_rows
+    self.arrays = {'rows': placed.rows, 'stats': {k: np.asarray(v, np.float32) for k, v in stats.items()}}
 
-  def __call__(self, feats: Mapping[str, np.ndarray]) -> dict[str, base.RowScores]:
-    n = feats['img'].shape[0]
-    joint = joint_rows(feats['img'], feats['pcd'], self.stats).reshape(n, features.GRID * features.GRID, -1)
-    results = memory_bank.unimodal_scores_batch(joint, self.placed, blur=self.blur)
-    return {'BTF': patchcore.as_row(results)}
+  def apply(self, arrays, feats):
+    scaled = {}
+    for name in ('img', 'pcd'):
+      mean, std = arrays['stats'][name][0], arrays['stats'][name][1]
+      scaled[name] = exact.divide(jnp.asarray(feats[name], jnp.float32) - mean, std)
+    img = scaled['img']
+    if img.shape[1] != features.GRID:
+      img = jnp.repeat(jnp.repeat(img, 2, axis=1), 2, axis=2)
+    joint = jnp.concatenate([img, scaled['pcd']], axis=-1)
+    joint = joint.reshape(joint.shape[0], features.GRID * features.GRID, -1)
+    res = memory_bank.patchcore(joint, arrays['rows'], dim=self.dim, num_rows=self.num_rows, mesh=self.mesh,
+                                k=SEARCH_K, blur=self.blur)
+    return {'BTF': {'image': res['image'], 'maps': res['maps']}}
 
 
 class Btf(base.Method):

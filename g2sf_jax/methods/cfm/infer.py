@@ -13,9 +13,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from g2sf_jax.methods.cfm import mlp as cfm_mlp
+from g2sf_jax.ops import exact
 
 SIZE = 224
 
@@ -57,21 +57,18 @@ def raw_maps(params: dict, rgb: jax.Array, pcd: jax.Array, background: jax.Array
   return smooth(combined.reshape(-1, SIZE, SIZE))
 
 
-def scores(smoothed: np.ndarray, normalisation: str = 'reference') -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """S [B, 224, 224] → (image scores [B], pixel-AUROC maps [B, 224, 224], AUPRO maps [B, 224, 224]), float32.
-
-  A map without any non-zero pixel (no foreground) stays 0 with score 0.
-  """
-  s = np.asarray(smoothed, np.float32)
+def scores(smoothed: jax.Array, normalisation: str = 'reference') -> tuple[jax.Array, jax.Array, jax.Array]:
+  """S [B, 224, 224] → (image scores [B], pixel-AUROC maps [B, 224, 224], AUPRO maps [B, 224, 224]), float32;
+  traceable. A map without any non-zero pixel (no foreground) stays 0 with score 0."""
+  s = jnp.asarray(smoothed, jnp.float32)
   if normalisation == 'none':
-    return s.reshape(len(s), -1).max(1), s, s
-  image, pixel, pro = [], [], []
-  for m in s:
-    nonzero = m[m != 0]
-    fg_mean = np.float32(nonzero.mean()) if nonzero.size else np.float32(0)
-    all_mean = np.float32(m.mean())
-    safe = lambda d: m / d if d > 0 else np.zeros_like(m)
-    image.append(safe(np.sqrt(fg_mean)).max())
-    pixel.append(safe(np.sqrt(all_mean)))
-    pro.append(safe(fg_mean))
-  return np.asarray(image, np.float32), np.stack(pixel), np.stack(pro)
+    return s.reshape(s.shape[0], -1).max(1), s, s
+  count = jnp.sum(s != 0, axis=(1, 2))
+  fg_mean = jnp.where(count > 0, jnp.sum(s, axis=(1, 2)) / jnp.maximum(count, 1).astype(jnp.float32), 0.0)
+  all_mean = jnp.mean(s, axis=(1, 2))
+
+  def safe(d):
+    d = d[:, None, None]
+    return jnp.where(d > 0, exact.divide(s, jnp.where(d > 0, d, 1.0)), 0.0)
+
+  return safe(jnp.sqrt(fg_mean)).reshape(s.shape[0], -1).max(1), safe(jnp.sqrt(all_mean)), safe(fg_mean)

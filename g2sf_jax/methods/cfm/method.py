@@ -2,14 +2,15 @@
 
 Stage `cfm/train` (per class): the two mapping networks on the class's training pixels (`train.py`). The scorer
 maps each test sample's features across modalities and scores the disagreement (`infer.py`): row `CFM`. It needs
-both modalities (it maps one onto the other) and runs the point backbone itself on the test clouds, since its
-224×224 point features are not what the shared extract stage stores (`features.py`).
+both modalities (it maps one onto the other) and asks for the point features pooled to 224×224 (`pcd224`), which
+the caller computes from the clouds since the shared extract stage stores only the 56×56 ones (`features.py`).
 
 Reference behaviour kept as switches in `config.cfm` (the official CVLAB-Unibo code is the default): distance
 'euclid' (the code's distance between normalised vectors) | 'cosine'; normalisation 'reference' (the code's
 three per-image normalisations) | 'none'. Not kept: the official extractor stays in PyTorch train mode (stochastic
 DropPath); here the backbones are deterministic, as everywhere in g2sf-jax (`point_mae.drop_path`).
 """
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -20,6 +21,7 @@ from g2sf_jax.methods import base
 from g2sf_jax.methods.cfm import features as cfm_features
 from g2sf_jax.methods.cfm import infer
 from g2sf_jax.methods.cfm import train as cfm_train
+from g2sf_jax.ops import resize
 
 
 def train_networks(ctx: base.StageContext) -> dict:
@@ -51,23 +53,28 @@ def train_networks(ctx: base.StageContext) -> dict:
   return {'samples': n, 'cached_point_features': cached is not None}
 
 
-class CfmScorer:
+class CfmScorer(base.Scorer):
+  """Row CFM: each modality's features mapped onto the other's, the disagreement per pixel (App. C). Its point
+  features are the 224² ones (`pcd224`), which the caller computes from the clouds with the point backbone."""
   rows = ('CFM',)
-  inputs = ('xyz',)  # the 224² point features come from the clouds, through the point backbone
+  needs = ('img', 'pcd224')
 
-  def __init__(self, params: dict, point_backbone, config: ml_collections.ConfigDict):
-    self.params, self.point, self.config = params, point_backbone, config
+  def __init__(self, params: dict, config: ml_collections.ConfigDict):
+    self.arrays = params
+    self.distance, self.normalisation = config.cfm.distance, config.cfm.normalisation
 
-  def __call__(self, feats) -> dict[str, base.RowScores]:
-    pcd = cfm_features.point_rows(self.point, feats['xyz'])
-    smoothed = infer.raw_maps(self.params, cfm_features.rgb_rows(feats['img']), pcd, cfm_features.background(pcd),
-                              distance=self.config.cfm.distance)
-    image, pixel, pro = infer.scores(smoothed, self.config.cfm.normalisation)
-    return {'CFM': base.RowScores(image, pixel, pro)}
+  def apply(self, arrays, feats):
+    img = feats['img']
+    rgb = resize.bilinear(img, cfm_features.SIZE).reshape(img.shape[0], cfm_features.SIZE ** 2, -1)
+    pcd = feats['pcd224'].reshape(img.shape[0], cfm_features.SIZE ** 2, -1)
+    smoothed = infer.raw_maps(arrays, rgb, pcd, jnp.sum(pcd, axis=-1) == 0, distance=self.distance)
+    image, pixel, pro = infer.scores(smoothed, self.normalisation)
+    return {'CFM': {'image': image, 'maps': pixel, 'pro_maps': pro}}
 
 
 class Cfm(base.Method):
   name = 'cfm'
+  aupro_thresholds = 99  # the official `calculate_au_pro` default
   scoring_keys = ('cfm.distance', 'cfm.normalisation')
 
   def rows(self, config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -91,7 +98,4 @@ class Cfm(base.Method):
   def scorer(self, ctx: base.ScorerContext) -> CfmScorer:
     params, _ = checkpoints.load(ctx.dir('cfm/train') / 'networks', how_to_make='experiments.run --config cfm '
                                                                                 '--config.stages=train')
-    _, point = ctx.backbones()
-    if point is None:
-      raise ValueError('the CFM scorer runs the point backbone on the test clouds; load it with its backbones')
-    return CfmScorer(params, point, ctx.config)
+    return CfmScorer(params, ctx.config)

@@ -34,6 +34,15 @@ def _patch_scores(model: lspn.LSPN, mode: str, params: Any, theta: jax.Array, mu
   return {'score': agg[mode](), 'unified': unified, 'weights': w[:, 0]}
 
 
+def fused_patch_scores(model: lspn.LSPN, mode: str, params: Any, theta: jax.Array, mu: jax.Array, img: jax.Array,
+                       pcd: jax.Array, protos_img: jax.Array, protos_pcd: jax.Array) -> jax.Array:
+  """The fused score of N patches, traceable (a scorer's `apply`): img [N, D_R] normalised like the bank, pcd
+  [N, D_P], their J nearest prototypes per modality paired by rank → [N] aggregated by `mode`. Background patches
+  (all-zero point features, the reference's `PCD.sum(1) == 0`) keep w = (1, 1) (algorithms.md §4.6.3)."""
+  background = jnp.sum(pcd, axis=-1) == 0
+  return _patch_scores(model, mode, params, theta, mu, img, pcd, protos_img, protos_pcd, background)['score']
+
+
 def patch_scores(state: 'FusionState', g2sf_config, img: np.ndarray, pcd: np.ndarray, protos_img: np.ndarray,
                  protos_pcd: np.ndarray, background: np.ndarray) -> dict:
   """Fused scores of N patches from their J nearest prototypes per modality (paired by rank, algorithms.md §4.1).

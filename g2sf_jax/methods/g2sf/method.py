@@ -10,6 +10,8 @@ import json
 import zlib
 from typing import Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -20,30 +22,18 @@ from g2sf_jax.errors import ConfigError, DataError
 from g2sf_jax.methods import base
 from g2sf_jax.methods.patchcore import method as patchcore
 from g2sf_jax.methods.g2sf import dataset as fusion_dataset
-from g2sf_jax.methods.g2sf import infer, losses
+from g2sf_jax.methods.g2sf import infer, losses, lspn
 from g2sf_jax.methods.g2sf import train as fusion_train
 
 BANKS = 'patchcore/banks'
-
-
-class _Subset(Sequence):
-  """The samples `indices` of a lazy split, still lazy."""
-
-  def __init__(self, samples: Sequence, indices: Sequence[int]):
-    self.samples, self.indices = samples, list(indices)
-
-  def __len__(self) -> int:
-    return len(self.indices)
-
-  def __getitem__(self, i: int):
-    return self.samples[self.indices[i]]
 
 
 def _anomaly_sources(ctx: base.StageContext) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
   """algorithms.md §4.2: `synthesis.num_sources` preprocessed training clouds per class, pooled over the stage's classes
   (`synthesis.source_classes`, or the run's: the reference pools every class of the dataset).
 
-  Returns the source names ('class/split/…') and where each lies (class, row of its training split); the list is
+  Returns the source names ('class/split/…') and where each lies (class, row of its whole prepared training split,
+  also under `train.max_samples`); the list is
   saved in the stage's folder. A cloud with too few valid points is passed over (the next in the seeded order is
   taken).
   """
@@ -62,7 +52,8 @@ def _anomaly_sources(ctx: base.StageContext) -> tuple[tuple[str, ...], tuple[tup
                                              usable=lambda n: synthesis.can_host_anomaly(load_name(n)))
   with io.atomic_write(ctx.out_dir / 'anomaly_sources.json', 'w') as f:
     json.dump(sources, f, indent=1)
-  return tuple(sources), tuple(where[n] for n in sources)
+  rows = tuple((where[n][0], prepared.row_of(splits[where[n][0]], where[n][1])) for n in sources)
+  return tuple(sources), rows
 
 
 def _names(split: Sequence[dict]) -> list[str]:
@@ -92,7 +83,7 @@ class _SynthesisPlan:
   dataset: str
   data_dirs: tuple[tuple[str, str], ...]   # (class, its prepared data): the host class and the sources' classes
   class_name: str
-  hosts: tuple[int, ...]                   # rows of the class's training split that may host and donate
+  hosts: tuple[int, ...]                   # rows of the class's whole training split that may host and donate
   sources: tuple[str, ...]                 # anomaly-source names ('class/split/…')
   source_rows: tuple[tuple[str, int], ...]  # (class, training row) of each source
   profile: str
@@ -111,7 +102,7 @@ def _opened(plan: _SynthesisPlan):
     name, row = plan.source_rows[i]
     return source_splits[name][row]['xyz']
 
-  return _Subset(train, plan.hosts), load_source
+  return prepared.Subset(train, plan.hosts), load_source
 
 
 def _synthesize(plan: _SynthesisPlan, index: int) -> dict:
@@ -131,7 +122,8 @@ def build_fusion_data(ctx: base.StageContext) -> dict:
   """algorithms.md §4.2–4.3: `synthesis.num_anomalies` synthetic anomalies → their foreground patch rows."""
   c = ctx.config
   banks = patchcore.load_banks(ctx)
-  hosts = _hosts(ctx, ctx.samples('train', full=True))
+  train_full = ctx.samples('train', full=True)
+  hosts = tuple(prepared.row_of(train_full, i) for i in _hosts(ctx, train_full))
   sources, source_rows = _anomaly_sources(ctx)
   data_dirs = tuple((name, str(ctx.data_dir(name))) for name in dict.fromkeys([ctx.class_name, *ctx.classes]))
   plan = _SynthesisPlan(c.dataset, data_dirs, ctx.class_name, hosts, sources,
@@ -175,26 +167,39 @@ def train_fuser(ctx: base.StageContext) -> dict:
   return {'best_epoch': state.epoch, 'best_val': state.best_val, 'mu': np.asarray(state.mu).tolist()}
 
 
-class G2sfScorer:
-  """IMG and PCD (PatchCore) and FUS from the same nearest-neighbour search."""
+class G2sfScorer(base.Scorer):
+  """IMG and PCD (PatchCore) and FUS from the same nearest-neighbour search (algorithms.md §4.6)."""
   rows = ('IMG', 'PCD', 'FUS')
+  needs = ('img', 'pcd')
 
   def __init__(self, unimodal: patchcore.PatchCoreScorer, fuser: fusion_train.FusionState,
                config: ml_collections.ConfigDict):
     self.unimodal = unimodal
-    self.fuser = fuser
-    self.config = config
-    self.coresets = (unimodal.placed['img'], unimodal.placed['pcd'])
+    self.model = lspn.from_config(config.g2sf)
+    self.mode = config.g2sf.scoring_mode
+    self.blur = config.scoring.blur
+    self.k = config.g2sf.anchor + 1
+    if unimodal.num_anchors < self.k:
+      raise ValueError(f'G²SF needs the {self.k} nearest prototypes per modality (g2sf.anchor + 1), the search '
+                       f'keeps {unimodal.num_anchors}; raise memory_bank.num_anchors')
+    self.arrays = {'banks': unimodal.arrays, 'lspn': fuser.lspn_params, 'theta': np.asarray(fuser.theta),
+                   'mu': np.asarray(fuser.mu)}
 
-  def __call__(self, feats: Mapping[str, np.ndarray]) -> dict[str, base.RowScores]:
-    normalised = self.unimodal.normalised(feats)
-    results = self.unimodal.search(normalised)
-    out = self.unimodal.row_scores(results)
-    fused = [infer.score(self.fuser, self.config, normalised['img'][i], normalised['pcd'][i], self.coresets,
-                         (r_img.anchor_idx, r_pcd.anchor_idx))
-             for i, (r_img, r_pcd) in enumerate(zip(results['img'], results['pcd']))]
-    out['FUS'] = base.RowScores(np.array([f['image_score'] for f in fused], np.float32),
-                                np.stack([np.asarray(f['map224'], np.float32) for f in fused]))
+  def apply(self, arrays, feats):
+    found = self.unimodal.search(arrays['banks'], feats)
+    out = {row: {'image': found[name][1]['image'], 'maps': found[name][1]['maps']}
+           for name, row in (('img', 'IMG'), ('pcd', 'PCD'))}
+    protos = [arrays['banks'][name]['rows'][found[name][1]['anchors'][..., :self.k], :self.unimodal.shapes[name][0]]
+              for name in ('img', 'pcd')]  # each patch's k nearest prototypes per modality, paired by rank
+
+    def one(sample):
+      img, pcd, protos_img, protos_pcd = sample
+      patch = infer.fused_patch_scores(self.model, self.mode, arrays['lspn'], arrays['theta'], arrays['mu'], img,
+                                       pcd, protos_img, protos_pcd)
+      return jnp.max(patch), memory_bank.pixel_map(patch, self.blur)
+
+    image, maps = jax.lax.map(one, (found['img'][0], found['pcd'][0], *protos))
+    out['FUS'] = {'image': image, 'maps': maps}
     return out
 
 

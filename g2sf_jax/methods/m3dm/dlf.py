@@ -9,6 +9,7 @@ stored as arrays (no pickle), and scoring repeats scikit-learn's arithmetic.
 import dataclasses
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from g2sf_jax import io
@@ -24,6 +25,12 @@ class LinearOneClass:
     """`[n, d]` → `[n]` float64: `(x·coefᵀ − offset) + offset`, scikit-learn's own order of operations."""
     x = np.asarray(x, np.float64)
     return (x @ self.coef.T - self.offset).ravel() + self.offset
+
+
+def linear_score(params: dict, x: jax.Array) -> jax.Array:
+  """`score_samples` traceable, in float32 (a scorer's `apply`): `x [n, d]` → `[n]` with `params` {'coef' [1, d],
+  'offset' [1]} in scikit-learn's order of operations."""
+  return (x @ params['coef'].T - params['offset']).ravel() + params['offset']
 
 
 def fit(x: np.ndarray, nu: float, max_iter: int, random_state: int = 42) -> LinearOneClass:

@@ -18,14 +18,16 @@ Reference behaviour kept, each a switch in `config.m3dm` (the official code nome
   (1, 0.1, 1 for point, RGB, fused). Re-weighting without the ε of the single-bank code; maps bilinear to 224 then
   the reference blur (`scoring.blur`).
 """
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from g2sf_jax import checkpoints, memory_bank
+from g2sf_jax import checkpoints, features, memory_bank
 from g2sf_jax.config_fields import choice, number, numbers_list
 from g2sf_jax.errors import ConfigError, require_finite
 from g2sf_jax.methods import base
 from g2sf_jax.methods.patchcore import method as patchcore
+from g2sf_jax.ops import exact
 from g2sf_jax.methods.m3dm import dlf, uff
 
 BANKS = ('xyz', 'rgb', 'fused')  # the order of the DLF columns
@@ -90,44 +92,64 @@ def build_banks(ctx: base.StageContext) -> dict:
   return {name: list(b.coreset.shape) for name, b in banks.items()}
 
 
-class BankScorer:
-  """The three banks' PatchCore results (algorithms.md §3.3 with M3DM's re-weighting) and the DLF inputs."""
+class BankScorer(base.Scorer):
+  """The three banks' PatchCore results (algorithms.md §3.3 with M3DM's re-weighting, no ε), rows named after the
+  banks (`BANKS`): what the DLF is fitted on and combines."""
+  rows = BANKS
+  needs = ('img', 'pcd')
 
   def __init__(self, banks: dict[str, memory_bank.ModalityBank], uff_params, config: ml_collections.ConfigDict,
                mesh):
-    self.banks, self.uff_params, self.config = banks, uff_params, config
-    self.placed = {name: memory_bank.place_bank(b.coreset, mesh) for name, b in banks.items()}
+    self.mesh, self.blur = mesh, config.scoring.blur
+    self.lambdas = np.asarray(config.m3dm.lambdas, np.float32)
+    placed = {name: memory_bank.place_bank(b.coreset, mesh) for name, b in banks.items()}
+    self.shapes = {name: (p.dim, p.num_rows) for name, p in placed.items()}
+    self.arrays = {'uff': uff_params,
+                   'banks': {name: {'rows': p.rows, 'mean': np.float32(banks[name].normaliser.mean),
+                                    'std': np.float32(banks[name].normaliser.std)} for name, p in placed.items()}}
 
-  def results(self, feats) -> dict[str, list[memory_bank.UnimodalResult]]:
-    n = feats['pcd'].shape[0]
-    raw = {'xyz': feats['pcd'].reshape(n, -1, feats['pcd'].shape[-1]),
-           'rgb': feats['img'].reshape(n, -1, feats['img'].shape[-1]),
-           'fused': uff.fuse(self.uff_params, feats['img'], feats['pcd'])}
-    return {name: memory_bank.unimodal_scores_batch(self.banks[name].normaliser(raw[name]), self.placed[name],
-                                                    blur=self.config.scoring.blur, num_anchors=1, reweight_eps=0.0)
-            for name in BANKS}
+  def apply(self, arrays, feats):
+    img, pcd = jnp.asarray(feats['img'], jnp.float32), jnp.asarray(feats['pcd'], jnp.float32)
+    n = pcd.shape[0]
+    img56 = img if img.shape[1] == features.GRID else jnp.repeat(jnp.repeat(img, 2, axis=1), 2, axis=2)
+    fused = uff.fuse_rows(arrays['uff'], img56.reshape(-1, img.shape[-1]), pcd.reshape(-1, pcd.shape[-1]))
+    raw = {'xyz': pcd.reshape(n, -1, pcd.shape[-1]), 'rgb': img.reshape(n, -1, img.shape[-1]),
+           'fused': fused.reshape(n, features.GRID * features.GRID, -1)}
+    out = {}
+    for name in BANKS:
+      bank = arrays['banks'][name]
+      x = exact.divide(raw[name] - bank['mean'], bank['std'])
+      dim, num_rows = self.shapes[name]
+      res = memory_bank.patchcore(x, bank['rows'], dim=dim, num_rows=num_rows, mesh=self.mesh, k=1, blur=self.blur,
+                                  reweight_eps=0.0)
+      out[name] = {'image': res['image'], 'maps': res['maps']}
+    return out
 
-  def dlf_inputs(self, results) -> tuple[np.ndarray, np.ndarray]:
+  def dlf_inputs(self, results: dict) -> tuple[np.ndarray, np.ndarray]:
     """`([B, 3] image scores, [B·224·224, 3] pixel scores)`, columns point, RGB, fused, weighted by lambdas."""
-    lam = np.asarray(self.config.m3dm.lambdas, np.float32)
-    s = np.stack([[r.image_score for r in results[name]] for name in BANKS], 1) * lam
-    maps = np.stack([np.stack([r.map224 for r in results[name]]) for name in BANKS], -1) * lam
+    s = np.stack([results[name].image for name in BANKS], 1) * self.lambdas
+    maps = np.stack([results[name].maps for name in BANKS], -1) * self.lambdas
     return s, maps.reshape(-1, len(BANKS))
 
 
-class M3dmScorer:
+class M3dmScorer(base.Scorer):
+  """Rows IMG and PCD (M3DM's own banks) and M3DM: the two one-class SVMs on the three banks' scores."""
   rows = ('IMG', 'PCD', 'M3DM')
+  needs = ('img', 'pcd')
 
   def __init__(self, banks: BankScorer, detect: dlf.LinearOneClass, segment: dlf.LinearOneClass):
-    self.banks, self.detect, self.segment = banks, detect, segment
+    self.banks = banks
+    self.arrays = {'banks': banks.arrays, 'lambdas': banks.lambdas,
+                   'detect': {'coef': detect.coef.astype(np.float32), 'offset': detect.offset.astype(np.float32)},
+                   'segment': {'coef': segment.coef.astype(np.float32), 'offset': segment.offset.astype(np.float32)}}
 
-  def __call__(self, feats) -> dict[str, base.RowScores]:
-    results = self.banks.results(feats)
-    out = {ROWS[name]: patchcore.as_row(results[name]) for name in ('rgb', 'xyz')}
-    s, maps = self.banks.dlf_inputs(results)
-    n = s.shape[0]
-    out['M3DM'] = base.RowScores(self.detect.score_samples(s).astype(np.float32),
-                                 self.segment.score_samples(maps).astype(np.float32).reshape(n, 224, 224))
+  def apply(self, arrays, feats):
+    found = self.banks.apply(arrays['banks'], feats)
+    out = {ROWS[name]: found[name] for name in ('rgb', 'xyz')}
+    s = jnp.stack([found[name]['image'] for name in BANKS], 1) * arrays['lambdas']
+    maps = jnp.stack([found[name]['maps'] for name in BANKS], -1) * arrays['lambdas']
+    out['M3DM'] = {'image': dlf.linear_score(arrays['detect'], s),
+                   'maps': dlf.linear_score(arrays['segment'], maps.reshape(-1, len(BANKS))).reshape(maps.shape[:-1])}
     return out
 
 
@@ -144,7 +166,7 @@ def fit_dlf(ctx: base.StageContext) -> dict:
   feats = ctx.features('train')
   s_parts, map_parts = [], []
   for start in range(0, len(feats['pcd']), c.batch_size):
-    s, maps = scorer.dlf_inputs(scorer.results({k: v[start:start + c.batch_size] for k, v in feats.items()}))
+    s, maps = scorer.dlf_inputs(scorer({k: v[start:start + c.batch_size] for k, v in feats.items()}))
     s_parts.append(s)
     map_parts.append(maps)
   s, maps = np.concatenate(s_parts), np.concatenate(map_parts)

@@ -245,6 +245,11 @@ def train(config: ml_collections.ConfigDict, rows: np.ndarray, offsets: np.ndarr
   return jax.device_get(params)
 
 
+def fuse_rows(params: Any, rgb: jax.Array, point: jax.Array) -> jax.Array:
+  """Test-time fused features of aligned rows, traceable: rgb [R, Dr], point [R, Dp] → [R, Dp + Dr]."""
+  return uff_model.UFF().apply({'params': params}, point, rgb)[0]
+
+
 def fuse(params: Any, img: np.ndarray, pcd: np.ndarray, chunk: int = 3136 * 4) -> np.ndarray:
   """Test-time fused patch features: img [N, h, w, Dr], pcd [N, 56, 56, Dp] → [N, 3136, Dp + Dr], aligned pairs."""
   img56 = features.to_grid(img)

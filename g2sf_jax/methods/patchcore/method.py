@@ -6,11 +6,14 @@ nearest coreset rows (algorithms.md §3.3) and keeps the anchors, so G²SF's fus
 """
 from typing import Mapping
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
 from g2sf_jax import features, memory_bank
+from g2sf_jax.ops import exact
 from g2sf_jax.methods import base
 
 ROWS = {'rgb': 'IMG', 'xyz': 'PCD'}
@@ -56,43 +59,43 @@ def load_banks(ctx: base.ScorerContext) -> dict[str, memory_bank.ModalityBank]:
   return banks
 
 
-def as_row(results: list[memory_bank.UnimodalResult]) -> base.RowScores:
-  """The image scores and maps of a batch's `UnimodalResult`s."""
-  return base.RowScores(np.array([r.image_score for r in results], np.float32),
-                        np.stack([np.asarray(r.map224, np.float32) for r in results]))
+def normalised(arrays: Mapping, feats: Mapping[str, jax.Array], name: str) -> jax.Array:
+  """Raw features of bank `name` → `[B, 3136, D]` normalised like the bank (`mean`, `std` in `arrays`), IMG on the
+  56×56 grid (28×28 grids nearest-upsampled, algorithms.md §2.5). Traceable."""
+  x = jnp.asarray(feats[name], jnp.float32)
+  x = exact.divide(x - arrays['mean'], arrays['std'])
+  if name == 'img' and x.shape[1] != features.GRID:
+    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+  return x.reshape(x.shape[0], features.GRID * features.GRID, -1)
 
 
-class PatchCoreScorer:
-  """IMG / PCD rows of the modalities the banks cover; `search` also returns every patch's anchors."""
+class PatchCoreScorer(base.Scorer):
+  """IMG / PCD rows of the modalities the banks cover (algorithms.md §3.3); `search` also returns each patch's
+  `num_anchors` nearest coreset rows, on which G²SF's fusion builds."""
 
   def __init__(self, banks: Mapping[str, memory_bank.ModalityBank], mesh: Mesh, blur: str, num_anchors: int):
-    self.banks = dict(banks)
-    self.placed = {name: memory_bank.place_bank(b.coreset, mesh) for name, b in self.banks.items()}
-    self.blur = blur
-    self.num_anchors = num_anchors
-    self.rows = tuple(row for modality, row in ROWS.items() if FEATURES[modality] in self.banks)
+    self.mesh, self.blur, self.num_anchors = mesh, blur, num_anchors
+    placed = {name: memory_bank.place_bank(b.coreset, mesh) for name, b in banks.items()}
+    self.shapes = {name: (p.dim, p.num_rows) for name, p in placed.items()}  # static: they size the programs
+    self.arrays = {name: {'rows': p.rows, 'mean': np.float32(banks[name].normaliser.mean),
+                          'std': np.float32(banks[name].normaliser.std)} for name, p in placed.items()}
+    self.rows = tuple(row for modality, row in ROWS.items() if FEATURES[modality] in banks)
+    self.needs = tuple(FEATURES[m] for m in ROWS if FEATURES[m] in banks)
 
-  def normalised(self, feats: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Raw features → `{'img' | 'pcd': [B, 3136, D]}` normalised like the banks, IMG on the 56×56 grid."""
+  def search(self, arrays: Mapping, feats: Mapping[str, jax.Array]) -> dict[str, tuple[jax.Array, dict]]:
+    """Per bank: (normalised features [B, 3136, D], `memory_bank.patchcore`'s results). Traceable."""
     out = {}
-    for name, bank in self.banks.items():
-      x = bank.normaliser(feats[name])
-      x = features.to_grid(x) if name == 'img' else x
-      out[name] = x.reshape(x.shape[0], features.GRID * features.GRID, -1)
+    for name in self.needs:
+      x = normalised(arrays[name], feats, name)
+      dim, num_rows = self.shapes[name]
+      out[name] = x, memory_bank.patchcore(x, arrays[name]['rows'], dim=dim, num_rows=num_rows, mesh=self.mesh,
+                                           k=self.num_anchors, blur=self.blur)
     return out
 
-  def search(self, normalised: Mapping[str, np.ndarray]) -> dict[str, list[memory_bank.UnimodalResult]]:
-    """algorithms.md §3.3 per bank: each sample's image score, map and `num_anchors` nearest coreset rows per patch."""
-    return {name: memory_bank.unimodal_scores_batch(x, self.placed[name], blur=self.blur,
-                                                    num_anchors=self.num_anchors)
-            for name, x in normalised.items()}
-
-  @staticmethod
-  def row_scores(results: Mapping[str, list[memory_bank.UnimodalResult]]) -> dict[str, base.RowScores]:
-    return {row: as_row(results[FEATURES[m]]) for m, row in ROWS.items() if FEATURES[m] in results}
-
-  def __call__(self, feats: Mapping[str, np.ndarray]) -> dict[str, base.RowScores]:
-    return self.row_scores(self.search(self.normalised(feats)))
+  def apply(self, arrays, feats):
+    found = self.search(arrays, feats)
+    return {row: {'image': found[FEATURES[m]][1]['image'], 'maps': found[FEATURES[m]][1]['maps']}
+            for m, row in ROWS.items() if FEATURES[m] in found}
 
 
 def banks_stage() -> base.Stage:

@@ -87,6 +87,7 @@ def test_clouds_that_cannot_host_an_anomaly_are_passed_over():
 
 
 def test_fusion_data_leaves_empty_training_clouds_out_and_says_so():
+  from g2sf_jax.data import prepared
   from g2sf_jax.methods.g2sf import method
   logged = []
 
@@ -99,7 +100,7 @@ def test_fusion_data_leaves_empty_training_clouds_out_and_says_so():
   train = [dict(_disc_sample(i), name=f'train/good/{i:03d}') for i in range(3)]
   train[1] = dict(train[1], xyz=np.zeros((S, S, 3), np.float32))
   assert method._hosts(Ctx(), train) == (0, 2)
-  hosts = method._Subset(train, (0, 2))
+  hosts = prepared.Subset(train, (0, 2))
   assert logged and 'train/good/001' in logged[0] and 'too few valid points' in logged[0]
   made = synthesis.synthesize_indexed(hosts, lambda i: train[0]['xyz'], ['s.tiff'], 'bagel', 'mvtec', 0, 3)
   assert made['mask'].any()
