@@ -47,7 +47,7 @@ def scan_folder(folder: Path) -> list[Entry]:
           for e in _list_samples(Path(folder))]
 
 
-def preprocess_arrays(rgb: np.ndarray | None, xyz: np.ndarray | None) -> kind.Stored:
+def preprocess_arrays(rgb: np.ndarray | None, xyz: np.ndarray | None, clean: bool = True) -> kind.Stored:
   """Arrays of an already converted scan (algorithms.md §1.3 makes the cloud from depth and pose; use `scan_entry` for
   the raw files): stored as they are, the RGB masking happens in the load transforms."""
   size = (xyz if xyz is not None else rgb).shape[:2]
@@ -117,9 +117,10 @@ def read_pose(path: Path) -> np.ndarray:
   return pose
 
 
-def load_entry(entry: Entry, keep_orig: bool = False, max_pixels: int = io.MAX_PIXELS) -> kind.Stored:
-  """Reads one raw sample and converts it (algorithms.md §1.3). Eyecandies keeps no `xyz_orig` (its full cloud is
-  `xyz`)."""
+def load_entry(entry: Entry, keep_orig: bool = False, max_pixels: int = io.MAX_PIXELS,
+               clean: bool = True) -> kind.Stored:
+  """Reads one raw sample and converts it (algorithms.md §1.3; the table removal is part of the conversion, so
+  `clean` changes nothing). Eyecandies keeps no `xyz_orig` (its full cloud is `xyz`)."""
   depth = io.read_depth_png16(entry.path('depth.png'), max_pixels)
   rgb = io.read_rgb_png(entry.path('image_4.png'), max_pixels)
   if rgb.shape[:2] != depth.shape:

@@ -10,6 +10,7 @@ import functools
 import importlib.util
 import json
 import sys
+import zlib
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -44,6 +45,9 @@ def tfds_features():
       'xyz': image(3, np.float32),
       'xyz_orig': image(3, np.float32),
       'mask': image(0, np.uint8),
+      'has_mask': tfds.features.Tensor(shape=(), dtype=np.int64),
+      'raw_height': tfds.features.Tensor(shape=(), dtype=np.int64),  # the raw files' size, before any padding
+      'raw_width': tfds.features.Tensor(shape=(), dtype=np.int64),
       'label': tfds.features.Tensor(shape=(), dtype=np.int64),
       'defect': tfds.features.Text(),
       'name': tfds.features.Text(),
@@ -81,11 +85,15 @@ def is_prepared(dataset: str, data_dir: str | Path, class_name: str) -> bool:
 
 def prepare(dataset: str, raw_dir: str | Path, data_dir: str | Path,
             classes: str | Sequence[str] | None = None, workers: int = 1,
-            max_pixels: int = io.MAX_PIXELS) -> dict[str, dict]:
+            max_pixels: int = io.MAX_PIXELS, holdout: float = 0.2, seed: int = 0,
+            clean: bool = True) -> dict[str, dict]:
   """Builds the TFDS array_record data of each class from the user's raw download (read only).
 
   `workers` processes read and clean the samples (`g2sf_jax.parallel`); the stored data is the same for any number.
-  A raw file declaring more than `max_pixels` pixels is refused before it is decoded.
+  A raw file declaring more than `max_pixels` pixels is refused before it is decoded. `clean`: the kind's cleaning
+  of the clouds (MVTec 3D-AD's plane removal and clustering), else only the square padding. A class without a
+  `validation/` folder gets a `validation` split of `holdout` of its training scans, drawn with `seed` (they are then
+  not trained on); its metadata says which (`validation_source`).
 
   `classes`: None = every class of the dataset (synthetic: every class found in `raw_dir`).
   Returns `{class: {'path', 'built', 'num_examples': {split: n}, 'modalities': (str, ...), 'problems': [str]}}`;
@@ -98,11 +106,10 @@ def prepare(dataset: str, raw_dir: str | Path, data_dir: str | Path,
 
   raw_dir = Path(raw_dir)
   if not raw_dir.is_dir():
-    raise DataError(f'{raw_dir}: raw {dataset} folder not found (expected the extracted download with one '
-                    f'folder per class: {", ".join(kinds.resolve_classes(dataset))})')
+    raise DataError(f'{raw_dir}: raw {dataset} folder not found (expected one folder per class)')
   if dataset == 'synthetic' and not classes:  # The generated folder holds only the classes asked for.
     classes = [c for c in kinds.get(dataset).classes if (raw_dir / c).is_dir()]
-  classes = kinds.resolve_classes(dataset, classes)
+  classes = kinds.resolve_classes(dataset, classes, raw_dir)
   module = builder_module(dataset)
   config = tfds.download.DownloadConfig(manual_dir=str(raw_dir.absolute()),
                                         compute_stats=tfds.download.ComputeStatsMode.SKIP)
@@ -112,9 +119,11 @@ def prepare(dataset: str, raw_dir: str | Path, data_dir: str | Path,
   report = {}
   for name in classes:
     built = not is_prepared(dataset, data_dir, name)
-    builder = module.Builder(config=name, data_dir=str(Path(data_dir).absolute()), file_format='array_record')
-    builder.workers = workers
-    builder.max_pixels = max_pixels
+    listed = name in {c.name for c in module.Builder.BUILDER_CONFIGS}  # else a class found on disk
+    builder = module.Builder(config=name if listed else tfds.core.BuilderConfig(name=name),
+                             data_dir=str(Path(data_dir).absolute()), file_format='array_record')
+    builder.workers, builder.max_pixels, builder.holdout, builder.seed, builder.clean = (workers, max_pixels, holdout,
+                                                                                         seed, clean)
     builder.download_and_prepare(download_config=config)
     info = builder.info
     report[name] = dict(path=str(prepared_dir(dataset, data_dir, name)), built=built,
@@ -154,6 +163,34 @@ def available_modalities(dataset: str, data_dir: str | Path, class_name: str) ->
 
 # Loading.
 
+class Subset(Sequence):
+  """The samples `indices` of a lazy split, still lazy; `indices` map back to the whole split's rows."""
+
+  def __init__(self, samples: Sequence, indices: Sequence[int]):
+    self.samples, self.indices = samples, list(indices)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self[j] for j in range(*i.indices(len(self)))]
+    return self.samples[self.indices[i]]
+
+
+def row_of(samples: Sequence, i: int) -> int:
+  """The row of the whole prepared split that sample `i` of `samples` (a split or a `Subset` of one) is."""
+  return samples.indices[i] if isinstance(samples, Subset) else i
+
+
+def subset_indices(count: int, max_samples: int, seed: int, class_name: str) -> list[int]:
+  """`max_samples` of `count` rows (all when 0 or more), drawn with `seed` and the class name, in their order."""
+  if not max_samples or max_samples >= count:
+    return list(range(count))
+  rng = np.random.default_rng([seed, zlib.crc32(class_name.encode()), 1])
+  return sorted(rng.choice(count, max_samples, replace=False).tolist())
+
+
 class _Samples(Sequence):
   """Random-access view of one prepared split; `transform` runs on each decoded example."""
 
@@ -178,11 +215,25 @@ def _source(dataset: str, data_dir: str | Path, class_name: str, split: str) -> 
   if split not in kind.SPLITS:
     raise DataError(f'unknown split {split!r}; expected one of {", ".join(kind.SPLITS)}')
   _check_prepared(dataset, data_dir, class_name)
+  if split not in splits(dataset, data_dir, class_name):
+    raise DataError(f'{prepared_dir(dataset, data_dir, class_name)}: class {class_name!r} has no {split} scans')
   return records.Split(prepared_dir(dataset, data_dir, class_name), dataset, split)
 
 
 def _text(value) -> str:
   return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def splits(dataset: str, data_dir: str | Path, class_name: str) -> dict[str, int]:
+  """`{split: number of scans}` of a prepared class (a split the raw class lacks is absent)."""
+  _check_prepared(dataset, data_dir, class_name)
+  return dict(_read_metadata(dataset, data_dir, class_name).get('splits', {}))
+
+
+def validation_source(dataset: str, data_dir: str | Path, class_name: str) -> str:
+  """'validation' (the raw class's own validation scans) or 'holdout' (a seeded part of its training scans)."""
+  _check_prepared(dataset, data_dir, class_name)
+  return str(_read_metadata(dataset, data_dir, class_name).get('validation_source', ''))
 
 
 def _full(example: dict, dataset_kind: kind.DatasetKind, modalities: tuple[str, ...]) -> dict:
@@ -191,14 +242,23 @@ def _full(example: dict, dataset_kind: kind.DatasetKind, modalities: tuple[str, 
     # algorithms.md §4.2.1, rule E: Eyecandies synthesises from the cleaned cloud
     xyz_orig = example['xyz'] if dataset_kind.synthesis == 'eyecandies' else example['xyz_orig']
     sample['xyz_orig'] = xyz_orig if xyz_orig.size else None
-  return dict(sample, mask=example['mask'], label=int(example['label']), defect=_text(example['defect']),
-              name=_text(example['name']), problems=tuple(_text(p) for p in example['problems']))
+  return dict(sample, mask=example['mask'], has_mask=bool(example['has_mask']), label=int(example['label']),
+              defect=_text(example['defect']), name=_text(example['name']),
+              problems=tuple(_text(p) for p in example['problems']),
+              raw_size=(int(example['raw_height']), int(example['raw_width'])))
+
+
+def stored(sample: dict) -> kind.Stored:
+  """A sample of `load_split_full` as the `kind.Stored` preprocessing made of it (what `scoring` takes)."""
+  return kind.Stored(sample.get('rgb'), sample.get('xyz'), sample.get('xyz_orig'), sample['mask'],
+                     tuple(sample['problems']), raw_size=tuple(sample['raw_size']), has_mask=sample['has_mask'])
 
 
 def _model_input(example: dict, dataset_kind: kind.DatasetKind, modalities: tuple[str, ...]) -> dict:
   stored = {m: example[m] for m in modalities}
   return dict(transforms.model_input(dict(stored, mask=example['mask']), dataset_kind.mask_rgb_by_xyz),
-              label=int(example['label']), defect=_text(example['defect']), name=_text(example['name']))
+              has_mask=bool(example['has_mask']), label=int(example['label']), defect=_text(example['defect']),
+              name=_text(example['name']))
 
 
 def _samples(dataset: str, data_dir: str | Path, class_name: str, split: str, transform) -> Sequence[dict]:

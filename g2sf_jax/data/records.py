@@ -18,7 +18,8 @@ from g2sf_jax.errors import CorruptOutputError
 # for a list of strings.
 SCHEMA = {
     'rgb': (np.uint8, 3), 'xyz': (np.float32, 3), 'xyz_orig': (np.float32, 3), 'mask': (np.uint8, 2),
-    'label': 'int', 'defect': 'text', 'name': 'text', 'problems': 'texts',
+    'has_mask': 'int', 'raw_height': 'int', 'raw_width': 'int', 'label': 'int', 'defect': 'text', 'name': 'text',
+    'problems': 'texts',
 }
 
 

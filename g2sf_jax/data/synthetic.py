@@ -350,4 +350,4 @@ def generate(out_dir: str | os.PathLike, classes: str | Sequence[str], n_train: 
 
 
 # The generated folders have the MVTec 3D-AD layout, so the MVTec listing and preprocessing apply unchanged.
-KIND = dataclasses.replace(mvtec3d.KIND, name='synthetic', classes=SHAPES)
+KIND = dataclasses.replace(mvtec3d.KIND, name='synthetic', classes=SHAPES, open_classes=False)

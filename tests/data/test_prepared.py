@@ -38,7 +38,7 @@ def synthetic(tmp_path_factory):
 def test_prepare_report_and_raw_untouched(synthetic):
   raw, data_dir, before, report = synthetic
   assert list(report) == list(synthetic_data.SHAPES[:1]) or list(report) == ['cube']
-  assert report['cube']['built'] and report['cube']['num_examples'] == {'train': 2, 'test': 7}
+  assert report['cube']['built'] and report['cube']['num_examples'] == {'train': 2, 'validation': 1, 'test': 7}
   assert report['cube']['problems'] == []
   assert _tree(raw) == before  # nothing written into the raw folder
 
@@ -47,7 +47,7 @@ def test_prepare_is_idempotent(synthetic):
   raw, data_dir, before, _ = synthetic
   tree = _tree(data_dir)
   again = prepared.prepare('synthetic', raw, data_dir, 'cube')
-  assert not again['cube']['built'] and again['cube']['num_examples'] == {'train': 2, 'test': 7}
+  assert not again['cube']['built'] and again['cube']['num_examples'] == {'train': 2, 'validation': 1, 'test': 7}
   assert _tree(data_dir) == tree and _tree(raw) == before
 
 
@@ -114,8 +114,8 @@ def test_load_errors(synthetic):
   assert 'g2sf_jax.data.prepared.prepare(' in str(e.value)  # a function that exists
   with pytest.raises(DataError, match=r"unknown synthetic class 'cone'.*cube, cylinder, torus, sphere"):
     prepared.load_split('synthetic', data_dir, 'cone', 'train')
-  with pytest.raises(DataError, match=r"unknown split 'validation'"):
-    prepared.load_split('synthetic', data_dir, 'cube', 'validation')
+  with pytest.raises(DataError, match=r"unknown split 'val'"):
+    prepared.load_split('synthetic', data_dir, 'cube', 'val')
 
 
 # Classes with one modality only (RGB-only inspection sets, 3D-only scans).
@@ -138,7 +138,8 @@ def test_single_modality_prepare_and_load(synthetic, single, modality):
   raw, data_dir, report = single[modality]
   missing = {'rgb': 'xyz', 'xyz': 'rgb'}[modality]
   assert report['cube']['built'] and report['cube']['modalities'] == (modality,)
-  assert report['cube']['num_examples'] == {'train': 2, 'test': 7} and report['cube']['problems'] == []
+  assert report['cube']['num_examples'] == {'train': 2, 'validation': 1, 'test': 7}
+  assert report['cube']['problems'] == []
   assert prepared.available_modalities('synthetic', data_dir, 'cube') == (modality,)
   assert prepared.available_modalities('synthetic', both_data, 'cube') == ('rgb', 'xyz')
   meta = json.loads((prepared.prepared_dir('synthetic', data_dir, 'cube') / 'metadata.json').read_text())
@@ -151,9 +152,9 @@ def test_single_modality_prepare_and_load(synthetic, single, modality):
         'synthetic', both_data, 'cube', split)
     assert [s['name'] for s in full] == [s['name'] for s in ref_full] and len(model) == len(ref_model)
     for m, f, rm, rf in zip(model, full, ref_model, ref_full):
-      assert set(m) == {modality, 'mask', 'label', 'defect', 'name'}
+      assert set(m) == {modality, 'mask', 'has_mask', 'label', 'defect', 'name'}
       extra = {'xyz_orig'} if modality == 'xyz' else set()
-      assert set(f) == {modality, 'mask', 'label', 'defect', 'name', 'problems'} | extra
+      assert set(f) == {modality, 'mask', 'has_mask', 'label', 'defect', 'name', 'problems', 'raw_size'} | extra
       with pytest.raises(KeyError, match=repr(missing)):
         features._stack([m], missing, 1)  # a caller that needs the missing modality fails, naming it
       assert (m['label'], m['defect'], m['name']) == (rm['label'], rm['defect'], rm['name'])
@@ -282,7 +283,7 @@ def test_bad_mvtec_inputs_name_the_file(mvtec_raw, tmp_path, how, what):
 def test_unknown_dataset_and_class(tmp_path):
   with pytest.raises(DataError, match=r"unknown mvtec3d class 'bagle'.*bagel, cable_gland"):
     prepared.prepare('mvtec3d', tmp_path, tmp_path / 'data', ['bagle'])
-  with pytest.raises(DataError, match=r"unknown dataset 'mvtec'.*mvtec3d, eyecandies, synthetic"):
+  with pytest.raises(DataError, match=r"unknown dataset 'mvtec'.*mvtec3d, folder, eyecandies, synthetic"):
     prepared.prepare('mvtec', tmp_path, tmp_path / 'data')
   with pytest.raises(DataError, match=re.escape(f'{tmp_path / "nothing"}: raw eyecandies folder not found')):
     prepared.prepare('eyecandies', tmp_path / 'nothing', tmp_path / 'data')
@@ -338,7 +339,8 @@ def test_eyecandies_prepare_and_load(tmp_path):
   before = _tree(raw)
 
   report = prepared.prepare('eyecandies', raw, tmp_path / 'data', 'CandyCane')['CandyCane']
-  assert report['num_examples'] == {'train': 2, 'test': 3}
+  assert report['num_examples'] == {'train': 1, 'validation': 1, 'test': 3}  # no val/: one training scan held out
+  assert prepared.validation_source('eyecandies', tmp_path / 'data', 'CandyCane') == 'holdout'
   assert len(report['problems']) == 1 and report['problems'][0].startswith('test/?/003: missing_mask')
   assert _tree(raw) == before
 
