@@ -40,7 +40,7 @@ METHOD = 'g2sf'
 
 # (lowest, highest) exponent of each stage's cost in the fraction f of the samples (see the module docstring).
 COST_LAW = {'prepare': (1, 1), 'extract': (1, 1), 'banks': (2, 2), 'fusion_data': (1, 2), 'train': (1, 1),
-            'evaluate': (1, 2)}
+            'calibrate': (1, 2), 'evaluate': (1, 2)}
 
 
 def random_state(table: dict, seed: int) -> dict:

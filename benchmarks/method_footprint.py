@@ -44,29 +44,25 @@ def state_bytes(obj, seen: set | None = None) -> int:
 
 def measure(workdir: str, class_name: str, method: str, repeats: int) -> dict:
   """One method, in this process: state bytes, scoring seconds per sample (median of `repeats`), peak RSS."""
-  import numpy as np
   from benchmarks import timing
   from g2sf_jax import detector, features
   from g2sf_jax.data import prepared
-  from g2sf_jax.methods import base
 
   run = detector.Run(workdir, method)
   config = run.config
-  det = detector.Detector.load(workdir, class_name, method)  # CFM's scorer runs the point backbone itself
+  det = detector.Detector.load(workdir, class_name, method)
   state = state_bytes(det.scorer)
   feats = features.load_cached(run.output(class_name, 'extract') / 'test')
-  wanted = base.scorer_inputs(det.scorer)
-  inputs = None
-  if wanted:
+  missing = [k for k in det.needs if k not in feats]  # CFM's 224² point features come from the clouds
+  if missing:
     test = prepared.load_split(config.dataset, run.output(class_name, 'prepare'), class_name, 'test')
-    inputs = {k: np.stack([s[k] for s in test]) for k in wanted}
+    feats.update(det.features([test[i] for i in range(len(test))], missing))
   n = next(iter(feats.values())).shape[0]
   batch = config.batch_size
 
   def score_all():
     for start in range(0, n, batch):
-      det.score_features(*(feats[k][start:start + batch] if k in feats else None for k in ('img', 'pcd')),
-                         None if inputs is None else {k: v[start:start + batch] for k, v in inputs.items()})
+      det.scores({k: v[start:start + batch] for k, v in feats.items()})
 
   first, median = timing.timed(score_all, repeats)
   return {'method': method, 'rows': list(det.rows), 'state_bytes': state, 'samples': n,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import ml_collections
 
-from g2sf_jax import backbones, data, fpfh, memory_bank, methods
-from g2sf_jax.config_fields import choice, get, number, numbers_list
+from g2sf_jax import backbones, calibration, data, fpfh, memory_bank, methods
+from g2sf_jax.config_fields import boolean, choice, get, number, numbers_list
 from g2sf_jax.data import kind
 from g2sf_jax.errors import ConfigError, DataError
 from g2sf_jax.models import point_mae
@@ -21,6 +21,12 @@ from g2sf_jax.models import point_mae
 def validate(config: ml_collections.ConfigDict) -> None:
   """Every field the shared stages read, then the method's own (`Method.check`)."""
   choice(config, 'dataset', data.KINDS)
+  if config.dataset != 'synthetic' and not config.raw_dir:
+    raise ConfigError(f'config.raw_dir is empty: set it to your extracted {config.dataset} download, e.g. '
+                      f'--config.raw_dir=/data/{config.dataset}')
+  if config.raw_dir and not Path(config.raw_dir).is_dir():
+    raise DataError(f'config.raw_dir = {config.raw_dir!r}: folder not found (expected the extracted '
+                    f'{config.dataset} download)')
   classes(config, 'classes', config.dataset)
   choice(config, 'method', methods.REGISTRY)
   mods = _modalities(config, 'modalities')
@@ -29,6 +35,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   number(config, 'seed', integer=True)
   number(config, 'batch_size', 1, integer=True)
   number(config, 'max_pixels', 64 * 64, integer=True)
+  boolean(config, 'clean_scans')
+  number(config, 'unit_mm', 0, low_open=True)
+  number(config, 'train.max_samples', 0, integer=True)
+  choice(config, 'calibration.rule', calibration.RULES)
+  number(config, 'calibration.quantile', 0, 1)
+  number(config, 'calibration.margin', 0)
+  number(config, 'calibration.holdout', 0, 1, high_open=True)
   number(config, 'workers', 0, integer=True)
   _distributed(config)
   choice(config, 'point_mae.batchnorm', point_mae.BATCHNORM_MODES)
@@ -40,7 +53,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   number(config, 'memory_bank.num_anchors', 3, integer=True)
   choice(config, 'memory_bank.coreset_mode', memory_bank.GREEDY_MODES)
   choice(config, 'scoring.blur', memory_bank.BLUR_MODES)
-  if get(config, 'metrics.aupro_thresholds') != 'exact':
+  if get(config, 'metrics.aupro_thresholds') not in ('exact', 0):
     try:
       number(config, 'metrics.aupro_thresholds', 2, integer=True)
     except ConfigError as e:
@@ -63,20 +76,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not set(mods) <= set(generated):
       raise ConfigError(f'config.modalities = {config.modalities!r} needs files that config.synthetic.modalities = '
                         f'{config.synthetic.modalities!r} does not generate')
-  if config.dataset != 'synthetic' and not config.raw_dir:
-    raise ConfigError(f'config.raw_dir is empty: set it to your extracted {config.dataset} download, e.g. '
-                      f'--config.raw_dir=/data/{config.dataset}')
-  if config.raw_dir and not Path(config.raw_dir).is_dir():
-    raise DataError(f'config.raw_dir = {config.raw_dir!r}: folder not found (expected the extracted '
-                    f'{config.dataset} download)')
   backbones.check_available(config)
   methods.get(config.method).check(config)
 
 
 def classes(config: ml_collections.ConfigDict, field: str, dataset: str) -> tuple[str, ...]:
-  """The classes a config field names ('' = all of `dataset`); an unknown one is a ConfigError naming the field."""
+  """The classes a config field names ('' = all of `dataset`, or of those found in the raw folder for a kind that
+  takes any class folder); an unknown one is a ConfigError naming the field."""
+  raw_dir = config.raw_dir if dataset == config.dataset and config.raw_dir else None
   try:
-    return data.resolve_classes(dataset, get(config, field) or None)
+    return data.resolve_classes(dataset, get(config, field) or None, raw_dir)
   except DataError as e:
     raise ConfigError(f'config.{field}: {e}') from None
 

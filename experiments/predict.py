@@ -1,29 +1,34 @@
-"""Scores new scans with a trained work directory, from their raw files as they lie in the dataset layout.
+"""Scores new scans with a trained work directory, from their raw files as they lie: a pass/fail decision per scan,
+the defect mask and regions at the scan's own resolution, and the anomaly scores in 2-D and on the 3-D cloud.
 
-  python -m experiments.predict --workdir runs/synthetic --class_name cube --rgb a.png --xyz a.tiff --out map.png
-  python -m experiments.predict --workdir runs/synthetic --class_name cube --scans new/ --out results/
+  python -m experiments.predict --workdir runs/synthetic --class_name cube --rgb a.png --xyz a.tiff --out map.png \
+      --mask mask.png --ply cloud.ply
+  python -m experiments.predict --workdir runs/synthetic --class_name cube --scans new/ --out results/ [--ply]
   python -m experiments.predict --workdir runs/eyecandies --class_name GummyBear --sample data/07 --out map.png
 
-Each scan goes through the preprocessing `prepare` applied to the run's data (the dataset kind's `load_entry`: MVTec
-3D-AD and the synthetic set: plane removal, square padding and largest-cluster cleaning, algorithms.md §1.2; Eyecandies:
-depth + pose → cloud with the table removed, algorithms.md §1.3), then the algorithms.md §1.4 load transforms, so a scan
-gets the numbers the evaluation gives it.
+Each scan goes through the preprocessing `prepare` applied to the run's data (MVTec 3D-AD layout: plane removal,
+square padding and largest-cluster cleaning, algorithms.md §1.2, unless the run set `clean_scans=false`;
+Eyecandies: depth + pose → cloud, §1.3) and the §1.4 load transforms, then through `g2sf_jax.scoring`, the path the
+evaluation takes, so a scan gets the numbers and the decision the evaluation gives it.
 
-One scan: prints the image score of every row as JSON and writes the anomaly map of the method's main row (FUS for
-G²SF) as an 8-bit PNG, 0 and 255 being the lowest and highest map values of the class's test set (so maps of
-different scans compare). `--size original` maps it back onto the input's pixels (undoing the square padding);
-`--overlay` also writes the map over the RGB; `--raw` the raw float map as a float32 TIFF.
+Decisions come from the run's calibration (`g2sf_jax.calibration`): `score` is the normalised score of the method's
+main row (FUS for G²SF), 0.5 at the calibrated threshold and monotone in the raw score; `label` is `defect` from
+`--threshold` (default 0.5) up, else `good`, or `unscorable` (with the reason: too few valid points, degenerate point
+features; never a score). Maps are written on that fixed scale: pixel value 255 × the normalised pixel score, so
+128 is the threshold and maps compare across scans, runs and classes. `--size 224` writes them on the model's grid.
 
-Several scans (`--scans` folders holding `rgb/*.png` and/or `xyz/*.tiff` paired by name, an Eyecandies `data/`
-folder, or several `--rgb` / `--xyz` / `--sample` values): one process, one compilation; `--out` is then a folder
-that receives `scores.csv`, `scores.json` and `maps/<scan>.png`. A scan that cannot be scored honestly (too few
-valid points, degenerate point features) is reported with status `unscorable` and its reason, never with a score.
-Compiled programs are kept in JAX's persistent cache (`$G2SF_HOME/jax_cache`), so later calls start faster.
+One scan: prints the decision and every row's raw score as JSON; `--out` the map PNG, `--mask` the binary defect
+mask (255 = defect), `--overlay` the map over the RGB with the mask outlined, `--raw` the map's raw scores as a
+float32 TIFF, `--ply` the cleaned point cloud with each point's normalised score and a colour map. Several scans
+(`--scans` folders holding `rgb/*.png` and/or `xyz/*.tiff` paired by name, an Eyecandies `data/` folder, or several
+`--rgb` / `--xyz` / `--sample` values): one process, one compilation; `--out` is then a folder that receives
+`scores.csv`, `scores.json` (the same fields per scan), `maps/`, `masks/` and with `--ply` `clouds/`.
 
 Outputs are checked before the model loads: none may be one of the scans' files, lie in a `--scans` folder or in a
 work directory, and each must be writable; an existing output is replaced only if predict wrote it (its PNGs carry
-a text mark, its TIFFs a marked description, its folders a marked `scores.json`); a results folder is replaced as
-a whole, so no map of an earlier call is left behind. Symbolic links are refused as outputs.
+a text mark, its TIFFs a marked description, its PLYs a marked header, its folders a marked `scores.json`); a
+results folder is replaced as a whole. Symbolic links are refused as outputs. Compiled programs are kept in JAX's
+persistent cache (`$G2SF_HOME/jax_cache`), so later calls start faster.
 """
 import argparse
 import csv
@@ -39,8 +44,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from g2sf_jax import data, detector, distributed, home, io
+from g2sf_jax import data, detector, distributed, home, io, ply, scoring
 from g2sf_jax.data import preprocessing
+from g2sf_jax.decisions import scan_cloud, to_scan
 from g2sf_jax.errors import OutputExistsError, UserError
 from g2sf_jax.workdir import Workdir
 from ports import efficientnet_lite0
@@ -49,6 +55,8 @@ from ports import efficientnet_lite0
 MARK = {'Software': 'g2sf-jax predict'}
 SCORES_MARK = 'g2sf_predict'
 RAW_MARK = 'g2sf-jax predict: raw anomaly map'  # the description of the float TIFF --raw writes
+_SUFFIXES = {'--out': ('.png',), '--mask': ('.png',), '--overlay': ('.png',), '--raw': ('.tif', '.tiff'),
+             '--ply': ('.ply',)}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -63,12 +71,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument('--scans', nargs='+', default=[], help='folder(s) of raw scans (rgb/ and/or xyz/, or an '
                                                         'Eyecandies data/ folder)')
   p.add_argument('--out', required=True, help='one scan: the anomaly map PNG; several: the output folder')
-  p.add_argument('--size', choices=('224', 'original'), default='224', help='size of the written maps')
+  p.add_argument('--size', choices=('original', '224'), default='original',
+                 help='maps and masks at the scan\'s resolution (default) or on the 224×224 model grid')
+  p.add_argument('--threshold', type=float, default=0.5,
+                 help='normalised score from which a scan or pixel is a defect (0.5: the calibrated threshold)')
+  p.add_argument('--mask', default='', help='one scan: PNG of the binary defect mask')
+  p.add_argument('--overlay', default='', help='one scan: PNG of the map over the RGB, the mask outlined')
+  p.add_argument('--raw', default='', help='one scan: float32 TIFF of the raw map (unscaled scores)')
+  p.add_argument('--ply', nargs='?', const='clouds', default='',
+                 help='one scan: PLY of the cloud with its scores; several scans: the flag alone writes clouds/')
   p.add_argument('--max_pixels', type=int, default=io.MAX_PIXELS,
                  help='refuse a scan whose files declare more pixels (checked before decoding)')
-  p.add_argument('--overlay', default='', help='one scan: optional PNG of the map over the RGB')
-  p.add_argument('--raw', default='', help='one scan: optional float32 TIFF of the raw map (unscaled scores)')
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  if not 0 < args.threshold < 1:
+    p.error(f'--threshold {args.threshold}: expected a normalised score in (0, 1), 0.5 being the calibrated one')
+  return args
 
 
 def _entries(args: argparse.Namespace, kind) -> list:
@@ -100,28 +117,31 @@ def _input_files(entry) -> tuple[set[Path], list[tuple[Path, str]]]:
   return files, prefixes
 
 
-def _check_outputs(args: argparse.Namespace, entries: list, many: bool) -> None:
-  """Fails before any work if an output would overwrite a scan, land in a scan folder, or replace a file or folder
-  predict did not write (module docstring)."""
+def _outputs(args: argparse.Namespace, many: bool) -> dict[str, Path]:
+  """The output paths of this call by flag, checked for their kind."""
   if many:
-    given = [f for f, v in (('--overlay', args.overlay), ('--raw', args.raw)) if v]
-    if args.size != '224':
-      given.append('--size original')
+    given = [f for f in ('--mask', '--overlay', '--raw') if getattr(args, f[2:])]
     if given:
-      raise UserError(f'{", ".join(given)}: only for one scan; several scans write 224×224 maps into --out')
-    outputs = {'--out': Path(args.out)}
-    if outputs['--out'].suffix.lower() == '.png':
+      raise UserError(f'{", ".join(given)}: only for one scan; several scans write maps/ and masks/ into --out')
+    if Path(args.out).suffix.lower() == '.png':
       raise UserError(f'--out {args.out}: several scans write a folder (scores.csv, scores.json, maps/), not one PNG')
-  else:
-    outputs = {flag: Path(v) for flag, v in (('--out', args.out), ('--overlay', args.overlay), ('--raw', args.raw))
-               if v}
-    for flag, path in outputs.items():
-      suffixes = ('.tif', '.tiff') if flag == '--raw' else ('.png',)
-      if path.suffix.lower() not in suffixes or path.is_dir():
-        raise UserError(f'{flag} {path}: one scan writes {"its raw map" if flag == "--raw" else "a PNG"} to a '
-                        f'{suffixes[-1]} file path')
-    if len({p.resolve() for p in outputs.values()}) < len(outputs):
-      raise UserError(f'{", ".join(f"{f} {p}" for f, p in outputs.items())}: each output needs its own path')
+    return {'--out': Path(args.out)}
+  if args.ply == 'clouds':
+    raise UserError('--ply: one scan writes its cloud to a .ply file path (the flag alone is for --scans)')
+  outputs = {flag: Path(getattr(args, flag[2:])) for flag in _SUFFIXES if getattr(args, flag[2:])}
+  for flag, path in outputs.items():
+    if path.suffix.lower() not in _SUFFIXES[flag] or path.is_dir():
+      what = {'--raw': 'its raw map', '--ply': 'its cloud'}.get(flag, 'a PNG')
+      raise UserError(f'{flag} {path}: one scan writes {what} to a {_SUFFIXES[flag][-1]} file path')
+  if len({p.resolve() for p in outputs.values()}) < len(outputs):
+    raise UserError(f'{", ".join(f"{f} {p}" for f, p in outputs.items())}: each output needs its own path')
+  return outputs
+
+
+def _check_outputs(args: argparse.Namespace, entries: list, many: bool) -> None:
+  """Fails before any work if an output would overwrite a scan, land in a scan folder or a work directory, replace a
+  file or folder predict did not write, or cannot be written (module docstring)."""
+  outputs = _outputs(args, many)
   files, prefixes = set(), []
   for e in entries:
     f, pre = _input_files(e)
@@ -170,6 +190,8 @@ def _ours(path: Path, flag: str, many: bool) -> bool:
       return False
   if flag == '--raw':
     return path.is_file() and io.tiff_description(path) == RAW_MARK
+  if flag == '--ply':
+    return path.is_file() and ply.is_ours(path)
   return path.is_file() and io.png_text(path).get('Software') == MARK['Software']
 
 
@@ -211,78 +233,111 @@ def _predict(args: argparse.Namespace) -> dict:
     _check_names([e.name for e in entries], entries)
   efficientnet_lite0.ensure_for(config)
   det = detector.Detector.load(workdir, name, config.method)
-  stored = [det.kind.load_entry(e, False, args.max_pixels) for e in entries]  # `prepare`'s preprocessing
-  results = det.score_stored(stored, [e.name for e in entries])
-  row = det.main_row
+  stored = [det.kind.load_entry(e, False, args.max_pixels, det.clean) for e in entries]  # `prepare`'s preprocessing
+  results = scoring.score_stored(det, stored, [e.name for e in entries], threshold=args.threshold)
   if not many:
-    return _write_one(args, det, entries[0], stored[0], results[0], row, name)
-  return _write_many(args, results, row, det.map_ranges.get(row), name, config.method)
+    return _write_one(args, det, stored[0], results[0])
+  return _write_many(args, det, stored, results)
 
 
-def _original_size(map224: np.ndarray, stored) -> np.ndarray:
-  """The 224×224 map on the scan's own pixels: resized to the stored S×S, then the square padding undone."""
-  side = (stored.xyz if stored.xyz is not None else stored.rgb).shape[0]
-  full = np.asarray(Image.fromarray(map224).resize((side, side), Image.BILINEAR))
-  return preprocessing.unpad_square(full, stored.raw_size or (side, side))
-
-
-def _to_u8(anomaly_map: np.ndarray, low: float, high: float) -> np.ndarray:
-  return np.clip((anomaly_map - low) / max(high - low, 1e-12) * 255, 0, 255).astype(np.uint8)
-
-
-def _write_one(args, det, entry, stored, scores: detector.SampleScores, row: str, name: str) -> dict:
-  if scores.status != 'ok':
-    raise UserError(f'{entry.name}: cannot be scored: {scores.reason}')
-  anomaly_map = scores.maps[row]
+def _on_grid(args, anomaly_map: np.ndarray, stored) -> np.ndarray:
+  """A map (or mask) as written: at the scan's resolution, or back on the 224×224 grid with `--size 224`."""
   if args.size == 'original':
-    anomaly_map = _original_size(anomaly_map, stored)
-  low, high = det.map_ranges.get(row) or (float(anomaly_map.min()), float(anomaly_map.max()))
-  io.write_png(args.out, _to_u8(anomaly_map, low, high), MARK)
+    return anomaly_map
+  side = (stored.xyz if stored.xyz is not None else stored.rgb).shape[0]
+  square = preprocessing.pad_square(anomaly_map) if stored.raw_size and stored.raw_size != (side, side) \
+      else anomaly_map
+  return np.asarray(Image.fromarray(np.asarray(square, np.float32)).resize((224, 224), Image.BILINEAR))
+
+
+def _u8(normalised: np.ndarray) -> np.ndarray:
+  return np.clip(np.round(normalised * 255), 0, 255).astype(np.uint8)
+
+
+def _cloud(path: Path, result: scoring.ScanResult, stored, det) -> int:
+  """Writes the cleaned cloud's valid points with their normalised scores; returns their number."""
+  from g2sf_jax.data import transforms
+  xyz = scan_cloud(stored)
+  if xyz is None:
+    raise UserError('--ply needs a point cloud (the run has no xyz)')
+  valid = transforms.valid_mask(xyz)
+  ply.write(path, xyz[valid], result.decision.map[valid],
+            f'class {det.class_name}, method {det.method.name}, row {det.main_row}, scan {result.name}')
+  return int(valid.sum())
+
+
+def _record(result: scoring.ScanResult, det) -> dict:
+  """The JSON fields of one scan (the same in single-scan output and in scores.json)."""
+  out = {'scan': result.name, 'status': result.status, 'label': result.label, 'reason': result.reason,
+         'problems': list(result.problems), 'row': det.main_row, 'image_scores': result.image}
+  if result.decision is not None:
+    out.update(result.decision.summary())
+  return out
+
+
+def _write_one(args, det, stored, result: scoring.ScanResult) -> dict:
+  if result.status != 'ok':
+    raise UserError(f'{result.name}: cannot be scored: {result.reason}')
+  decision = result.decision
+  io.write_png(args.out, _u8(_on_grid(args, decision.map, stored)), MARK)
+  mask = _on_grid(args, decision.mask.astype(np.float32), stored) >= 0.5
+  if args.mask:
+    io.write_png(args.mask, mask.astype(np.uint8) * 255, MARK)
   if args.raw:
-    io.write_float_tiff(args.raw, anomaly_map.astype(np.float32), RAW_MARK)
+    io.write_float_tiff(args.raw, _on_grid(args, to_scan(result.maps[det.main_row], stored), stored), RAW_MARK)
   if args.overlay:
     from experiments import report
     if stored.raw_rgb is None:
       raise UserError('--overlay needs an RGB image')
     rgb = stored.raw_rgb  # the scan as read: the cleaned one is black wherever the point cloud was removed
-    square = preprocessing.pad_square(rgb) if stored.raw_size else rgb  # as the stored sample the map covers
-    base = rgb if args.size == 'original' else np.asarray(Image.fromarray(square).resize((224, 224), Image.BICUBIC))
-    io.write_png(args.overlay, report.overlay(base, anomaly_map, np.zeros(anomaly_map.shape, bool), (low, high)),
-                 MARK)
-  result = {'class': name, 'method': det.method.name, 'row': row, 'image_scores': scores.image, 'map': args.out,
-            'map_range': [low, high], 'problems': list(scores.problems)}
-  print(json.dumps(result, indent=1))
-  return result
+    if args.size == '224':
+      square = preprocessing.pad_square(rgb) if stored.raw_size else rgb  # as the stored sample the map covers
+      rgb = np.asarray(Image.fromarray(square).resize((224, 224), Image.BICUBIC))
+    normalised = _on_grid(args, decision.map, stored)
+    io.write_png(args.overlay, report.overlay(rgb, normalised, np.zeros(normalised.shape, bool), (0.0, 1.0),
+                                              predicted=mask), MARK)
+  out = dict(_record(result, det), **{'class': det.class_name, 'method': det.method.name, 'map': args.out})
+  if args.mask:
+    out['mask'] = args.mask
+  if args.ply:
+    _cloud(Path(args.ply), result, stored, det)
+    out['ply'] = args.ply
+  print(json.dumps(out, indent=1))
+  return out
 
 
-def _write_many(args, results: list[detector.SampleScores], row: str, map_range: tuple[float, float] | None,
-                name: str, method: str) -> dict:
+def _write_many(args, det, stored, results: list[scoring.ScanResult]) -> dict:
   out = Path(args.out)
-  ok = [r for r in results if r.status == 'ok']
-  maps = np.stack([r.maps[row] for r in ok]) if ok else np.zeros(1)
-  low, high = map_range or (float(maps.min()), float(maps.max()))
-  rows_seen = list(dict.fromkeys(k for r in ok for k in r.image))
   records = []
   with io.atomic_dir(out, lambda path: _ours(path, '--out', True)) as tmp:
-    for r in results:
-      record = {'scan': r.name, 'status': r.status, 'reason': r.reason, 'problems': list(r.problems),
-                'scores': r.image, 'map': ''}
+    for st, r in zip(stored, results):
+      record = dict(_record(r, det), map='', mask='', ply='')
       if r.status == 'ok':
-        record['map'] = f'maps/{_safe(r.name)}.png'
-        io.write_png(tmp / record['map'], _to_u8(r.maps[row], low, high), MARK)
+        record['map'], record['mask'] = f'maps/{_safe(r.name)}.png', f'masks/{_safe(r.name)}.png'
+        io.write_png(tmp / record['map'], _u8(_on_grid(args, r.decision.map, st)), MARK)
+        mask = _on_grid(args, r.decision.mask.astype(np.float32), st) >= 0.5
+        io.write_png(tmp / record['mask'], mask.astype(np.uint8) * 255, MARK)
+        if args.ply and st.xyz is not None:
+          record['ply'] = f'clouds/{_safe(r.name)}.ply'
+          _cloud(tmp / record['ply'], r, st, det)
       records.append(record)
+    rows = list(dict.fromkeys(k for r in records for k in r['image_scores']))
     table = stdio.StringIO()
     writer = csv.writer(table)
-    writer.writerow(['scan', 'status'] + rows_seen + ['map', 'reason', 'problems'])
+    writer.writerow(['scan', 'status', 'label', 'score', 'raw_score', 'threshold', 'defect_pixels', 'regions']
+                    + [f'raw_{row}' for row in rows] + ['map', 'mask', 'ply', 'reason', 'problems'])
     for rec in records:
-      writer.writerow([rec['scan'], rec['status']] + [rec['scores'].get(k, '') for k in rows_seen] +
-                      [rec['map'], rec['reason'], '; '.join(rec['problems'])])
+      writer.writerow([rec['scan'], rec['status'], rec['label'], rec.get('score', ''), rec.get('raw_score', ''),
+                       rec.get('threshold', ''), rec.get('defect_pixels', ''), len(rec.get('regions', []))]
+                      + [rec['image_scores'].get(row, '') for row in rows]
+                      + [rec['map'], rec['mask'], rec['ply'], rec['reason'], '; '.join(rec['problems'])])
     (tmp / 'scores.csv').write_text(table.getvalue())
-    summary = {SCORES_MARK: 1, 'class': name, 'method': method, 'row': row, 'map_range': [low, high],
-               'scans': records}
+    summary = {SCORES_MARK: 1, 'class': det.class_name, 'method': det.method.name, 'row': det.main_row,
+               'threshold': args.threshold, 'scans': records}
     (tmp / 'scores.json').write_text(json.dumps(summary, indent=1))
-  print(f'{len(ok)} of {len(results)} scans scored ({len(results) - len(ok)} unscorable); wrote {out}/scores.csv, '
-        f'scores.json and maps/')
+  counts = {label: sum(r['label'] == label for r in records) for label in ('good', 'defect', 'unscorable')}
+  print(f'{len(records)} scans: {counts["good"]} good, {counts["defect"]} defect, {counts["unscorable"]} unscorable; '
+        f'wrote {out}/scores.csv, scores.json, maps/ and masks/{" and clouds/" if args.ply else ""}')
   return summary
 
 

@@ -86,7 +86,11 @@ class Context:
   def samples(self, split: str, full: bool = False, class_name: str | None = None):
     load = prepared.load_split_full if full else prepared.load_split
     name = class_name or self.class_name
-    return load(self.config.dataset, self.data_dir(name), name, split)
+    found = load(self.config.dataset, self.data_dir(name), name, split)
+    if split == 'train' and self.config.train.max_samples:  # a seeded subset (learning curves)
+      return prepared.Subset(found, prepared.subset_indices(len(found), self.config.train.max_samples,
+                                                            self.config.seed, name))
+    return found
 
   def backbones(self):
     return self.runner.backbones()
@@ -108,7 +112,8 @@ class Runner:
     self.graph = stages.stage_graph(self.method, config)
     self.stages = {s.id: s for s in self.graph}
     self.selected = _selected_stages(config.stages, self.graph)
-    self.classes = data.resolve_classes(config.dataset, config.classes or self._default_classes())
+    self.raw_dir = config.raw_dir or None
+    self.classes = data.resolve_classes(config.dataset, config.classes or self._default_classes(), self.raw_dir)
     self._pools = {s.id: self._pool_classes(s) for s in self.graph}
     self.workdir = Workdir(config.workdir)
     self.primary = distributed.is_primary()
@@ -230,9 +235,10 @@ class Runner:
           log.info('run: removed %d superseded output version(s)', len(removed))
       if 'evaluate' not in self.selected:
         return {}
-      evaluate = f'{self.method.name}/evaluate'
-      evaluated = [results.class_result(c, self.method, self.output(evaluate, name), self.output('prepare', name),
-                                        name) for name in self._reported_classes()]
+      own = self.method.name
+      evaluated = [results.class_result(c, self.method, self.output(f'{own}/evaluate', name),
+                                        self.output(f'{own}/calibrate', name), self.output('prepare', name), name)
+                   for name in self._reported_classes()]
       title = (f'g2sf-jax · {c.dataset} · {self.method.name}: rows {", ".join(self.method.rows(c))} · stages '
                f'{", ".join(s.id for s in self.graph)}')
       out = report.write_report(self.workdir.report_dir(self.method.name), evaluated, title=title)
@@ -242,7 +248,7 @@ class Runner:
   def _reported_classes(self) -> tuple[str, ...]:
     """The run's classes, then each other class whose evaluation is up to date under this config (as when each
     class runs as its own job): the report then covers every class evaluated so far, not only the last job's."""
-    everything = data.resolve_classes(self.config.dataset)
+    everything = data.resolve_classes(self.config.dataset, None, self.raw_dir)
     earlier = [n for n in everything if n not in self.classes
                and self.home(f'{self.method.name}/evaluate', n).path.is_dir()
                and self.current('prepare', n) is not None
@@ -323,8 +329,8 @@ class Runner:
         record['stages'].setdefault(scope, {})[stage_id] = rel
         record['manifests'][rel] = version.sha256
     record['config'] = config
-    record['classes'] = [n for n in data.resolve_classes(self.config.dataset)
-                         if n in self.classes or n in record['classes']]
+    everything = data.resolve_classes(self.config.dataset, None, self.raw_dir) + self.classes
+    record['classes'] = [n for n in dict.fromkeys(everything) if n in self.classes or n in record['classes']]
     used = {rel for scope in [*record['classes'], ''] for rel in record['stages'].get(scope, {}).values()}
     record['manifests'] = {rel: sha for rel, sha in record['manifests'].items() if rel in used}
     self.workdir.write_record(self.method.name, record)

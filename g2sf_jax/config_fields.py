@@ -35,6 +35,12 @@ def numbers_list(config: ml_collections.ConfigDict, field: str, length: int | No
     raise ConfigError(f'config.{field} = {value!r}: expected {count}finite numbers{bounds}')
 
 
+def boolean(config: ml_collections.ConfigDict, field: str) -> None:
+  value = get(config, field)
+  if not isinstance(value, bool):
+    raise ConfigError(f'config.{field} = {value!r}: expected true or false')
+
+
 def choice(config: ml_collections.ConfigDict, field: str, choices: Iterable[str]) -> None:
   value, choices = get(config, field), sorted(choices)
   if value not in choices:

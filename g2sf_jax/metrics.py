@@ -201,3 +201,20 @@ def _check_finite(scores: np.ndarray, what: str, allow_inf: bool = False) -> Non
   bad = np.isnan(scores) if allow_inf else ~np.isfinite(scores)
   if bad.any():
     raise ValueError(f'{what} contain {int(bad.sum())} {"NaN" if allow_inf else "non-finite"} values')
+
+
+def decision_metrics(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float | int]:
+  """What an inspection line sees at a fixed threshold: labels [N] (1 = defective) against decisions [N] (1 =
+  defect) → counts and rates. `false_reject_rate` is the share of good parts called defective, `escape_rate` the
+  share of defective parts let through (1 − recall); a rate with nothing to count (no good, or no defective,
+  parts) is NaN, and so are precision without any part called defective and F1 without either."""
+  labels, predicted = np.asarray(labels) != 0, np.asarray(predicted) != 0
+  if labels.shape != predicted.shape or labels.ndim != 1:
+    raise ValueError(f'decision_metrics expects labels [N] and decisions [N], got {labels.shape}, {predicted.shape}')
+  tp, fp = int((labels & predicted).sum()), int((~labels & predicted).sum())
+  fn, tn = int((labels & ~predicted).sum()), int((~labels & ~predicted).sum())
+  ratio = lambda a, b: a / b if b else float('nan')
+  precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+  f1 = ratio(2 * tp, 2 * tp + fp + fn) if tp + fp and tp + fn else float('nan')
+  return {'TP': tp, 'FP': fp, 'TN': tn, 'FN': fn, 'precision': precision, 'recall': recall, 'F1': f1,
+          'false_reject_rate': ratio(fp, fp + tn), 'escape_rate': ratio(fn, tp + fn)}

@@ -243,3 +243,19 @@ def test_float32_maps_match_float64():
     assert a.values == b.values
     np.testing.assert_array_equal(a.pro, b.pro)
   assert metrics.pixel_auroc(masks, maps32) == metrics.pixel_auroc(masks, maps32.astype(np.float64))
+
+
+def test_decision_metrics_count_by_hand():
+  labels, decided = [1, 1, 1, 0, 0, 0, 0], [1, 1, 0, 1, 0, 0, 0]
+  m = metrics.decision_metrics(np.array(labels), np.array(decided))
+  assert (m['TP'], m['FP'], m['TN'], m['FN']) == (2, 1, 3, 1)
+  assert m['precision'] == pytest.approx(2 / 3) and m['recall'] == pytest.approx(2 / 3)
+  assert m['F1'] == pytest.approx(2 / 3) and m['false_reject_rate'] == 0.25
+  assert m['escape_rate'] == pytest.approx(1 / 3)
+  good_only = metrics.decision_metrics(np.zeros(4), np.array([0, 1, 0, 0]))
+  assert good_only['false_reject_rate'] == 0.25 and good_only['precision'] == 0
+  assert all(np.isnan(good_only[k]) for k in ('recall', 'F1', 'escape_rate'))
+  none_called = metrics.decision_metrics(np.array([1, 0]), np.array([0, 0]))
+  assert np.isnan(none_called['precision']) and np.isnan(none_called['F1']) and none_called['escape_rate'] == 1
+  with pytest.raises(ValueError, match='labels'):
+    metrics.decision_metrics(np.zeros(3), np.zeros(2))

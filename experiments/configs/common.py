@@ -15,7 +15,7 @@ from g2sf_jax.methods.patchcore import defaults as patchcore_defaults
 
 def get_base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.dataset = 'synthetic'          # synthetic | mvtec3d | eyecandies
+  c.dataset = 'synthetic'          # synthetic | mvtec3d | eyecandies | folder (your own parts, g2sf_jax/data/folder.py)
   c.raw_dir = ''                   # the user's extracted download (read only); synthetic: generated here
   c.workdir = 'runs/synthetic'     # every stage's output, cached and resumable
   c.classes = ''                   # comma-separated subset; empty = every class of the dataset
@@ -27,6 +27,18 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.point_backbone = 'point_mae'   # point_mae | fpfh
   c.batch_size = 8                 # feature extraction batch
   c.max_pixels = io.MAX_PIXELS     # a raw image or cloud declaring more pixels is refused before it is decoded
+  c.clean_scans = True             # MVTec 3D-AD's cloud cleaning (plane, padding, largest cluster); False: padding only
+  c.unit_mm = 1000.0               # one xyz unit in millimetres (MVTec 3D-AD and the synthetic set: metres), for areas
+
+  c.train = ml_collections.ConfigDict()
+  c.train.max_samples = 0          # train on a seeded subset of this many good scans per class; 0 = all
+
+  # Thresholds per class and row, fitted on scans the method did not train on (g2sf_jax/calibration.py).
+  c.calibration = ml_collections.ConfigDict()
+  c.calibration.rule = 'auto'      # auto | good_quantile | f1 (auto: f1 when validation has defective scans)
+  c.calibration.quantile = 0.99    # good_quantile: the quantile of the good scans' scores …
+  c.calibration.margin = 0.1       # … raised by this fraction of its distance from their median
+  c.calibration.holdout = 0.2      # a class without validation/: this part of train/good is held out (seeded)
   c.workers = 0                    # processes for the CPU data work (rendering, cleaning, synthesis); 0 = one per
                                    # core. Keys no stage: the results are the same for any number (g2sf_jax/parallel.py)
 
@@ -69,7 +81,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.cfm = cfm_defaults.get_config()
 
   c.metrics = ml_collections.ConfigDict()
-  c.metrics.aupro_thresholds = config_dict.FieldReference(100, field_type=object)  # int, or 'exact': the full curve
+  # an int, 'exact' (the full curve), or 0: the method's reference (CFM's code 99, the others 100)
+  c.metrics.aupro_thresholds = config_dict.FieldReference(0, field_type=object)
   c.metrics.aupro_limits = (0.3, 0.1, 0.05, 0.01)
 
   c.synthetic = ml_collections.ConfigDict()

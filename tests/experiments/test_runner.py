@@ -19,14 +19,15 @@ import tifffile
 
 from experiments import predict, report, runner, stages
 from experiments.configs import synthetic
-from g2sf_jax import detector, io, methods
-from g2sf_jax.data import synthetic as synthetic_data
-from g2sf_jax.errors import ConfigError, CorruptOutputError, DataError, NonFiniteError, UserError
+from g2sf_jax import decisions, detector, io, methods, ply
+from g2sf_jax.data import transforms
+from g2sf_jax.errors import ConfigError, CorruptOutputError, NonFiniteError, UserError
 from g2sf_jax.workdir import Workdir
 
 # The tests of the module-scoped run go to one xdist worker (`--dist loadgroup`), so the run is made once.
 ONE_RUN = pytest.mark.xdist_group('finished')
-STAGE_FILES = ('prepare', 'extract', 'patchcore/banks', 'g2sf/fusion_data', 'g2sf/train', 'g2sf/evaluate')
+STAGE_FILES = ('prepare', 'extract', 'patchcore/banks', 'g2sf/fusion_data', 'g2sf/train', 'g2sf/calibrate',
+               'g2sf/evaluate')
 
 
 def tiny_config(workdir):
@@ -98,11 +99,11 @@ def test_changed_scoring_field_reruns_only_evaluation(finished):
   before = _markers(workdir)
   changed = tiny_config(workdir)
   changed.g2sf.scoring_mode = 'max'
-  changed.stages = 'evaluate'
+  changed.stages = 'calibrate,evaluate'
   runner.run(changed)
   after = _markers(workdir)
-  assert after['g2sf/evaluate'] != before['g2sf/evaluate']
-  assert {s: after[s] for s in STAGE_FILES[:-1]} == {s: before[s] for s in STAGE_FILES[:-1]}
+  assert after['g2sf/evaluate'] != before['g2sf/evaluate'] and after['g2sf/calibrate'] != before['g2sf/calibrate']
+  assert {s: after[s] for s in STAGE_FILES[:-2]} == {s: before[s] for s in STAGE_FILES[:-2]}
   runner.run(tiny_config(workdir))  # back to the module's configuration for the other tests
 
 
@@ -128,16 +129,16 @@ def test_stage_keys_hash_only_the_fields_a_stage_declares(tmp_path):
 
   scoring = tiny_config(tmp_path)
   scoring.g2sf.scoring_mode = 'max'  # read by G²SF's scorer only
-  assert changed_stages(scoring) == {'g2sf/evaluate'}
+  assert changed_stages(scoring) == {'g2sf/calibrate', 'g2sf/evaluate'}
   training = tiny_config(tmp_path)
   training.g2sf.epochs = 3
-  assert changed_stages(training) == {'g2sf/train', 'g2sf/evaluate'}
+  assert changed_stages(training) == {'g2sf/train', 'g2sf/calibrate', 'g2sf/evaluate'}
   coreset = tiny_config(tmp_path)
   coreset.memory_bank.coreset_fraction = 0.2
   assert changed_stages(coreset) == set(STAGE_FILES[2:])
   more = tiny_config(tmp_path)  # another class in the run: other anomaly sources for cube's fusion data
   more.synthetic.classes = 'cube,torus'
-  assert changed_stages(more) == {'g2sf/fusion_data', 'g2sf/train', 'g2sf/evaluate'}
+  assert changed_stages(more) == {'g2sf/fusion_data', 'g2sf/train', 'g2sf/calibrate', 'g2sf/evaluate'}
   pinned = tiny_config(tmp_path)
   pinned.synthetic.classes = 'cube,torus'
   pinned.synthesis.source_classes = 'cube'  # the pool of the cube-only run: its outputs are kept
@@ -169,7 +170,7 @@ def test_missing_upstream_names_the_command(tmp_path):
 
 def check_raw_predict(workdir: Path, modalities: str, tmp_path: Path, cli_single: bool = False) -> None:
   """Every test sample, scored from its raw files as they lie in the dataset layout (CLI batch, CLI single, API
-  on files and on arrays), gets exactly the evaluation's image scores and maps."""
+  on files and on arrays), gets exactly the evaluation's image scores, maps and decisions."""
   method = Workdir(workdir).methods()[0]
   with np.load(Workdir(workdir).home(f'{method}/evaluate', 'cube').current().path / 'evaluation.npz') as z:
     want = {k: z[k] for k in z.files}
@@ -178,10 +179,16 @@ def check_raw_predict(workdir: Path, modalities: str, tmp_path: Path, cli_single
   folders = sorted((workdir / 'raw' / 'cube' / 'test').iterdir())
   result = predict.main(['--workdir', str(workdir), '--scans', *map(str, folders), '--out', str(tmp_path / 'batch')])
   assert len(result['scans']) == len(names) and all(r['status'] == 'ok' for r in result['scans'])
+  main = result['row']
   for rec in result['scans']:
     i = names.index('test/' + rec['scan'])
-    assert rec['scores'] == {row: float(want[f'score_{row}'][i]) for row in rows}, rec['scan']
-    assert io.read_mask_png(tmp_path / 'batch' / rec['map']).shape == (224, 224)
+    assert rec['image_scores'] == {row: float(want[f'score_{row}'][i]) for row in rows}, rec['scan']
+    assert rec['label'] == ('defect' if want[f'decision_{main}'][i] else 'good'), rec['scan']  # as evaluated
+    gt = io.read_mask_png(workdir / 'raw' / 'cube' / 'test' / _gt_path(rec['scan']))
+    for kind in ('map', 'mask'):  # at the scan's own resolution
+      assert io.read_mask_png(tmp_path / 'batch' / rec[kind]).shape == gt.shape, (rec['scan'], kind)
+    written = io.read_mask_png(tmp_path / 'batch' / rec['mask']) != 0
+    assert int(written.sum()) == rec['defect_pixels'] == sum(r['area_px'] for r in rec['regions'])
   assert (tmp_path / 'batch' / 'scores.csv').read_text().count('\n') == len(names) + 1
   det = detector.Detector.load(workdir, 'cube')
   kind = det.kind
@@ -195,20 +202,37 @@ def check_raw_predict(workdir: Path, modalities: str, tmp_path: Path, cli_single
   i = names.index(f'test/{folders[0].name}/000')
   one = det.score_files(**files)  # the API, one scan by its files
   assert one.image == {row: float(want[f'score_{row}'][i]) for row in rows}
+  assert one.label == ('defect' if want[f'decision_{det.main_row}'][i] else 'good')
   arrays = {'rgb': io.read_rgb_png, 'xyz': io.read_xyz_tiff}
   assert det.score(**{m: arrays[m](p) for m, p in files.items()}).image == one.image  # on arrays read from them
   if cli_single:
     single = predict.main(['--workdir', str(workdir)] + [a for m, p in files.items() for a in (f'--{m}', str(p))] +
-                          ['--out', str(tmp_path / 'one.png'), '--size', 'original', '--raw',
-                           str(tmp_path / 'one.tiff'), '--overlay', str(tmp_path / 'overlay.png')])
-    assert single['image_scores'] == one.image
-    assert io.read_mask_png(tmp_path / 'one.png').shape == io.read_mask_png(folders[0] / 'gt' / '000.png').shape
-    raw_map = tifffile.imread(tmp_path / 'one.tiff')
-    assert raw_map.shape == io.read_mask_png(folders[0] / 'gt' / '000.png').shape
+                          ['--out', str(tmp_path / 'one.png'), '--raw', str(tmp_path / 'one.tiff'),
+                           '--overlay', str(tmp_path / 'overlay.png'), '--mask', str(tmp_path / 'mask.png')]
+                          + (['--ply', str(tmp_path / 'one.ply')] if 'xyz' in files else []))
+    assert single['image_scores'] == one.image and single['label'] == one.label
+    assert single['score'] == one.decision.score and single['regions'] == [r.to_json() for r in one.decision.regions]
+    gt_shape = io.read_mask_png(folders[0] / 'gt' / '000.png').shape
+    np.testing.assert_array_equal(io.read_mask_png(tmp_path / 'one.png'),
+                                  np.clip(np.round(one.decision.map * 255), 0, 255).astype(np.uint8))
+    np.testing.assert_array_equal(io.read_mask_png(tmp_path / 'mask.png') != 0, one.decision.mask)
+    assert tifffile.imread(tmp_path / 'one.tiff').shape == gt_shape
     if 'rgb' in files:  # over the scan as it lies on disk, not the cleaned image (black where the plane was)
-      want = report.overlay(io.read_rgb_png(files['rgb']), raw_map, np.zeros(raw_map.shape, bool),
-                            tuple(single['map_range']))
+      want = report.overlay(io.read_rgb_png(files['rgb']), one.decision.map, np.zeros(gt_shape, bool), (0.0, 1.0),
+                            predicted=one.decision.mask)
       np.testing.assert_array_equal(io.read_rgb_png(tmp_path / 'overlay.png'), want)
+    if 'xyz' in files:  # the cleaned cloud, each point with its pixel's normalised score
+      points, scores = ply.read(tmp_path / 'one.ply')
+      cloud = decisions.scan_cloud(det.kind.load_entry(det.kind.scan_entry(**files), False))
+      valid = transforms.valid_mask(cloud)
+      np.testing.assert_array_equal(points, cloud[valid])
+      np.testing.assert_array_equal(scores, one.decision.map[valid])
+
+
+def _gt_path(scan: str) -> str:
+  """'crack/003' → 'crack/gt/003.png'."""
+  defect, stem = scan.split('/')
+  return f'{defect}/gt/{stem}.png'
 
 
 @ONE_RUN
@@ -253,7 +277,7 @@ def test_unscorable_scans_get_a_status_not_a_score(finished, tmp_path):
   same[50:150, 50:150] = (0.01, 0.02, 0.5)  # 10,000 valid points at one position
   io.write_xyz_tiff(scans / 'xyz' / '001.tiff', same)
   out = predict.main(['--workdir', config.workdir, '--scans', str(scans), '--out', str(tmp_path / 'out')])
-  status = {r['scan']: (r['status'], r['reason'], r['scores']) for r in out['scans']}
+  status = {r['scan']: (r['status'], r['reason'], r['image_scores']) for r in out['scans']}
   assert status['scans/000'][:1] == ('unscorable',) and 'valid points' in status['scans/000'][1]
   assert status['scans/001'][0] == 'unscorable' and 'all zero' in status['scans/001'][1]
   assert status['scans/000'][2] == {} and status['scans/001'][2] == {}
@@ -375,17 +399,6 @@ def test_a_changed_synthetic_field_regenerates_the_runners_own_data(tmp_path):
   config.seed = 1
   runner.run(config)
   assert json.loads((tmp_path / 'raw' / 'cube' / 'synthetic.json').read_text())['seed'] == 1
-
-
-def test_a_test_split_without_anomalies_fails_before_training(tmp_path, monkeypatch):
-  """A class whose test images are all good cannot be evaluated: extract says so before banks and training."""
-  config = tiny_config(tmp_path)
-  config.synthetic.n_train, config.synthetic.n_test = 1, 2
-  monkeypatch.setattr(synthetic_data, 'DEFECTS', ())  # every test sample is `good`
-  monkeypatch.setattr(synthetic_data, '_test_counts', lambda n: {'good': n})
-  with pytest.raises(DataError, match=r"class 'cube': its test split has 2 good and 0 anomalous samples"):
-    runner.run(config)
-  assert not (tmp_path / 'cube' / 'patchcore').exists()
 
 
 def test_modalities_missing_from_the_data_are_named(tmp_path):
@@ -546,13 +559,17 @@ def test_m3dm_and_cfm_run_on_the_shared_features(finished, tmp_path):
   cfm.method = 'cfm'
   with np.load(_output(shared, 'cfm/evaluate', cfm) / 'evaluation.npz') as z:
     assert 'pro_map_CFM' in z.files and not np.array_equal(z['pro_map_CFM'], z['map_CFM'])
-  # The generic detector scores a raw scan with CFM (whose scorer runs the point backbone on the cloud itself) as
-  # the evaluation did.
+  # The generic detector scores a raw scan alone as the evaluation did in its batch, for each method (CFM's scorer
+  # asks for 224² point features, which come from the cloud).
   scan = shared / 'raw' / 'cube' / 'test' / 'crack'
-  got = predict.main(['--workdir', str(shared), '--method', 'cfm', '--rgb', str(scan / 'rgb' / '000.png'),
-                      '--xyz', str(scan / 'xyz' / '000.tiff'), '--out', str(tmp_path / 'cfm.png')])
-  with np.load(_output(shared, 'cfm/evaluate', cfm) / 'evaluation.npz') as z:
-    assert got['image_scores']['CFM'] == float(z['score_CFM'][list(z['names']).index('test/crack/000')])
+  for method in ('cfm', 'm3dm'):
+    got = predict.main(['--workdir', str(shared), '--method', method, '--rgb', str(scan / 'rgb' / '000.png'),
+                        '--xyz', str(scan / 'xyz' / '000.tiff'), '--out', str(tmp_path / f'{method}.png')])
+    c = tiny_config(shared)
+    c.method = method
+    with np.load(_output(shared, f'{method}/evaluate', c) / 'evaluation.npz') as z:
+      i = list(z['names']).index('test/crack/000')
+      assert got['image_scores'] == {row: float(z[f'score_{row}'][i]) for row in got['image_scores']}, method
 
 
 def test_single_modality_baselines(tmp_path):
@@ -736,7 +753,8 @@ def test_damaged_outputs_are_named_and_rebuilt_by_the_next_run(finished, tmp_pat
   before = _markers(shared)
   again = runner.run(tiny_config(shared))
   after = _markers(shared)
-  assert {s for s in STAGE_FILES if after[s] != before[s]} == set(STAGE_FILES[1:])  # prepare was intact
+  damaged = {'extract', 'patchcore/banks', 'g2sf/fusion_data', 'g2sf/train', 'g2sf/evaluate'}
+  assert {s for s in STAGE_FILES if after[s] != before[s]} == damaged  # the others were intact
   assert again['classes'] == table['classes']
   assert 'extract cube: done in' in (shared / 'run.log').read_text()
   predict.main(_scan_args(shared) + ['--out', str(tmp_path / 'm.png')])  # the rewritten record reads again
@@ -791,14 +809,15 @@ def test_predict_during_a_retrain_uses_one_version(finished, tmp_path, monkeypat
   retrain = tiny_config(shared)
   retrain.g2sf.dropout = 0.3  # another training from the first step
   runner.run(retrain)
-  assert [s['image_scores'] for s in seen] == [old['image_scores']] and seen[0]['map_range'] == old['map_range']
+  assert [s['image_scores'] for s in seen] == [old['image_scores']]
+  assert (seen[0]['score'], seen[0]['regions']) == (old['score'], old['regions'])  # the old calibration too
   monkeypatch.setattr(stages, '_evaluate', evaluate)
   new = predict.main(_scan_args(shared) + ['--out', str(tmp_path / 'new.png')])
   assert new['image_scores']['FUS'] != old['image_scores']['FUS']
   with np.load(_output(shared, 'g2sf/evaluate', retrain) / 'evaluation.npz') as z:
     i = list(z['names']).index('test/crack/000')
     assert new['image_scores']['FUS'] == float(z['score_FUS'][i])
-    assert new['map_range'] == [float(z['map_FUS'].min()), float(z['map_FUS'].max())]
+    assert new['label'] == ('defect' if z['decision_FUS'][i] else 'good')
 
 
 @ONE_RUN
