@@ -8,6 +8,8 @@ from typing import Iterator
 
 import numpy as np
 
+from g2sf_jax.errors import DataError
+
 
 def row_chunks(num_rows: int, chunk_rows: int) -> Iterator[slice]:
   """Consecutive row slices of at most `chunk_rows` rows covering `num_rows`."""
@@ -43,7 +45,12 @@ class Normaliser:
     for rows in row_chunks(bank.shape[0], chunk_rows):
       dev = bank[rows].astype(np.float64) - mean
       sq += float(np.einsum('ij,ij->', dev, dev))
-    return cls(mean, math.sqrt(sq / (n - 1)))
+    std = math.sqrt(sq / (n - 1))
+    if not (math.isfinite(mean) and std > 0 and math.isfinite(std)):
+      raise DataError(f'the training features of shape {bank.shape} are all equal or not finite (mean {mean}, std '
+                      f'{std}), so they cannot be standardised: the backbone found nothing in the training scans '
+                      '(too few valid points or pixels? check the scans and config.modalities)')
+    return cls(mean, std)
 
   def __call__(self, x: np.ndarray) -> np.ndarray:
     """`[..., d]` → float32 `[..., d]` (the float64 statistics are rounded to float32, as torch stores them)."""
