@@ -46,6 +46,7 @@ from PIL import Image
 
 from g2sf_jax import data, detector, distributed, home, io, ply, scoring
 from g2sf_jax.data import preprocessing
+from g2sf_jax import decisions
 from g2sf_jax.decisions import scan_cloud, to_scan
 from g2sf_jax.errors import OutputExistsError, UserError
 from g2sf_jax.workdir import Workdir
@@ -250,10 +251,6 @@ def _on_grid(args, anomaly_map: np.ndarray, stored) -> np.ndarray:
   return np.asarray(Image.fromarray(np.asarray(square, np.float32)).resize((224, 224), Image.BILINEAR))
 
 
-def _u8(normalised: np.ndarray) -> np.ndarray:
-  return np.clip(np.round(normalised * 255), 0, 255).astype(np.uint8)
-
-
 def _cloud(path: Path, result: scoring.ScanResult, stored, det) -> int:
   """Writes the cleaned cloud's valid points with their normalised scores; returns their number."""
   from g2sf_jax.data import transforms
@@ -266,20 +263,11 @@ def _cloud(path: Path, result: scoring.ScanResult, stored, det) -> int:
   return int(valid.sum())
 
 
-def _record(result: scoring.ScanResult, det) -> dict:
-  """The JSON fields of one scan (the same in single-scan output and in scores.json)."""
-  out = {'scan': result.name, 'status': result.status, 'label': result.label, 'reason': result.reason,
-         'problems': list(result.problems), 'row': det.main_row, 'image_scores': result.image}
-  if result.decision is not None:
-    out.update(result.decision.summary())
-  return out
-
-
 def _write_one(args, det, stored, result: scoring.ScanResult) -> dict:
   if result.status != 'ok':
     raise UserError(f'{result.name}: cannot be scored: {result.reason}')
   decision = result.decision
-  io.write_png(args.out, _u8(_on_grid(args, decision.map, stored)), MARK)
+  io.write_png(args.out, decisions.map_u8(_on_grid(args, decision.map, stored)), MARK)
   mask = _on_grid(args, decision.mask.astype(np.float32), stored) >= 0.5
   if args.mask:
     io.write_png(args.mask, mask.astype(np.uint8) * 255, MARK)
@@ -296,7 +284,8 @@ def _write_one(args, det, stored, result: scoring.ScanResult) -> dict:
     normalised = _on_grid(args, decision.map, stored)
     io.write_png(args.overlay, report.overlay(rgb, normalised, np.zeros(normalised.shape, bool), (0.0, 1.0),
                                               predicted=mask), MARK)
-  out = dict(_record(result, det), **{'class': det.class_name, 'method': det.method.name, 'map': args.out})
+  out = dict(scoring.record(result, det.main_row), **{'class': det.class_name, 'method': det.method.name,
+                                                      'map': args.out})
   if args.mask:
     out['mask'] = args.mask
   if args.ply:
@@ -311,10 +300,10 @@ def _write_many(args, det, stored, results: list[scoring.ScanResult]) -> dict:
   records = []
   with io.atomic_dir(out, lambda path: _ours(path, '--out', True)) as tmp:
     for st, r in zip(stored, results):
-      record = dict(_record(r, det), map='', mask='', ply='')
+      record = dict(scoring.record(r, det.main_row), map='', mask='', ply='')
       if r.status == 'ok':
         record['map'], record['mask'] = f'maps/{_safe(r.name)}.png', f'masks/{_safe(r.name)}.png'
-        io.write_png(tmp / record['map'], _u8(_on_grid(args, r.decision.map, st)), MARK)
+        io.write_png(tmp / record['map'], decisions.map_u8(_on_grid(args, r.decision.map, st)), MARK)
         mask = _on_grid(args, r.decision.mask.astype(np.float32), st) >= 0.5
         io.write_png(tmp / record['mask'], mask.astype(np.uint8) * 255, MARK)
         if args.ply and st.xyz is not None:

@@ -47,6 +47,11 @@ class Decision:
             'defect_pixels': int(self.mask.sum()), 'regions': [r.to_json() for r in self.regions]}
 
 
+def map_u8(normalised: np.ndarray) -> np.ndarray:
+  """Normalised scores → uint8 on the fixed scale maps are written on: 255 × score, so 128 is the threshold."""
+  return np.clip(np.round(np.asarray(normalised) * 255), 0, 255).astype(np.uint8)
+
+
 def to_scan(map224: np.ndarray, stored: kind.Stored) -> np.ndarray:
   """A 224×224 map on the scan's own pixels `[H, W]` float32: resized to the stored S×S, padding undone."""
   side = (stored.xyz if stored.xyz is not None else stored.rgb).shape[0]

@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 
 from g2sf_jax import backbones, data, distributed, features, io, methods, scoring
 from g2sf_jax.calibration import FILE as CALIBRATION_FILE, Calibration
-from g2sf_jax.data import kind, prepared
+from g2sf_jax.data import prepared
 from g2sf_jax.errors import CorruptOutputError, MissingInputError
 from g2sf_jax.methods import base
 from g2sf_jax.workdir import Workdir
@@ -90,9 +90,9 @@ def load_config(workdir: str | Path, method: str | None = None) -> ml_collection
   return Run(workdir, method).config
 
 
-class Detector:
+class Detector(scoring.Scoring):
   """A trained detector of one class: the run's backbones, its method's scorer and its calibration
-  (`scoring.Model`)."""
+  (`scoring.Model`; score, score_files, score_entries and score_stored come from `scoring.Scoring`)."""
 
   def __init__(self, config: ml_collections.ConfigDict, scorer: base.Scorer, rgb_backbone=None,
                point_backbone=None, data_modalities: Sequence[str] | None = None, class_name: str = '',
@@ -146,35 +146,6 @@ class Detector:
 
   def scores(self, feats: Mapping[str, np.ndarray]) -> dict[str, base.RowScores]:
     return self.scorer(feats)
-
-  # The ways in.
-
-  def score_stored(self, stored: Sequence[kind.Stored], names: Sequence[str],
-                   threshold: float = 0.5) -> list[scoring.ScanResult]:
-    """Preprocessed scans (what `prepare` stores, or `kind.load_entry` returns) → results (`scoring`)."""
-    return scoring.score_stored(self, stored, names, threshold=threshold)
-
-  def score_entries(self, entries: Sequence, threshold: float = 0.5,
-                    max_pixels: int = io.MAX_PIXELS) -> list[scoring.ScanResult]:
-    """Raw scans (the dataset kind's entries, e.g. from `kind.scan_entry` / `scan_folder`)."""
-    return scoring.score_entries(self, entries, threshold, max_pixels)
-
-  def score_files(self, threshold: float = 0.5, **files) -> scoring.ScanResult:
-    """One raw scan by its files (`kind.scan_files`: rgb= / xyz= paths, or sample= for Eyecandies).
-
-    Raises UnscorableError for a scan that cannot be scored honestly.
-    """
-    return scoring.single(self.score_entries([self.kind.scan_entry(**files)], threshold)[0])
-
-  def score(self, rgb: np.ndarray | None = None, xyz: np.ndarray | None = None,
-            threshold: float = 0.5) -> scoring.ScanResult:
-    """One new scan as arrays read from its raw files (`scoring.stored_from_arrays`).
-
-    Raises DataError for malformed arrays and UnscorableError for a scan that cannot be scored honestly.
-    """
-    stored = scoring.stored_from_arrays(self, rgb, xyz)
-    return scoring.single(scoring.score_stored(self, [stored], ['input'], threshold=threshold)[0])
-
 
 def data_modalities(config: ml_collections.ConfigDict, data_dir: Path, class_name: str) -> tuple[str, ...]:
   """What preprocessing uses: the modalities of the class's prepared data in `data_dir` (both when the run uses

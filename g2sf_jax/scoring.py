@@ -12,7 +12,7 @@ A `Model` is a trained detector in this process (`g2sf_jax.detector.Detector`) o
 (`g2sf_jax.deploy.Bundle`); both give the same numbers because this function is all that differs between them.
 """
 import dataclasses
-from typing import Mapping, Protocol, Sequence
+from typing import Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -20,7 +20,24 @@ from g2sf_jax import decisions, features, io
 from g2sf_jax.calibration import Calibration
 from g2sf_jax.data import kind, mvtec3d, transforms
 from g2sf_jax.errors import DataError, UnscorableError
-from g2sf_jax.methods import base
+
+
+class RowScores(NamedTuple):
+  """One row's scores of B samples: image [B] float32, maps [B, 224, 224] float32 (before any test-set min–max).
+
+  `pro_maps` [B, 224, 224]: where a method's reference code computes AUPRO on other maps than the pixel AUROC
+  (CFM normalises them differently), those; None = `maps` for both.
+  """
+  image: np.ndarray
+  maps: np.ndarray
+  pro_maps: np.ndarray | None = None
+
+
+def rows_from(out: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, RowScores]:
+  """`Scorer.apply`'s outputs (fetched to the host) as `{row: RowScores}`."""
+  return {row: RowScores(np.asarray(o['image'], np.float32), np.asarray(o['maps'], np.float32),
+                         None if o.get('pro_maps') is None else np.asarray(o['pro_maps'], np.float32))
+          for row, o in out.items()}
 
 
 class Model(Protocol):
@@ -40,7 +57,7 @@ class Model(Protocol):
   def features(self, inputs: Sequence[Mapping[str, np.ndarray]], kinds: Sequence[str]) -> dict[str, np.ndarray]:
     """Model inputs (`transforms.model_input` of each scan) → the feature `kinds`, stacked."""
 
-  def scores(self, feats: Mapping[str, np.ndarray]) -> dict[str, base.RowScores]:
+  def scores(self, feats: Mapping[str, np.ndarray]) -> dict[str, RowScores]:
     """Features of a batch → `{row: RowScores}`."""
 
 
@@ -64,6 +81,17 @@ class ScanResult:
   def label(self) -> str:
     """'good' or 'defect' (with a calibration), or 'unscorable'."""
     return 'unscorable' if self.status != 'ok' else (self.decision.label if self.decision else '')
+
+
+def record(result: ScanResult, main_row: str) -> dict:
+  """The JSON fields of one scan, the same wherever a result is reported (predict's output and scores.json, the
+  server's answers): scan, status, label, reason, problems, row, image_scores (raw, per row) and with a decision
+  its `Decision.summary` (score, raw_score, threshold, defect_pixels, regions)."""
+  out = {'scan': result.name, 'status': result.status, 'label': result.label, 'reason': result.reason,
+         'problems': list(result.problems), 'row': main_row, 'image_scores': result.image}
+  if result.decision is not None:
+    out.update(result.decision.summary())
+  return out
 
 
 def _needs(modalities: Sequence[str]) -> str:
@@ -196,3 +224,34 @@ def stored_from_arrays(model: Model, rgb: np.ndarray | None = None, xyz: np.ndar
   if missing:
     raise DataError(f'this detector needs {_needs(missing)} {trained_with(model)}')
   return model.kind.preprocess_arrays(rgb if 'rgb' in mods else None, xyz if 'xyz' in mods else None, model.clean)
+
+
+class Scoring:
+  """The ways into `score_stored` for a `Model` (`Detector`, `deploy.Bundle`): arrays, files, entries, stored scans.
+  """
+
+  def score_stored(self, stored: Sequence[kind.Stored], names: Sequence[str],
+                   threshold: float = 0.5) -> list[ScanResult]:
+    """Preprocessed scans (what `prepare` stores, or `kind.load_entry` returns) → results (`scoring`)."""
+    return score_stored(self, stored, names, threshold=threshold)
+
+  def score_entries(self, entries: Sequence, threshold: float = 0.5,
+                    max_pixels: int = io.MAX_PIXELS) -> list[ScanResult]:
+    """Raw scans (the dataset kind's entries, e.g. from `kind.scan_entry` / `scan_folder`)."""
+    return score_entries(self, entries, threshold, max_pixels)
+
+  def score_files(self, threshold: float = 0.5, **files) -> ScanResult:
+    """One raw scan by its files (`kind.scan_files`: rgb= / xyz= paths, or sample= for Eyecandies).
+
+    Raises UnscorableError for a scan that cannot be scored honestly.
+    """
+    return single(self.score_entries([self.kind.scan_entry(**files)], threshold)[0])
+
+  def score(self, rgb: np.ndarray | None = None, xyz: np.ndarray | None = None,
+            threshold: float = 0.5) -> ScanResult:
+    """One new scan as arrays read from its raw files (`stored_from_arrays`).
+
+    Raises DataError for malformed arrays and UnscorableError for a scan that cannot be scored honestly.
+    """
+    stored = stored_from_arrays(self, rgb, xyz)
+    return single(score_stored(self, [stored], ['input'], threshold=threshold)[0])

@@ -16,7 +16,7 @@ versions of its outputs live under `<workdir>/<class>/<owner>/<name>/` (dataset-
 import abc
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -25,18 +25,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from g2sf_jax.data import kind
+from g2sf_jax.scoring import RowScores, rows_from  # noqa: F401 (the methods' row type, re-exported)
 from g2sf_jax.errors import ConfigError
-
-
-class RowScores(NamedTuple):
-  """One row's scores of B samples: image [B] float32, maps [B, 224, 224] float32 (before any test-set min–max).
-
-  `pro_maps` [B, 224, 224]: where a method's reference code computes AUPRO on other maps than the pixel AUROC
-  (CFM normalises them differently), those; None = `maps` for both.
-  """
-  image: np.ndarray
-  maps: np.ndarray
-  pro_maps: np.ndarray | None = None
 
 
 # The feature kinds a scorer can ask for: the RGB backbone's patch grid, the point features pooled to the 56×56
@@ -82,13 +72,6 @@ class Scorer(abc.ABC):
       raise ValueError(f'the scorer of rows {self.rows} needs the features {missing}')
     out = self._jitted(self.arrays, {k: jnp.asarray(feats[k], jnp.float32) for k in self.needs})
     return rows_from(jax.device_get(out))
-
-
-def rows_from(out: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, RowScores]:
-  """`Scorer.apply`'s outputs (fetched to the host) as `{row: RowScores}`."""
-  return {row: RowScores(np.asarray(o['image'], np.float32), np.asarray(o['maps'], np.float32),
-                         None if o.get('pro_maps') is None else np.asarray(o['pro_maps'], np.float32))
-          for row, o in out.items()}
 
 
 class ScorerContext(Protocol):
