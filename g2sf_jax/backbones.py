@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 
 from g2sf_jax import checkpoints, distributed
 from g2sf_jax import fpfh
-from g2sf_jax.data import kind, transforms
+from g2sf_jax.data import kind
 from g2sf_jax.errors import ConfigError, DataError, MissingInputError
 from g2sf_jax.models import efficientnet_lite
 from g2sf_jax.models import point_mae
@@ -27,6 +27,8 @@ from g2sf_jax.ops import knn
 
 
 class RgbBackbone(Protocol):
+  """Backbones that run in JAX also expose `program(variables, *batch)`, the jitted data-parallel function their
+  call runs, and its `variables`: what `g2sf_jax.deploy` exports."""
   name: str
   dim: int
 
@@ -51,12 +53,12 @@ class DinoVitB8:
   def __init__(self, variables: Any, model: vit.VisionTransformer = vit.VisionTransformer(), mesh: Mesh | None = None):
     self.mesh = mesh if mesh is not None else distributed.make_mesh()
     self.variables = distributed.replicate(variables, self.mesh)
-    self._apply = distributed.batch_parallel(lambda v, x: model.apply(v, x)[0], self.mesh, replicated=1, batched=1)
+    self.program = distributed.batch_parallel(lambda v, x: model.apply(v, x)[0], self.mesh, replicated=1, batched=1)
 
   def __call__(self, rgb: np.ndarray | jax.Array) -> jax.Array:
     """Data parallel: the batch is split over the mesh, the weights replicated."""
     n = rgb.shape[0]
-    out = self._apply(self.variables, distributed.shard_batch(np.asarray(rgb, np.float32), self.mesh))
+    out = self.program(self.variables, distributed.shard_batch(np.asarray(rgb, np.float32), self.mesh))
     return distributed.gather(out)[:n]
 
 
@@ -97,25 +99,18 @@ class PointMaeBackbone:
       rows = jnp.concatenate([point_feats, jnp.zeros_like(point_feats[:, :1])], axis=1)  # last row: off the cloud
       return jnp.take_along_axis(rows, source[:, :, None], axis=1)  # [B, H·W, C]
 
-    self._forward = distributed.batch_parallel(forward, self.mesh, replicated=1, batched=4)
+    self.forward = forward  # what one device runs on its clouds (exported one cloud at a time: g2sf_jax.deploy)
+    self.program = distributed.batch_parallel(forward, self.mesh, replicated=1, batched=4)
 
   def __call__(self, xyz: np.ndarray | jax.Array, key: jax.Array | None = None) -> jax.Array:
-    xyz = np.asarray(xyz, np.float32)
-    if xyz.ndim != 4 or xyz.shape[-1] != 3:
-      raise ValueError(f'expected xyz [B, H, W, 3], got shape {xyz.shape}')
-    b, h, w, _ = xyz.shape
-    flat = xyz.reshape(b, h * w, 3)
-    valid_pixels = transforms.valid_mask(flat)  # algorithms.md §1.4
-    points, valid = buckets.pad_batch([flat[i][valid_pixels[i]] for i in range(b)], self.bucket_sizes)
-    source = np.full((b, h * w), points.shape[1], np.int32)  # each pixel's point; the extra zero row off the cloud
-    for i in range(b):
-      source[i, valid_pixels[i]] = np.arange(valid_pixels[i].sum(), dtype=np.int32)
+    b, h, w = np.shape(xyz)[:3]
+    points, valid, source = buckets.pack_organised(np.asarray(xyz, np.float32), self.bucket_sizes)
     if key is None:
       key = jax.random.fold_in(self._key, self._calls)
       self._calls += 1
     keys = np.asarray(jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))))
     shard = lambda x: distributed.shard_batch(x, self.mesh)  # data parallel: clouds split over the mesh
-    out = self._forward(self.variables, shard(keys), shard(points), shard(valid), shard(source))
+    out = self.program(self.variables, shard(keys), shard(points), shard(valid), shard(source))
     return distributed.gather(out)[:b].reshape(b, h, w, self.dim)
 
 

@@ -78,14 +78,17 @@ def batch_parallel(fn, mesh: Mesh, replicated: int, batched: int, one_at_a_time:
   On CPU devices `fn` runs on one sample at a time (a `lax.map` over the device's rows): XLA:CPU ran the DINO
   ViT-B/8 and PointMAE encoders 1.3× and 1.4–1.8× slower per sample at batch 8 than at batch 1 (a batch's
   activations, 1 GB for PointMAE's group encoder, leave the cache); accelerators run the device's rows together.
-  Either way each sample's features are the ones `fn` computes for it alone, up to the matmul blocking of other
-  batch shapes, so they do not depend on the device count. `one_at_a_time` overrides the platform's choice.
+  The choice is made where the program is lowered (`lax.platform_dependent`), so a program exported for several
+  platforms (`g2sf_jax.deploy`) makes it on each. Either way each sample's features are the ones `fn` computes for
+  it alone, up to the matmul blocking of other batch shapes, so they do not depend on the device count.
+  `one_at_a_time` forces one way.
   """
   axis = axis_name(mesh)
   specs = (P(),) * replicated + (P(axis),) * batched
   if one_at_a_time is None:
-    one_at_a_time = on_cpu(mesh)
-  if one_at_a_time:
+    together, alone = fn, _one_sample_at_a_time(fn, replicated)
+    fn = lambda *args: jax.lax.platform_dependent(*args, cpu=alone, default=together)
+  elif one_at_a_time:
     fn = _one_sample_at_a_time(fn, replicated)
   return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P(axis), check_vma=False))
 

@@ -39,10 +39,10 @@ def _stat_key(st: os.stat_result) -> list:
   return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
-def _files(folder: Path) -> list[str]:
+def files_below(folder: str | os.PathLike) -> list[str]:
   """Every regular file below `folder` (relative, sorted), except the manifest's own files; a symbolic link or other
   special file is an error: outputs are plain files."""
-  out = []
+  folder, out = Path(folder), []
   for root, dirs, names in os.walk(folder):
     for name in dirs + names:
       path = Path(root) / name
@@ -55,12 +55,13 @@ def _files(folder: Path) -> list[str]:
   return sorted(f for f in out if f not in (MANIFEST, STAT_CACHE))
 
 
-def write(folder: str | os.PathLike, extra: dict) -> dict:
-  """Hashes every file below `folder` and writes `folder/manifest.json` (`extra` plus `files`) and the stat cache,
-  atomically; returns the manifest. Call it once the folder's outputs are final."""
+def write(folder: str | os.PathLike, extra: dict, stat_cache: bool = True) -> dict:
+  """Hashes every file below `folder` and writes `folder/manifest.json` (`extra` plus `files`) and, unless the folder
+  is to be copied elsewhere (a bundle), the stat cache, atomically; returns the manifest. Call it once the folder's
+  outputs are final."""
   folder = Path(folder)
   files, stats = {}, {}
-  for rel in _files(folder):
+  for rel in files_below(folder):
     path = folder / rel
     before = os.lstat(path)
     digest = sha256_file(path)
@@ -71,7 +72,8 @@ def write(folder: str | os.PathLike, extra: dict) -> dict:
   manifest = dict(extra, files=files)
   with io.atomic_write(folder / MANIFEST, 'w') as f:
     json.dump(manifest, f, indent=1, sort_keys=True)
-  _write_stats(folder, stats)
+  if stat_cache:
+    _write_stats(folder, stats)
   return manifest
 
 
@@ -101,13 +103,15 @@ def read(folder: str | os.PathLike, expected_sha256: str | None = None) -> dict 
   return manifest
 
 
-def problems(folder: str | os.PathLike, manifest: dict, refresh_stats: bool = False) -> list[str]:
+def problems(folder: str | os.PathLike, manifest: dict, refresh_stats: bool = False,
+             use_cache: bool = True) -> list[str]:
   """What no longer matches `manifest` below `folder`, one line per file ([] = intact). `refresh_stats` (a writer,
   holding the work directory's lock) records the metadata of files whose content was re-hashed and matched, so the
-  next check is cheap again (e.g. after the folder was copied)."""
+  next check is cheap again (e.g. after the folder was copied). `use_cache=False` hashes every file whatever the
+  folder's stat cache says (a folder from elsewhere, whose cache proves nothing)."""
   folder = Path(folder)
   try:
-    cached = json.loads((folder / STAT_CACHE).read_text())
+    cached = json.loads((folder / STAT_CACHE).read_text()) if use_cache else {}
   except (OSError, ValueError):
     cached = {}
   found, rehashed = [], {}

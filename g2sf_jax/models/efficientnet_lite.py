@@ -188,12 +188,12 @@ class EfficientNetLite0Backbone:
     self.dim = sum(stage_channels(s) for s in self.stages)
     self.meta = {'stages': list(self.stages), 'grid': grid, 'weights_sha256': weights_sha256,
                  'pooling': 'local 3x3 mean (in-map cells), bilinear to grid'}
-    self._fn = distributed.batch_parallel(functools.partial(patch_features, stages=self.stages, grid=grid), self.mesh,
-                                          replicated=1, batched=1)
+    self.program = distributed.batch_parallel(functools.partial(patch_features, stages=self.stages, grid=grid),
+                                              self.mesh, replicated=1, batched=1)
 
   def __call__(self, rgb: jax.Array) -> jax.Array:
     if rgb.ndim != 4 or rgb.shape[1:] != (224, 224, 3):
       raise ValueError(f'{self.name}: expected rgb [B,224,224,3] ImageNet-normalised, got shape {rgb.shape}')
     n = rgb.shape[0]  # data parallel: the batch is split over the mesh, the weights replicated
-    return distributed.gather(self._fn(self.variables, distributed.shard_batch(np.asarray(rgb, np.float32),
+    return distributed.gather(self.program(self.variables, distributed.shard_batch(np.asarray(rgb, np.float32),
                                                                                self.mesh)))[:n]

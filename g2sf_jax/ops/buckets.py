@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from g2sf_jax.data import transforms
+
 # Up to 224×224 (every pixel valid), so any resized organised cloud fits; steps of 4,096 above 8,192, because FPS
 # and the kNN run over the padding too (a typical 25k-point MVTec scan: 28,672 instead of 32,768).
 DEFAULT_BUCKETS = (2048, 4096, 8192, 12288, 16384, 20480, 24576, 28672, 32768, 36864, 40960, 45056, 50176)
@@ -40,3 +42,20 @@ def pad_batch(clouds: Sequence[np.ndarray], buckets: Sequence[int] = DEFAULT_BUC
     points[i, :len(cloud)] = cloud
     valid[i, :len(cloud)] = True
   return points, valid
+
+
+def pack_organised(xyz: np.ndarray, buckets: Sequence[int] = DEFAULT_BUCKETS
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Organised clouds `[B, H, W, 3]` → the valid pixels' points in raster order, padded to one bucket: (points
+  [B, Nb, 3] float32, valid [B, Nb] bool, source [B, H·W] int32: each pixel's point, Nb for a pixel without one)."""
+  xyz = np.asarray(xyz, np.float32)
+  if xyz.ndim != 4 or xyz.shape[-1] != 3:
+    raise ValueError(f'expected xyz [B, H, W, 3], got shape {xyz.shape}')
+  b, h, w, _ = xyz.shape
+  flat = xyz.reshape(b, h * w, 3)
+  valid_pixels = transforms.valid_mask(flat)  # algorithms.md §1.4
+  points, valid = pad_batch([flat[i][valid_pixels[i]] for i in range(b)], buckets)
+  source = np.full((b, h * w), points.shape[1], np.int32)
+  for i in range(b):
+    source[i, valid_pixels[i]] = np.arange(valid_pixels[i].sum(), dtype=np.int32)
+  return points, valid, source
