@@ -1,5 +1,7 @@
-"""Suite-wide checks on how pytest-xdist schedules the tests."""
+"""Suite-wide checks on how pytest-xdist schedules the tests, and the tiny runs several test modules share."""
 import pytest
+
+from tests import tiny_run
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -12,3 +14,18 @@ def pytest_runtest_setup(item):
     pytest.fail(f'pytest-xdist did not tag this test with its xdist_group (pytest {pytest.__version__}), so the '
                 'group is split over the workers: pin pytest and pytest-xdist in setup.cfg [options.extras_require] '
                 'test', pytrace=False)
+
+
+@pytest.fixture(scope='session')
+def finished(tmp_path_factory):
+  """(config, table) of the tiny G²SF run; tests using it carry `pytest.mark.xdist_group(tiny_run.GROUP)`."""
+  from experiments import runner
+  config = tiny_run.tiny_config(tmp_path_factory.mktemp('run'))
+  return config, runner.run(config)
+
+
+@pytest.fixture(scope='session')
+def every_method(finished, tmp_path_factory):
+  """(work directory, {method: table}): a copy of `finished` in which BTF, M3DM and CFM ran too."""
+  shared = tmp_path_factory.mktemp('every') / 'w'
+  return shared, tiny_run.every_method(finished[0].workdir, shared)

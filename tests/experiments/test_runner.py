@@ -1,6 +1,7 @@
 """The whole runner on a tiny synthetic set: every stage, caching and resumption, the report, and predict.
 
-One module-scoped run (about a minute here), made by one xdist worker for the `finished` group, feeds every test.
+The session's tiny runs (tests/conftest.py: `finished`, about a minute here, and `every_method`), made by one xdist
+worker for their group, feed most tests.
 """
 import dataclasses
 import json
@@ -18,38 +19,16 @@ import pytest
 import tifffile
 
 from experiments import predict, report, runner, stages
-from experiments.configs import synthetic
+from tests import tiny_run
+from tests.tiny_run import tiny_config
 from g2sf_jax import decisions, detector, io, methods, ply
 from g2sf_jax.data import transforms
 from g2sf_jax.errors import ConfigError, CorruptOutputError, NonFiniteError, UserError
 from g2sf_jax.workdir import Workdir
 
-# The tests of the module-scoped run go to one xdist worker (`--dist loadgroup`), so the run is made once.
-ONE_RUN = pytest.mark.xdist_group('finished')
+ONE_RUN = pytest.mark.xdist_group(tiny_run.GROUP)
 STAGE_FILES = ('prepare', 'extract', 'patchcore/banks', 'g2sf/fusion_data', 'g2sf/train', 'g2sf/calibrate',
                'g2sf/evaluate')
-
-
-def tiny_config(workdir):
-  c = synthetic.get_config()
-  c.workdir = str(workdir)
-  c.checkpoints.efficientnet_lite0 = str(workdir / 'checkpoints' / 'efficientnet_lite0')
-  c.synthetic.classes = 'cube'
-  c.synthetic.size = 200
-  c.synthetic.n_train = 6
-  c.synthetic.n_test = 8
-  c.synthesis.num_anomalies = 8
-  c.g2sf.epochs = 2
-  c.g2sf.batch_size = 40  # below the data's min(0.7·rows // 20) and a multiple of 1, 2, 4 and 8 devices
-  c.batch_size = 4
-  return c
-
-
-@pytest.fixture(scope='module')
-def finished(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('run')
-  config = tiny_config(workdir)
-  return config, runner.run(config)
 
 
 def _home(workdir, stage_id, config=None):
@@ -411,23 +390,22 @@ def test_modalities_missing_from_the_data_are_named(tmp_path):
 
 
 @ONE_RUN
-def test_methods_share_a_workdir(finished, tmp_path):
-  """BTF after G²SF in one work directory reuses the prepared data and features and keeps G²SF's outputs."""
+def test_methods_share_a_workdir(finished, every_method):
+  """BTF, M3DM and CFM after G²SF in one work directory reuse the prepared data and features and keep G²SF's
+  outputs; a re-run of either changes nothing."""
   config, table = finished
-  shared = tmp_path / 'shared'
-  shutil.copytree(config.workdir, shared)
+  shared, tables = every_method
+  trained = STAGE_FILES[:-2]  # (another test re-runs the calibration and evaluation of `finished`)
+  assert _markers(shared, trained) == _markers(Path(config.workdir), trained)  # copied with their times, untouched
   before = _markers(shared)
-  btf = tiny_config(shared)
-  btf.method = 'btf'
-  btf_table = runner.run(btf)
-  assert btf_table['rows'] == ['BTF']
-  assert _markers(shared) == before  # prepare and extract reused, G²SF untouched
+  btf = tiny_run.method_config(shared, 'btf')
   btf_markers = _markers(shared, ('btf/banks', 'btf/evaluate'), btf)
   assert runner.run(tiny_config(shared))['classes'] == table['classes']
-  assert runner.run(btf)['classes'] == btf_table['classes']
-  assert _markers(shared) == before and _markers(shared, ('btf/banks', 'btf/evaluate'), btf) == btf_markers
+  assert runner.run(btf)['classes'] == tables['btf']['classes']
+  assert _markers(shared) == before
+  assert _markers(shared, ('btf/banks', 'btf/evaluate'), btf) == btf_markers
   assert (shared / 'btf' / 'report' / 'results.json').is_file() and (shared / 'g2sf' / 'report').is_dir()
-  assert Workdir(shared).methods() == ['btf', 'g2sf']
+  assert Workdir(shared).methods() == ['btf', 'cfm', 'g2sf', 'm3dm']
 
 
 @ONE_RUN
@@ -536,28 +514,16 @@ def test_cli_user_errors_are_one_line_without_traceback(tmp_path):
 
 
 @ONE_RUN
-def test_m3dm_and_cfm_run_on_the_shared_features(finished, tmp_path):
-  """Both baselines end to end on the tiny set, in the G²SF work directory: features reused, rows and overlays."""
-  config, _ = finished
-  shared = tmp_path / 'shared'
-  shutil.copytree(config.workdir, shared)
-  before = _markers(shared, ('prepare', 'extract'))
-  for method, rows in (('m3dm', ['IMG', 'PCD', 'M3DM']), ('cfm', ['CFM'])):
-    c = tiny_config(shared)
-    c.method = method
-    c.m3dm.uff.update(steps=4, warmup_steps=1, batch_size=2, accum=1)
-    c.m3dm.uff_keep = 'foreground'
-    c.cfm.epochs = 2
-    table = runner.run(c)
+def test_m3dm_and_cfm_run_on_the_shared_features(every_method, tmp_path):
+  """Both baselines end to end on the tiny set, in the G²SF work directory: rows and overlays."""
+  shared, tables = every_method
+  for method, rows in (('btf', ['BTF']), ('m3dm', ['IMG', 'PCD', 'M3DM']), ('cfm', ['CFM'])):
+    table = tables[method]
     assert table['rows'] == rows
     assert all(0 <= v <= 1 for row in rows for v in table['classes']['cube'][row].values())
     html = (shared / method / 'report' / 'report.html').read_text()
     assert 'cube/roc.png' in html and 'overlays/' in html
-  assert _markers(shared, ('prepare', 'extract')) == before
-  assert Workdir(shared).methods() == ['cfm', 'g2sf', 'm3dm']
-  cfm = tiny_config(shared)
-  cfm.method = 'cfm'
-  with np.load(_output(shared, 'cfm/evaluate', cfm) / 'evaluation.npz') as z:
+  with np.load(_output(shared, 'cfm/evaluate', tiny_run.method_config(shared, 'cfm')) / 'evaluation.npz') as z:
     assert 'pro_map_CFM' in z.files and not np.array_equal(z['pro_map_CFM'], z['map_CFM'])
   # The generic detector scores a raw scan alone as the evaluation did in its batch, for each method (CFM's scorer
   # asks for 224² point features, which come from the cloud).
@@ -565,9 +531,7 @@ def test_m3dm_and_cfm_run_on_the_shared_features(finished, tmp_path):
   for method in ('cfm', 'm3dm'):
     got = predict.main(['--workdir', str(shared), '--method', method, '--rgb', str(scan / 'rgb' / '000.png'),
                         '--xyz', str(scan / 'xyz' / '000.tiff'), '--out', str(tmp_path / f'{method}.png')])
-    c = tiny_config(shared)
-    c.method = method
-    with np.load(_output(shared, f'{method}/evaluate', c) / 'evaluation.npz') as z:
+    with np.load(_output(shared, f'{method}/evaluate', tiny_run.method_config(shared, method)) / 'evaluation.npz') as z:
       i = list(z['names']).index('test/crack/000')
       assert got['image_scores'] == {row: float(z[f'score_{row}'][i]) for row in got['image_scores']}, method
 
