@@ -39,15 +39,28 @@ def _config(method: str, k: int, args: argparse.Namespace):
 
 
 def measure(args: argparse.Namespace) -> dict:
-  """{row: {K: {'I-AUROC', 'AUPRO@30%', 'false_reject_rate', 'minutes'}}} for every method and K."""
+  """{row: {K: {'I-AUROC', 'AUPRO@30%', 'false_reject_rate', 'minutes'}}} for every method and K. A row two methods
+  report (M3DM's IMG and PCD) is the first method's (G²SF's PatchCore rows). A K the method cannot train on (e.g.
+  fewer scans than M3DM's UFF batch) gets {'error': the one-line reason} in its rows."""
   from experiments import runner
+  from g2sf_jax import methods
+  from g2sf_jax.errors import UserError
   out: dict[str, dict[str, dict]] = {}
+  owner: dict[str, str] = {}
   for method in args.methods:
     for k in args.ks:
+      config = _config(method, 0 if k == 'all' else int(k), args)
+      rows = [r for r in methods.get(config.method).rows(config) if owner.setdefault(r, method) == method]
       start = time.perf_counter()
-      table = runner.run(_config(method, 0 if k == 'all' else int(k), args))
+      try:
+        table = runner.run(config)
+      except UserError as e:
+        print(f'{method} K={k}: {e}')
+        for row in rows:
+          out.setdefault(row, {})[k] = {'error': str(e)}
+        continue
       minutes = (time.perf_counter() - start) / 60
-      for row in table['rows']:
+      for row in rows:
         rates = table['decisions_mean'].get(row, {})
         out.setdefault(row, {})[k] = {'I-AUROC': table['mean'][row].get('I-AUROC'),
                                       'AUPRO@30%': table['mean'][row].get('AUPRO@30%'),
@@ -62,9 +75,17 @@ def markdown(curve: dict, ks: list[str], n_train: int) -> str:
   head = ' | '.join(f'K={k}' if k != 'all' else f'all ({n_train})' for k in ks)
   lines = ['I-AUROC / AUPRO@30% / false-reject rate at the calibrated threshold, mean of the classes', '',
            f'| Row | {head} |', '|---|' + '---|' * len(ks)]
+  errors = {}
   for row, per_k in curve.items():
-    cells = [' / '.join(cell(per_k[k][m]) for m in ('I-AUROC', 'AUPRO@30%', 'false_reject_rate')) for k in ks]
+    cells = []
+    for k in ks:
+      if 'error' in per_k[k]:
+        mark = errors.setdefault(per_k[k]['error'], '*' * (len(errors) + 1))
+        cells.append(f'not trained{mark}')
+      else:
+        cells.append(' / '.join(cell(per_k[k][m]) for m in ('I-AUROC', 'AUPRO@30%', 'false_reject_rate')))
     lines.append(f'| {row} | ' + ' | '.join(cells) + ' |')
+  lines += [''] + [f'{mark} {reason}' for reason, mark in errors.items()] if errors else []
   return '\n'.join(lines) + '\n'
 
 
