@@ -6,8 +6,9 @@
   curl -F rgb=@scan.png -F xyz=@scan.tiff http://127.0.0.1:8000/score
   curl -F rgb=@scan.png -F xyz=@scan.tiff 'http://127.0.0.1:8000/score?model=torus&map=png'
 
-Each `--bundle` is verified and loaded once, its programs compiled for every batch size up to `--max_batch` before
-the port opens (compiled programs are kept in JAX's persistent cache, `$G2SF_HOME/jax_cache`, so a restart is
+Each `--bundle` is verified and loaded once, its RGB backbone and scorer compiled for every batch size up to
+`--max_batch` before the port opens (a PointMAE bundle compiles each cloud-size bucket on its first scan; compiled
+programs are kept in JAX's persistent cache, `$G2SF_HOME/jax_cache`, so a restart is
 quick); a model is named by `NAME=` or else by its class. Concurrent requests for a model are scored together, up
 to `--max_batch` scans per call, the first waiting at most `--max_wait_ms` for others; at most `--queue` scans wait
 per model, and a request beyond that is answered 503. One log line per request: its id, duration and outcome.
@@ -41,11 +42,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   return args
 
 
+def bundle_spec(spec: str) -> tuple[str, str]:
+  """`[NAME=]PATH` → (NAME or '', PATH); a PATH alone may hold an '=' below a folder (`/data/run=3/bundle`)."""
+  name, sep, path = spec.partition('=')
+  return (name, path) if sep and '/' not in name else ('', spec)
+
+
 def load(specs: list[str], max_batch: int) -> dict[str, Bundle]:
   """`[NAME=]PATH` values → {name: loaded and warmed-up bundle}."""
   bundles = {}
   for spec in specs:
-    name, _, path = spec.rpartition('=')
+    name, path = bundle_spec(spec)
     bundle = Bundle.load(path, batch_size=max_batch)
     name = name or bundle.class_name
     if name in bundles:

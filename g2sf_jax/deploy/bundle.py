@@ -17,7 +17,7 @@ a newer format version, or a platform the programs were not lowered for is refus
 bundle scores through `g2sf_jax.scoring` like the `Detector` it was exported from, so its answers equal
 `predict`'s.
 """
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Mapping, Sequence
 
 import jax
@@ -60,7 +60,13 @@ def verify(path: str | Path) -> dict:
   if not isinstance(version, int) or version > FORMAT_VERSION:
     raise BundleError(f'{folder}: bundle format version {version!r} is newer than this g2sf-jax reads '
                       f'({FORMAT_VERSION}); upgrade g2sf-jax')
-  extra = sorted(set(manifests.files_below(folder)) - set(found['files']))
+  files = found.get('files')
+  if not isinstance(files, dict) or not files:
+    raise BundleError(f'{folder / manifests.MANIFEST}: lists no files')
+  outside = [rel for rel in files if not _inside(rel)]
+  if outside:
+    raise BundleError(f'{folder / manifests.MANIFEST}: names {outside[0]!r}, which is not a file inside the bundle')
+  extra = sorted(set(manifests.files_below(folder)) - set(files))
   extra += [manifests.STAT_CACHE] if (folder / manifests.STAT_CACHE).exists() else []
   if extra:
     raise BundleError(f'{folder / extra[0]}: not part of the bundle (a file added after the export)')
@@ -68,6 +74,19 @@ def verify(path: str | Path) -> dict:
   if problems:
     raise BundleError(problems[0] + (f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''))
   return found
+
+
+def _inside(rel) -> bool:
+  """Whether a manifest's file name is a plain relative path below the bundle folder."""
+  path = PurePosixPath(rel) if isinstance(rel, str) else None
+  return path is not None and not path.is_absolute() and '..' not in path.parts and str(path) == rel
+
+
+def listed(folder: Path, manifest: Mapping, rel) -> Path:
+  """`folder / rel` for a file the (verified) manifest lists: a program reads nothing its manifest did not hash."""
+  if not _inside(rel) or rel not in manifest['files']:
+    raise BundleError(f'{folder / manifests.MANIFEST}: refers to {rel!r}, which it does not list among its files')
+  return folder / rel
 
 
 def _arrays(folder: Path, rel: str, cache: dict) -> list[jax.Array]:
@@ -84,9 +103,10 @@ def _arrays(folder: Path, rel: str, cache: dict) -> list[jax.Array]:
 class Program:
   """One exported program and its arrays: `program(*inputs)` = the exported function of (arrays, *inputs)."""
 
-  def __init__(self, folder: Path, spec: Mapping, cache: dict):
+  def __init__(self, folder: Path, manifest: Mapping, spec: Mapping, cache: dict):
+    listed(folder, manifest, spec.get('arrays'))
     try:
-      self.exported = jax.export.deserialize(bytearray((folder / spec['file']).read_bytes()))
+      self.exported = jax.export.deserialize(bytearray(listed(folder, manifest, spec.get('file')).read_bytes()))
     except (OSError, ValueError, KeyError, TypeError) as e:
       raise BundleError(f'{folder / spec.get("file", "?")}: cannot be loaded ({e.__class__.__name__}: {e})') from None
     self.arrays = _arrays(folder, spec['arrays'], cache)
@@ -122,13 +142,14 @@ class PointMaeProgram:
     return self.programs[points.shape[1]](keys, points, valid, source).reshape(b, h, w, self.dim)
 
 
-def _point_backbone(folder: Path, info: Mapping | None, programs: Mapping, cache: dict):
+def _point_backbone(folder: Path, manifest: Mapping, info: Mapping | None, programs: Mapping, cache: dict):
   if info is None:
     return None
   if info['name'] == 'fpfh':
     from g2sf_jax import fpfh
     return fpfh.FpfhBackbone(fpfh.FpfhParams(**info['params']))
-  return PointMaeProgram({int(size): Program(folder, spec, cache) for size, spec in programs['point'].items()}, info)
+  return PointMaeProgram({int(size): Program(folder, manifest, spec, cache)
+                          for size, spec in programs['point'].items()}, info)
 
 
 class Bundle(scoring.Scoring):
@@ -146,12 +167,12 @@ class Bundle(scoring.Scoring):
     self.batch_size = int(batch_size or m['batch_size'])
     self.unit_mm, self.clean = float(m['unit_mm']), bool(m['clean_scans'])
     programs, cache = m['programs'], {}
-    self.rgb_backbone = (RgbProgram(Program(folder, programs['rgb'], cache), m['rgb_backbone'])
+    self.rgb_backbone = (RgbProgram(Program(folder, manifest, programs['rgb'], cache), m['rgb_backbone'])
                          if m['rgb_backbone'] else None)
-    self.point_backbone = _point_backbone(folder, m['point_backbone'], programs, cache)
+    self.point_backbone = _point_backbone(folder, manifest, m['point_backbone'], programs, cache)
     self.min_points = m['point_backbone']['min_points'] if m['point_backbone'] else 1
-    self.scorer = Program(folder, programs['scorer'], cache)
-    self.calibration = Calibration.load(folder / CALIBRATION_FILE) if m['calibrated'] else None
+    self.scorer = Program(folder, manifest, programs['scorer'], cache)
+    self.calibration = Calibration.load(listed(folder, manifest, CALIBRATION_FILE)) if m['calibrated'] else None
 
   @classmethod
   def load(cls, path: str | Path, batch_size: int | None = None) -> 'Bundle':

@@ -245,15 +245,18 @@ def make_app(bundles: dict[str, Bundle], settings: Settings = Settings()):
     except Exception as e:  # noqa: BLE001 (the parser's own errors are the client's fault)
       raise RequestError(400, f'malformed multipart body: {getattr(e, "detail", None) or e}') from None
     files = {}
-    for key, value in form.multi_items():
-      if key not in parts:
-        raise RequestError(400, f'unknown part {key!r}; this model takes {sorted(parts)}')
-      if key in files:
-        raise RequestError(400, f'part {key!r} given twice')
-      if isinstance(value, str):
-        raise RequestError(400, f'part {key!r}: expected a file upload, got a text field')
-      files[key] = await value.read()
-      _check_type(key, files[key], parts[key][1])
+    try:
+      for key, value in form.multi_items():
+        if key not in parts:
+          raise RequestError(400, f'unknown part {key!r}; this model takes {sorted(parts)}')
+        if key in files:
+          raise RequestError(400, f'part {key!r} given twice')
+        if isinstance(value, str):
+          raise RequestError(400, f'part {key!r}: expected a file upload, got a text field')
+        files[key] = await value.read()
+        _check_type(key, files[key], parts[key][1])
+    finally:
+      await form.close()  # the parser's spooled temporary files
     needed = _needed_parts(q.bundle)
     missing = [p for p in needed if p not in files]
     if missing:
@@ -265,7 +268,7 @@ def make_app(bundles: dict[str, Bundle], settings: Settings = Settings()):
     out = dict(scoring.record(result, q.bundle.main_row), model=q.name, **{'class': q.bundle.class_name},
                method=q.bundle.method)
     if want_map and result.decision is not None:
-      out['map_png'] = _map_png(result.decision)
+      out['map_png'] = await asyncio.to_thread(_map_png, result.decision)
     return out
 
   def endpoint(fn):

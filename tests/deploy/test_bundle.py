@@ -128,6 +128,26 @@ def test_arrays_are_never_unpickled(g2sf_bundle, tmp_path):
 
 
 @ONE_RUN
+@pytest.mark.parametrize('where', ['listed', 'program'])
+def test_a_manifest_cannot_point_outside_the_bundle(g2sf_bundle, tmp_path, where):
+  """A rewritten manifest that lists a file beside the bundle (digest and all), or sends a program to a file it does
+  not list, is refused before that file is read: a bundle loads only what its manifest hashed, inside its folder."""
+  path = _copy(g2sf_bundle, tmp_path)
+  planted = path.parent / 'planted.jax'
+  planted.write_bytes((path / 'programs' / 'scorer.jax').read_bytes())
+  found = json.loads((path / 'manifest.json').read_text())
+  if where == 'listed':
+    found['files']['../planted.jax'] = [planted.stat().st_size, manifests.sha256_file(planted)]
+    message = r"manifest\.json: names '\.\./planted\.jax', which is not a file inside the bundle"
+  else:
+    found['programs']['scorer']['file'] = str(planted)
+    message = rf"manifest\.json: refers to '{planted}', which it does not list among its files"
+  (path / 'manifest.json').write_text(json.dumps(found))
+  with pytest.raises(BundleError, match=message):
+    Bundle.load(path)
+
+
+@ONE_RUN
 def test_export_replaces_only_a_bundle(every_method, g2sf_bundle, tmp_path):
   shared, _ = every_method
   theirs = tmp_path / 'theirs'

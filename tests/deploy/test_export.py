@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from g2sf_jax import backbones, distributed
+from g2sf_jax import backbones, distributed, manifest
 from g2sf_jax.deploy import PLATFORMS, bundle
 from g2sf_jax.deploy import export as exporting
 from g2sf_jax.errors import ConfigError
@@ -20,6 +20,11 @@ def _clouds(n, side=48, seed=0):
                    for r in (0.2, 0.45, 0.3)[:n]]).astype(np.float32)
 
 
+def _listing(folder) -> dict:
+  """A manifest's file list of what `folder` holds (programs load only files their manifest lists)."""
+  return {'files': {rel: None for rel in manifest.files_below(folder)}}
+
+
 def test_exported_dino_and_point_mae_equal_the_jitted_backbones(tmp_path):
   mesh = distributed.make_mesh(devices=jax.devices()[:1])
   b = jax.export.symbolic_shape('b')[0]
@@ -27,7 +32,7 @@ def test_exported_dino_and_point_mae_equal_the_jitted_backbones(tmp_path):
   dino = backbones.DinoVitB8(jax.jit(tiny.init)(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32)), tiny, mesh)
   spec = exporting._export(tmp_path, 'rgb', dino.program, dino.variables,
                            [jax.ShapeDtypeStruct((b, 32, 32, 3), jnp.float32)], PLATFORMS)
-  rgb = bundle.RgbProgram(bundle.Program(tmp_path, spec, {}), {'name': dino.name, 'dim': 32})
+  rgb = bundle.RgbProgram(bundle.Program(tmp_path, _listing(tmp_path), spec, {}), {'name': dino.name, 'dim': 32})
   images = np.random.default_rng(1).normal(size=(3, 32, 32, 3)).astype(np.float32)
   for count in (1, 3):
     assert np.array_equal(np.asarray(rgb(images[:count])), np.asarray(dino(images[:count])))
@@ -44,7 +49,7 @@ def test_exported_dino_and_point_mae_equal_the_jitted_backbones(tmp_path):
                               jax.ShapeDtypeStruct((b, size, 3), jnp.float32),
                               jax.ShapeDtypeStruct((b, size), jnp.bool_),
                               jax.ShapeDtypeStruct((b, 48 * 48), jnp.int32)], PLATFORMS, 'point')
-    programs[size] = bundle.Program(tmp_path, spec, cache)
+    programs[size] = bundle.Program(tmp_path, _listing(tmp_path), spec, cache)
   exported = bundle.PointMaeProgram(programs, info)
   assert programs[256].arrays is programs[2304].arrays  # one copy of the weights
   clouds = _clouds(3)
