@@ -57,12 +57,21 @@ def verify(path: str | Path) -> dict:
   if found.get('format') != FORMAT:
     raise BundleError(f'{folder / manifests.MANIFEST}: not a g2sf-jax bundle manifest')
   version = found.get('format_version')
-  if not isinstance(version, int) or version > FORMAT_VERSION:
+  if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+    raise BundleError(f'{folder / manifests.MANIFEST}: field \'format_version\' {version!r} is not a version number')
+  if version > FORMAT_VERSION:
     raise BundleError(f'{folder}: bundle format version {version!r} is newer than this g2sf-jax reads '
                       f'({FORMAT_VERSION}); upgrade g2sf-jax')
   files = found.get('files')
   if not isinstance(files, dict) or not files:
     raise BundleError(f'{folder / manifests.MANIFEST}: lists no files')
+  for key, kinds in _FIELDS.items():
+    if not isinstance(found.get(key), kinds) or isinstance(found.get(key), bool) is not (kinds is bool):
+      raise BundleError(f'{folder / manifests.MANIFEST}: field {key!r} missing or not a {_kind_names(kinds)}')
+  damaged = [rel for rel, entry in files.items() if not (isinstance(entry, list) and len(entry) == 2
+                                                         and isinstance(entry[0], int) and isinstance(entry[1], str))]
+  if damaged:
+    raise BundleError(f'{folder / manifests.MANIFEST}: the entry of {damaged[0]!r} is not [size, sha256]')
   outside = [rel for rel in files if not _inside(rel)]
   if outside:
     raise BundleError(f'{folder / manifests.MANIFEST}: names {outside[0]!r}, which is not a file inside the bundle')
@@ -74,6 +83,17 @@ def verify(path: str | Path) -> dict:
   if problems:
     raise BundleError(problems[0] + (f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''))
   return found
+
+
+# What `Bundle` reads from a manifest beyond its files, and the types export writes.
+_FIELDS = {'platforms': list, 'method': str, 'class_name': str, 'dataset': str, 'rows': list, 'main_row': str,
+           'modalities': list, 'data_modalities': list, 'needs': list, 'feature_shapes': dict, 'batch_size': int,
+           'unit_mm': (int, float), 'clean_scans': bool, 'rgb_backbone': (dict, type(None)),
+           'point_backbone': (dict, type(None)), 'programs': dict, 'calibrated': bool}
+
+
+def _kind_names(kinds) -> str:
+  return ' or '.join(k.__name__ for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
 
 
 def _inside(rel) -> bool:
@@ -183,7 +203,10 @@ class Bundle(scoring.Scoring):
     if platform not in found['platforms']:
       raise BundleError(f'{folder}: its programs were lowered for {", ".join(found["platforms"])}, not for this '
                         f'{platform} process; export it again with --platforms including {platform}')
-    return cls(folder, found, batch_size)
+    try:
+      return cls(folder, found, batch_size)
+    except (KeyError, TypeError, AttributeError) as e:  # a hand-edited manifest whose nested fields are off
+      raise BundleError(f'{folder / manifests.MANIFEST}: malformed ({e.__class__.__name__}: {e})') from None
 
   # scoring.Model
 

@@ -86,6 +86,10 @@ def _copy(src, tmp_path):
     ('newer', r'bundle format version 2 is newer than this g2sf-jax reads \(1\)'),
     ('platforms', r'its programs were lowered for tpu, not for this cpu process'),
     ('no_manifest', r'not a bundle \(manifest\.json missing\)'),
+    ('no_field', r"manifest\.json: field 'platforms' missing or not a list"),
+    ('bad_version', r"manifest\.json: field 'format_version' True is not a version number"),
+    ('bad_entry', r"manifest\.json: the entry of 'calibration\.json' is not \[size, sha256\]"),
+    ('bad_nested', r"manifest\.json: malformed \(KeyError: 'params'\)"),
 ])
 def test_a_damaged_or_foreign_bundle_is_refused_naming_the_problem(g2sf_bundle, tmp_path, damage, message):
   path = _copy(g2sf_bundle, tmp_path)
@@ -103,6 +107,17 @@ def test_a_damaged_or_foreign_bundle_is_refused_naming_the_problem(g2sf_bundle, 
     (path / 'notes.txt').write_text('hello')
   elif damage == 'stat_cache':
     (path / '.stat.json').write_text('{}')
+  elif damage == 'no_field':
+    del found['platforms']
+    (path / 'manifest.json').write_text(json.dumps(found))
+  elif damage in ('bad_version', 'bad_entry', 'bad_nested'):
+    if damage == 'bad_version':
+      found['format_version'] = True
+    elif damage == 'bad_entry':
+      found['files']['calibration.json'] = 5
+    else:
+      del found['point_backbone']['params']
+    (path / 'manifest.json').write_text(json.dumps(found))
   elif damage in ('newer', 'platforms'):
     found.update({'newer': {'format_version': 2}, 'platforms': {'platforms': ['tpu']}}[damage])
     (path / 'manifest.json').write_text(json.dumps(found))
