@@ -267,7 +267,8 @@ def _write_one(args, det, stored, result: scoring.ScanResult) -> dict:
   if result.status != 'ok':
     raise UserError(f'{result.name}: cannot be scored: {result.reason}')
   decision = result.decision
-  io.write_png(args.out, decisions.map_u8(_on_grid(args, decision.map, stored)), MARK)
+  normalised = _on_grid(args, decision.map, stored)
+  io.write_png(args.out, decisions.map_u8(normalised), MARK)
   mask = _on_grid(args, decision.mask.astype(np.float32), stored) >= 0.5
   if args.mask:
     io.write_png(args.mask, mask.astype(np.uint8) * 255, MARK)
@@ -281,7 +282,6 @@ def _write_one(args, det, stored, result: scoring.ScanResult) -> dict:
     if args.size == '224':
       square = preprocessing.pad_square(rgb) if stored.raw_size else rgb  # as the stored sample the map covers
       rgb = np.asarray(Image.fromarray(square).resize((224, 224), Image.BICUBIC))
-    normalised = _on_grid(args, decision.map, stored)
     io.write_png(args.overlay, report.overlay(rgb, normalised, np.zeros(normalised.shape, bool), (0.0, 1.0),
                                               predicted=mask), MARK)
   out = dict(scoring.record(result, det.main_row), **{'class': det.class_name, 'method': det.method.name,

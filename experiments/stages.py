@@ -168,14 +168,13 @@ def _calibrate(ctx: base.StageContext) -> dict:
                     'or hold out part of train/good (config.calibration.holdout > 0)')
   samples, found = _score_split(ctx, 'validation', _model(ctx, None))
   ok = [i for i, r in enumerate(found) if r.status == 'ok']
-  rows = ctx.method.rows(c)
+  if not ok:
+    raise DataError(f'class {ctx.class_name!r}: none of its validation scans can be scored')
   scores = {row: (np.array([found[i].image[row] for i in ok]), np.stack([found[i].maps[row] for i in ok]))
-            for row in rows} if ok else {}
+            for row in ctx.method.rows(c)}
   labels = np.array([samples[i]['label'] for i in ok], bool)
   with_mask = np.array([samples[i]['has_mask'] for i in ok], bool)
   masks = _masks224([samples[i] for i in ok]) & with_mask[:, None, None]
-  if not ok:
-    raise DataError(f'class {ctx.class_name!r}: none of its validation scans can be scored')
   source = prepared.validation_source(c.dataset, ctx.data_dir(), ctx.class_name)
   found_cal = calibration.fit(scores, labels, masks if (labels & with_mask).any() else None, c.calibration.rule,
                               c.calibration.quantile, c.calibration.margin, source)

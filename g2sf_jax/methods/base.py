@@ -202,11 +202,3 @@ def modalities(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     return kind.parse_modalities(config.modalities)
   except ValueError as e:
     raise ConfigError(f'config.modalities: {e}') from None
-
-
-def stack_rows(batches: list[Mapping[str, RowScores]]) -> dict[str, RowScores]:
-  """Concatenates the `{row: RowScores}` of several batches, in order."""
-  def cat(row: str, field: str) -> np.ndarray | None:
-    parts = [getattr(b[row], field) for b in batches]
-    return None if parts[0] is None else np.concatenate(parts)
-  return {row: RowScores(cat(row, 'image'), cat(row, 'maps'), cat(row, 'pro_maps')) for row in batches[0]}
