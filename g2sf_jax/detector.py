@@ -96,8 +96,9 @@ class Detector(scoring.Scoring):
 
   def __init__(self, config: ml_collections.ConfigDict, scorer: base.Scorer, rgb_backbone=None,
                point_backbone=None, data_modalities: Sequence[str] | None = None, class_name: str = '',
-               calibration: Calibration | None = None):
+               calibration: Calibration | None = None, run: Run | None = None):
     self.config = config
+    self.run = run  # the finished run it was loaded from (`load`): its record names the versions read
     self.class_name = class_name
     self.method = methods.get(config.method)
     self.scorer = scorer
@@ -137,7 +138,8 @@ class Detector(scoring.Scoring):
       outputs = Outputs(config, class_name, mesh, run, stages)
       calibration = Calibration.load(run.output(class_name, f'{config.method}/calibrate') / CALIBRATION_FILE)
       return cls(config, m.scorer(outputs), rgb, point,
-                 data_modalities(config, run.output(class_name, 'prepare'), class_name), class_name, calibration)
+                 data_modalities(config, run.output(class_name, 'prepare'), class_name), class_name, calibration,
+                 run)
 
   # scoring.Model
 

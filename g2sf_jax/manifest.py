@@ -103,15 +103,13 @@ def read(folder: str | os.PathLike, expected_sha256: str | None = None) -> dict 
   return manifest
 
 
-def problems(folder: str | os.PathLike, manifest: dict, refresh_stats: bool = False,
-             use_cache: bool = True) -> list[str]:
+def problems(folder: str | os.PathLike, manifest: dict, refresh_stats: bool = False) -> list[str]:
   """What no longer matches `manifest` below `folder`, one line per file ([] = intact). `refresh_stats` (a writer,
   holding the work directory's lock) records the metadata of files whose content was re-hashed and matched, so the
-  next check is cheap again (e.g. after the folder was copied). `use_cache=False` hashes every file whatever the
-  folder's stat cache says (a folder from elsewhere, whose cache proves nothing)."""
+  next check is cheap again (e.g. after the folder was copied)."""
   folder = Path(folder)
   try:
-    cached = json.loads((folder / STAT_CACHE).read_text()) if use_cache else {}
+    cached = json.loads((folder / STAT_CACHE).read_text())
   except (OSError, ValueError):
     cached = {}
   found, rehashed = [], {}

@@ -79,7 +79,7 @@ def verify(path: str | Path) -> dict:
   extra += [manifests.STAT_CACHE] if (folder / manifests.STAT_CACHE).exists() else []
   if extra:
     raise BundleError(f'{folder / extra[0]}: not part of the bundle (a file added after the export)')
-  problems = manifests.problems(folder, found, use_cache=False)
+  problems = manifests.problems(folder, found)  # hashes every file: a bundle carries no stat cache (refused above)
   if problems:
     raise BundleError(problems[0] + (f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''))
   return found

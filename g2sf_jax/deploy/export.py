@@ -52,8 +52,8 @@ def _export(folder: Path, name: str, fn: Callable, tree, inputs: Sequence[jax.Sh
   (folder / 'programs' / f'{name}.jax').write_bytes(exported.serialize())
   array_file = folder / 'arrays' / f'{arrays or name}.npz'
   if not array_file.exists():
-    with open(array_file, 'wb') as f:
-      np.savez(f, **{f'{i:05d}': np.asarray(jax.device_get(x)) for i, x in enumerate(leaves)})
+    io.save_npz_atomic(array_file, compress=False,
+                       **{f'{i:05d}': np.asarray(jax.device_get(x)) for i, x in enumerate(leaves)})
   return {'file': f'programs/{name}.jax', 'arrays': f'arrays/{array_file.name}', 'num_arrays': len(leaves),
           'inputs': [[str(d) for d in s.shape] + [str(s.dtype)] for s in jax.tree.leaves(inputs)]}
 
@@ -91,8 +91,8 @@ def export(workdir: str | Path, class_name: str, out: str | Path, method: str | 
   if out.exists() and not _is_bundle(out):
     raise OutputExistsError(f'{out}: exists and is not a bundle; choose another --out (nothing was replaced)')
   mesh = distributed.make_mesh(devices=jax.devices()[:1])
-  run = detector.Run(workdir, method)
-  det = detector.Detector.load(workdir, class_name, run.method, mesh=mesh)
+  det = detector.Detector.load(workdir, class_name, method, mesh=mesh)
+  run = det.run  # the record read under the readers' lock with the outputs exported
   point = _point_info(det.point_backbone)
   with io.atomic_dir(out, _is_bundle) as tmp:
     b = jax.export.symbolic_shape('b')[0]
